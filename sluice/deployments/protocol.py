@@ -1,0 +1,120 @@
+"""Parse a request body once into vLLM's typed OpenAI request, or fail with a named field.
+
+The typed objects are the ones ``ray.serve.llm``'s LLMServer takes (plain pydantic data, safe
+to send across the Ray boundary). vLLM's own models accept some values OpenAI rejects
+(``max_tokens=0``, negative temperature, huge ``n``); those are checked here so the client
+gets a 400 naming the field rather than an engine error or a wasted generation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pydantic
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+from sluice.errors import InvalidRequest
+
+Endpoint = Literal["chat", "completions"]
+LLMRequest = ChatCompletionRequest | CompletionRequest
+_REQUEST_TYPES: dict[Endpoint, type[LLMRequest]] = {
+    "chat": ChatCompletionRequest,
+    "completions": CompletionRequest,
+}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_n: int
+    max_tokens: int
+
+
+def decode_json(raw: bytes) -> dict[str, Any]:
+    """Decode a JSON object body; anything else is the client's mistake."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return body
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _check_range(body: dict[str, Any], field: str, lo: float | None, hi: float | None,
+                 *, lo_open: bool = False) -> None:
+    value = body.get(field)
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # absent, or a type error pydantic will name
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and value > hi
+    if too_low or too_high:
+        lo_txt = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        hi_txt = "" if hi is None else f"<= {hi}"
+        bound = " and ".join(t for t in (lo_txt, hi_txt) if t)
+        raise InvalidRequest(f"'{field}' must be {bound}; got {value}.", param=field)
+
+
+def check_sampling(body: dict[str, Any], limits: RequestLimits) -> None:
+    """OpenAI's bounds on the sampling fields, checked on the raw body (before defaults)."""
+    _check_range(body, "max_tokens", 0, limits.max_tokens, lo_open=True)
+    _check_range(body, "max_completion_tokens", 0, limits.max_tokens, lo_open=True)
+    _check_range(body, "n", 1, limits.max_n)
+    _check_range(body, "temperature", 0, 2)
+    _check_range(body, "top_p", 0, 1, lo_open=True)
+    _check_range(body, "presence_penalty", -2, 2)
+    _check_range(body, "frequency_penalty", -2, 2)
+
+
+def parse_request(endpoint: Endpoint, body: dict[str, Any], limits: RequestLimits) -> LLMRequest:
+    """Validate the body into the engine's request type; 400 names the first bad field."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    check_sampling(body, limits)
+    if endpoint == "chat" and not body.get("messages"):
+        raise InvalidRequest("'messages' must be a non-empty list.", param="messages")
+    if endpoint == "completions" and body.get("prompt") in (None, "", []):
+        raise InvalidRequest("'prompt' is required.", param="prompt")
+    try:
+        request = _REQUEST_TYPES[endpoint].model_validate(body)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(tuple(first["loc"])) or None
+        raise InvalidRequest(
+            f"Invalid value for '{field}': {first['msg']}", param=field
+        ) from None
+    if isinstance(request, ChatCompletionRequest):
+        _materialize_message_content(request)
+    return request
+
+
+def _materialize_message_content(request: ChatCompletionRequest) -> None:
+    """Turn pydantic's lazy iterators in messages into lists so the request pickles.
+
+    pydantic keeps ``Iterable[...]`` fields as ValidatorIterator objects, which cannot cross a
+    Ray boundary (pydantic issue 9467; Ray Serve LLM's ingress works around it the same way).
+    """
+    for i, message in enumerate(request.messages):
+        if not isinstance(message, dict):
+            request.messages[i] = message = message.model_dump()
+        for key in ("content", "tool_calls"):
+            value = message.get(key)
+            if value is not None and not isinstance(value, (str, list)):
+                try:
+                    message[key] = list(value)  # type: ignore[literal-required]
+                except (TypeError, ValueError) as exc:
+                    raise InvalidRequest(
+                        f"Invalid value for 'messages[{i}].{key}': {exc}",
+                        param=f"messages[{i}].{key}",
+                    ) from None

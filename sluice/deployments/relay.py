@@ -1,0 +1,108 @@
+"""Call an LLMServer deployment through its handle and relay what it yields to HTTP.
+
+The LLMServer yields, for a streaming request, lists of ready SSE strings; for a non-streaming
+one, a single response object; for an engine-side rejection, an ErrorResponse (possibly inside
+the first list). The first item is awaited before any byte goes to the client, so every error
+the engine knows up front becomes a proper status code; an error after the stream started is
+sent as an SSE error event (the status line is already out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import exceptions as ray_exceptions
+from ray.serve import exceptions as serve_exceptions
+from ray.serve.handle import DeploymentHandle
+from ray.serve.llm.openai_api_models import ErrorResponse
+
+from sluice.errors import SluiceError, Unavailable, from_engine_error
+
+log = logging.getLogger(__name__)
+
+_SSE_ERROR_PREFIX = 'data: {"error"'
+_RETRIABLE = (
+    serve_exceptions.BackPressureError,
+    serve_exceptions.DeploymentUnavailableError,
+    ray_exceptions.RayActorError,
+    ray_exceptions.ActorUnavailableError,
+    ray_exceptions.RayTaskError,
+)
+
+
+def _as_error(item: Any, prompt_field: str) -> SluiceError | None:
+    """The engine's up-front rejection, whichever form it arrives in."""
+    if isinstance(item, list) and item:
+        item = item[0]
+    if isinstance(item, ErrorResponse):
+        e = item.error
+        return from_engine_error(int(e.code), e.message, e.type, getattr(e, "param", None),
+                                 prompt_field)
+    if isinstance(item, str) and item.startswith(_SSE_ERROR_PREFIX):
+        # A streaming request the engine rejected before generating: one SSE error event.
+        try:
+            e = json.loads(item[len("data: "):])["error"]
+            return from_engine_error(int(e.get("code") or 500), e["message"], e.get("type"),
+                                     e.get("param"), prompt_field)
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def _unavailable(model: str, exc: BaseException) -> Unavailable:
+    log.warning("model %s failed a request: %r", model, exc)
+    return Unavailable(f"Model '{model}' is not available right now ({type(exc).__name__}); "
+                       "retry shortly.")
+
+
+class EngineStream:
+    """One in-flight call: the first item (already checked for errors) and the rest."""
+
+    def __init__(self, model: str, first: Any, rest: AsyncIterator[Any]) -> None:
+        self.model = model
+        self.first = first
+        self._rest = rest
+
+    async def sse(self) -> AsyncIterator[str]:
+        """The SSE body. Mid-stream failures end it with an OpenAI-style error event."""
+        done = False
+        try:
+            item: Any = self.first
+            while True:
+                chunk = "".join(item) if isinstance(item, list) else str(item)
+                done = done or chunk.rstrip().endswith("data: [DONE]")
+                yield chunk
+                item = await self._rest.__anext__()
+        except StopAsyncIteration:
+            pass
+        except _RETRIABLE as exc:
+            err = _unavailable(self.model, exc)
+            yield f"data: {json.dumps(err.body())}\n\n"
+        if not done:
+            yield "data: [DONE]\n\n"
+
+
+async def call_engine(
+    handle: DeploymentHandle, method: str, request: Any, model: str, first_item_timeout_s: float
+) -> EngineStream:
+    """Start the call and wait (bounded) for its first item; raise SluiceError on failure."""
+    gen = getattr(handle, method).remote(request)
+    try:
+        first = await asyncio.wait_for(gen.__anext__(), timeout=first_item_timeout_s)
+    except StopAsyncIteration:
+        raise _unavailable(model, RuntimeError("engine returned nothing")) from None
+    except asyncio.TimeoutError:
+        gen.cancel()
+        raise Unavailable(
+            f"Model '{model}' did not start answering within {first_item_timeout_s:.0f} s."
+        ) from None
+    except _RETRIABLE as exc:
+        raise _unavailable(model, exc) from None
+    error = _as_error(first, "messages" if method == "chat" else "prompt")
+    if error is not None:
+        raise error
+    return EngineStream(model, first, gen)

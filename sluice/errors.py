@@ -1,0 +1,94 @@
+"""One error hierarchy for the whole platform, rendered as OpenAI's error JSON.
+
+Every error a client can see is a ``SluiceError`` carrying its HTTP status; one handler at the
+edge renders it. Client mistakes are 4xx with the offending field in ``param``; anything the
+client may retry (engine not ready, engine died, overloaded) is 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SluiceError(Exception):
+    status: int = 500
+    type: str = "internal_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(SluiceError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class NotFound(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Unavailable(SluiceError):
+    """The engine is not ready, died, or shed load. The client may retry."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "engine_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("Retry-After", str(retry_after_s))
+
+
+class InternalError(SluiceError):
+    status = 500
+    type = "internal_error"
+
+
+def from_engine_error(status: int, message: str, err_type: str | None = None,
+                      param: str | None = None, prompt_field: str = "messages") -> SluiceError:
+    """Map an error the engine returned (vLLM's ErrorResponse fields) into the hierarchy."""
+    lowered = message.lower()
+    if status == 400 and ("maximum context length" in lowered or "context length" in lowered):
+        return ContextLengthExceeded(message, param=prompt_field)
+    if 400 <= status < 500:
+        err = InvalidRequest(message, param=param)
+        err.status = status
+        return err
+    if status == 503:
+        return Unavailable(message)
+    return InternalError(message, code=err_type)

@@ -1,0 +1,84 @@
+"""Bad input gets a clear OpenAI-style error with the right status; health endpoints."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.integration
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _assert_error(resp, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) >= {"message", "type", "param", "code"}
+    if param is not None:
+        assert err["param"] == param
+    assert resp.headers.get("x-request-id")
+    return err
+
+
+def test_unknown_model_is_404(http, oai) -> None:
+    err = _assert_error(http.post("/v1/chat/completions",
+                                  json={"model": "gpt-7", "messages": MSG}), 404, "model")
+    assert err["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="gpt-7", messages=MSG)
+    assert http.get("/v1/models/gpt-7").status_code == 404
+
+
+def test_malformed_json_is_400(http) -> None:
+    resp = http.post("/v1/chat/completions", content=b'{"model": "small", ',
+                     headers={"content-type": "application/json"})
+    assert "JSON" in _assert_error(resp, 400)["message"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"max_tokens": 0}, "max_tokens"), ({"n": 500}, "n"), ({"temperature": -1}, "temperature"),
+     ({"max_tokens": "many"}, "max_tokens"), ({"messages": "hi"}, "messages")],
+)
+def test_bad_fields_are_400_naming_the_field(http, extra: dict, param: str) -> None:
+    body = {"model": "small", "messages": MSG} | extra
+    _assert_error(http.post("/v1/chat/completions", json=body), 400, param)
+
+
+def test_prompt_longer_than_context_is_400_with_both_numbers(http) -> None:
+    long_prompt = "river " * 3000  # well over the small model's 2048-token context
+    resp = http.post("/v1/completions",
+                     json={"model": "small", "prompt": long_prompt, "max_tokens": 4})
+    err = _assert_error(resp, 400, "prompt")
+    assert err["code"] == "context_length_exceeded"
+    assert "2048" in err["message"], err["message"]
+    assert any(ch.isdigit() for ch in err["message"].replace("2048", ""))
+    # and a streaming request gets the same 400, not a broken stream
+    resp = http.post("/v1/completions", json={"model": "small", "prompt": long_prompt,
+                                              "max_tokens": 4, "stream": True})
+    _assert_error(resp, 400, "prompt")
+    resp = http.post("/v1/chat/completions", json={
+        "model": "small", "messages": [{"role": "user", "content": long_prompt}]})
+    assert _assert_error(resp, 400, "messages")["code"] == "context_length_exceeded"
+
+
+def test_request_id_is_echoed_or_minted(http) -> None:
+    body = {"model": "small", "messages": MSG, "max_tokens": 2}
+    resp = http.post("/v1/chat/completions", json=body, headers={"x-request-id": "client-42"})
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == "client-42"
+    resp = http.post("/v1/chat/completions", json=body)
+    minted = resp.headers["x-request-id"]
+    assert minted and minted != "client-42"
+    err = http.post("/v1/chat/completions", json={"model": "nope", "messages": MSG},
+                    headers={"x-request-id": "client-43"})
+    assert err.headers["x-request-id"] == "client-43"
+
+
+def test_unknown_route_is_openai_shaped_404(http) -> None:
+    _assert_error(http.get("/v1/nothing-here"), 404)
+
+
+def test_health_and_readiness(http) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {"small": "ready", "large": "ready"}

@@ -1,0 +1,31 @@
+from sluice.errors import (
+    ContextLengthExceeded, InvalidRequest, ModelNotFound, Unavailable, from_engine_error,
+)
+
+
+def test_error_body_has_openai_shape() -> None:
+    body = ModelNotFound("nope", param="model").body()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "model_not_found"
+
+
+def test_unavailable_is_503_with_retry_after() -> None:
+    err = Unavailable("down", retry_after_s=7)
+    assert err.status == 503 and err.headers["Retry-After"] == "7"
+
+
+def test_engine_context_error_maps_to_context_length_exceeded() -> None:
+    msg = ("This model's maximum context length is 2048 tokens. However, your request has "
+           "3000 input tokens. Please reduce the length of the input messages.")
+    err = from_engine_error(400, msg, "BadRequestError")
+    assert isinstance(err, ContextLengthExceeded) and err.status == 400
+    assert "2048" in err.message and "3000" in err.message
+
+
+def test_engine_client_errors_keep_their_status() -> None:
+    err = from_engine_error(422, "bad thing", "BadRequestError", "stop")
+    assert isinstance(err, InvalidRequest) and err.status == 422 and err.param == "stop"
+
+
+def test_engine_503_stays_retriable() -> None:
+    assert isinstance(from_engine_error(503, "overloaded"), Unavailable)

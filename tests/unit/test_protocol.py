@@ -1,0 +1,63 @@
+import pytest
+
+from sluice.deployments.protocol import RequestLimits, decode_json, parse_request
+from sluice.errors import InvalidRequest
+
+LIMITS = RequestLimits(max_n=8, max_tokens=4096)
+CHAT = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _param_of(body: dict, endpoint: str = "chat") -> str | None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(endpoint, body, LIMITS)  # type: ignore[arg-type]
+    assert info.value.status == 400
+    return info.value.param
+
+
+def test_valid_chat_request_parses_to_engine_type() -> None:
+    req = parse_request("chat", CHAT | {"max_tokens": 5, "stream": True}, LIMITS)
+    assert req.model == "small" and req.stream is True
+    assert req.messages[0]["content"] == "hi"
+
+
+def test_valid_completion_request() -> None:
+    req = parse_request("completions", {"model": "large", "prompt": "x", "n": 2}, LIMITS)
+    assert req.n == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": -3}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"max_tokens": 10**9}, "max_tokens"),
+        ({"n": 0}, "n"),
+        ({"n": 1000}, "n"),
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": "ten"}, "max_tokens"),
+        ({"stream": "yes please"}, "stream"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"model": 3}, "model"),
+    ],
+)
+def test_bad_fields_are_named(extra: dict, param: str) -> None:
+    assert _param_of(CHAT | extra) == param
+
+
+def test_wrong_type_nested_in_messages_names_the_path() -> None:
+    param = _param_of(CHAT | {"messages": [{"role": "user", "content": 5}]})
+    assert param is not None and param.startswith("messages[0]")
+
+
+def test_missing_prompt_for_completions() -> None:
+    assert _param_of({"model": "small"}, "completions") == "prompt"
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
+def test_bodies_that_are_not_json_objects(raw: bytes) -> None:
+    with pytest.raises(InvalidRequest):
+        decode_json(raw)
