@@ -18,7 +18,6 @@ from typing import Any
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 from ray.serve.handle import DeploymentHandle
-from ray.serve.llm.openai_api_models import ErrorResponse
 
 from sluice.errors import SluiceError, Unavailable, from_engine_error
 
@@ -38,8 +37,10 @@ def _as_error(item: Any, prompt_field: str) -> SluiceError | None:
     """The engine's up-front rejection, whichever form it arrives in."""
     if isinstance(item, list) and item:
         item = item[0]
-    if isinstance(item, ErrorResponse):
-        e = item.error
+    e = getattr(item, "error", None)
+    if e is not None and hasattr(e, "message") and hasattr(e, "code"):
+        # Ray Serve LLM's ErrorResponse (its engine yields the internal base class of the
+        # public one, so match on shape rather than on class).
         return from_engine_error(int(e.code), e.message, e.type, getattr(e, "param", None),
                                  prompt_field)
     if isinstance(item, str) and item.startswith(_SSE_ERROR_PREFIX):
