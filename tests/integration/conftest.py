@@ -61,3 +61,8 @@ def aoai(base_url: str):
     from openai import AsyncOpenAI
 
     return AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that break the shared stack (killing an engine) run after all the others."""
+    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)

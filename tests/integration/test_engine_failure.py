@@ -1,0 +1,66 @@
+"""An engine that dies: requests get a retriable 503, readiness drops, Serve recovers it.
+
+Marked `destructive`: conftest runs it after every other integration test, since it kills
+the large model's engine in the shared stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+BODY = {"model": "large", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+def _engine_processes(model: str) -> list[psutil.Process]:
+    """The vLLM engine-core processes under the given model's Serve replica actor."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if f"ServeReplica:sluice:LLMServer:{model}" in cmdline:
+            found += [c for c in proc.children(recursive=True)
+                      if "EngineCore" in " ".join(c.cmdline())]
+    return found
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_dead_engine_gives_503_then_recovers(http) -> None:
+    assert http.post("/v1/chat/completions", json=BODY).status_code == 200
+    engines = _engine_processes("large")
+    assert engines, "could not find the large model's engine process"
+    for proc in engines:
+        os.kill(proc.pid, signal.SIGKILL)
+
+    statuses: list[int] = []
+
+    def failed_with_503() -> bool:
+        resp = http.post("/v1/chat/completions", json=BODY)
+        statuses.append(resp.status_code)
+        if resp.status_code == 503:
+            assert resp.headers["retry-after"]
+            assert resp.json()["error"]["type"] == "service_unavailable"
+            return True
+        return False
+
+    _wait_for(failed_with_503, 60, "a 503 from the dead engine")
+    assert all(s in (200, 503) for s in statuses), statuses  # never a 500
+    # the small model is unaffected
+    small = http.post("/v1/chat/completions", json=BODY | {"model": "small"})
+    assert small.status_code == 200
+    # Serve's health check replaces the replica; readiness and answers come back by themselves
+    _wait_for(lambda: http.get("/readyz").status_code == 200
+              and http.post("/v1/chat/completions", json=BODY).status_code == 200,
+              300, "the large model to recover")
