@@ -107,6 +107,11 @@ class Profile(Frozen):
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="Environment of every engine process."
     )
+    ray_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every Ray process (Ray Serve's RAY_SERVE_* switches); "
+        "set before Ray starts (`sluice serve`) or in cluster.yaml's `ray start` commands.",
+    )
     models: dict[str, ModelDeployment] = Field(description="Deployment per catalog model name.")
     placement_bundles: tuple[dict[str, float], ...] = Field(
         description="Ray placement-group bundles of one engine replica."

@@ -68,7 +68,8 @@ class LocalStack:
 
         # Ray lowers its workers to nice 15 by default; the engines are the workload here.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        for key, value in self.config.profile.engine_env.items():
+        for key, value in {**self.config.profile.engine_env,
+                           **self.config.profile.ray_env}.items():
             os.environ.setdefault(key, value)
         self._progress(f"starting Ray ({self._ray_num_cpus} logical CPUs)")
         ray.init(
