@@ -88,6 +88,13 @@ class IngressSettings(Frozen):
         description="Where `auto` goes until the cascade is configured (said in x-sluice-route).",
     )
     num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    transport: Literal["direct", "proxy"] = Field(
+        default="direct",
+        description="'direct': the ingress replica serves HTTP on `port` itself (Ray Serve's "
+        "throughput-optimized direct ingress: no proxy hop; one ingress replica per node "
+        "unless HAProxy fronts them). 'proxy': Serve's HTTP proxy actor on `port` forwards "
+        "to the ingress replicas.",
+    )
     first_token_timeout_s: float = Field(
         default=300, gt=0,
         description="Longest wait for an engine's first output before answering 503.",

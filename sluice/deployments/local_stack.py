@@ -66,10 +66,7 @@ class LocalStack:
         import ray
         from ray import serve
 
-        # Ray lowers its workers to nice 15 by default; the engines are the workload here.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        for key, value in {**self.config.profile.engine_env,
-                           **self.config.profile.ray_env}.items():
+        for key, value in self.ray_environment().items():
             os.environ.setdefault(key, value)
         self._progress(f"starting Ray ({self._ray_num_cpus} logical CPUs)")
         ray.init(
@@ -81,7 +78,34 @@ class LocalStack:
         )
         self._ray_started = True
         ingress = self.config.profile.ingress
-        serve.start(http_options={"host": ingress.host, "port": ingress.port})
+        if ingress.transport == "direct":
+            serve.start(http_options={"location": "NoServer"})
+        else:
+            serve.start(http_options={"host": ingress.host, "port": ingress.port})
+
+    def ray_environment(self) -> dict[str, str]:
+        """Environment every Ray process inherits: engine settings, Serve's switches."""
+        profile = self.config.profile
+        ingress = profile.ingress
+        env = {
+            # Ray lowers its workers to nice 15 by default; the engines are the workload here.
+            "RAY_worker_niceness": "0",
+            **profile.engine_env,
+            **profile.ray_env,
+        }
+        # Ray Serve's throughput-optimized mode: user code and router on the replica's own
+        # event loop, gRPC between Serve components, buffered request logs.
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
+        if ingress.transport == "direct":
+            # ... and the ingress replica listening for HTTP itself, on exactly this port.
+            env.update({
+                "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+                "RAY_SERVE_DEFAULT_HTTP_HOST": ingress.host,
+                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ingress.port),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ingress.port + 1),
+            })
+        return env
 
     def _deploy(self) -> None:
         from ray import serve
