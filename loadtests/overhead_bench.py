@@ -1,7 +1,7 @@
 """Serving-layer overhead: Sluice's full path vs vLLM's own OpenAI server, same model, same run.
 
-Each server runs alone with the same engine arguments, in the order bare, Sluice, bare (the
-two bare phases bracket drift; their samples are pooled). Reports TTFT p50/p95 at concurrency 1
+Both servers run at once with the same engine arguments; requests alternate between them
+(the order flips every round) so the machine's drift and noise hit both alike. Reports TTFT p50/p95 at concurrency 1
 and output tokens/s at concurrency 16, each as the ratio Sluice / bare.
 
     python -m loadtests.overhead_bench --out bench-results/overhead
@@ -77,13 +77,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def ttft_sequence(url: str, n: int, max_tokens: int, label: str) -> list[StreamTiming]:
-    results = []
+async def ttft_alternating(targets: dict[str, str], n: int, max_tokens: int
+                           ) -> dict[str, list[StreamTiming]]:
+    """n requests to each server, one at a time, alternating (order flips every round)."""
+    results: dict[str, list[StreamTiming]] = {name: [] for name in targets}
     async with httpx.AsyncClient(timeout=120) as client:
         for i in range(n):
-            results.append(await timed_completion(client, url, "small", PROMPT, max_tokens))
+            for name in (list(targets) if i % 2 == 0 else list(reversed(targets))):
+                results[name].append(
+                    await timed_completion(client, targets[name], "small", PROMPT, max_tokens))
             if (i + 1) % 10 == 0:
-                log(f"{label}: concurrency 1, {i + 1}/{n} requests")
+                log(f"concurrency 1: {i + 1}/{n} rounds")
     return results
 
 
@@ -108,19 +112,6 @@ async def throughput(url: str, concurrency: int, duration_s: float, max_tokens: 
     return tokens / (time.perf_counter() - start), errors
 
 
-def measure(url: str, label: str, n_ttft: int, rounds: int, duration_s: float,
-            concurrency: int) -> tuple[list[StreamTiming], list[float]]:
-    asyncio.run(ttft_sequence(url, 5, 8, f"{label} warm-up"))
-    timings = asyncio.run(ttft_sequence(url, n_ttft, 16, label))
-    tput = []
-    for r in range(rounds):
-        tps, errors = asyncio.run(throughput(url, concurrency, duration_s, 64))
-        tput.append(tps)
-        log(f"{label}: concurrency {concurrency}, round {r + 1}/{rounds}: "
-            f"{tps:.0f} output tokens/s ({errors} errors)")
-    return timings, tput
-
-
 def _bare_engine_args(config) -> list[str]:
     small = config.catalog.by_tier("small")
     kw = {**config.profile.engine_kwargs, "max_model_len": small.context_length}
@@ -132,42 +123,43 @@ def _bare_engine_args(config) -> list[str]:
 
 
 def run(out: Path, n_ttft: int, rounds: int, duration_s: float, concurrency: int) -> dict:
-    """Phases bare, Sluice, bare: one server at a time (vLLM's CPU engines all bind their
-    OpenMP threads to the same core, so two idle-but-spinning servers would skew each other),
-    with bare measured before and after to bracket drift."""
+    """Both servers up at once; requests alternate so drift and noise hit both alike."""
     out.mkdir(parents=True, exist_ok=True)
     from sluice.config import load_platform_config
 
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     model_dir = Path(config.model_source(config.catalog.by_tier("small")))
-    env = dict(config.profile.engine_env)
-    timings: dict[str, list[StreamTiming]] = {"bare": [], "sluice": []}
-    tput: dict[str, list[float]] = {"bare": [], "sluice": []}
-    for phase, name in enumerate(["bare", "sluice", "bare"]):
-        if name == "bare":
-            log(f"phase {phase + 1}/3: starting bare vLLM on port 8301 ...")
-            proc = start_bare_vllm(model_dir, 8301, _bare_engine_args(config), env,
-                                   out / f"bare-vllm-{phase}.log")
-            ready, url = "http://127.0.0.1:8301/health", "http://127.0.0.1:8301/v1/completions"
-        else:
-            log(f"phase {phase + 1}/3: starting Sluice on port 8302 ...")
-            proc = start_sluice(8302, 6392, out / "sluice.log")
-            ready, url = "http://127.0.0.1:8302/readyz", "http://127.0.0.1:8302/v1/completions"
-        try:
-            wait_http(ready, proc, 600, name)
-            t, tp = measure(url, name, n_ttft, rounds, duration_s, concurrency)
-            timings[name] += t
-            tput[name] += tp
-        finally:
-            stop(proc)
+    bare = start_bare_vllm(model_dir, 8301, _bare_engine_args(config),
+                           dict(config.profile.engine_env), out / "bare-vllm.log")
+    sluice = start_sluice(8302, 6392, out / "sluice.log")
+    targets = {"bare": "http://127.0.0.1:8301/v1/completions",
+               "sluice": "http://127.0.0.1:8302/v1/completions"}
+    try:
+        log("starting bare vLLM (port 8301) and Sluice (port 8302) ...")
+        wait_http("http://127.0.0.1:8301/health", bare, 600, "bare vLLM")
+        wait_http("http://127.0.0.1:8302/readyz", sluice, 600, "Sluice")
+        log("warm-up")
+        asyncio.run(ttft_alternating(targets, 5, 8))
+        timings = asyncio.run(ttft_alternating(targets, n_ttft, 16))
+        tput: dict[str, list[float]] = {name: [] for name in targets}
+        for r in range(rounds):
+            order = list(targets) if r % 2 == 0 else list(reversed(targets))
+            for name in order:
+                tps, errors = asyncio.run(throughput(targets[name], concurrency, duration_s, 64))
+                tput[name].append(tps)
+                log(f"concurrency {concurrency}, round {r + 1}/{rounds}, {name}: "
+                    f"{tps:.0f} output tokens/s ({errors} errors)")
+    finally:
+        stop(sluice)
+        stop(bare)
     return summarize(timings, tput, n_ttft, concurrency, duration_s, rounds, out)
 
 
 def summarize(timings: dict[str, list[StreamTiming]], tput: dict[str, list[float]], n: int,
               concurrency: int, duration_s: float, rounds: int, out: Path) -> dict:
     result: dict = {"ttft_ms": {}, "tokens_per_s": {}, "params": {
-        "ttft_requests_per_phase": n, "concurrency": concurrency, "round_s": duration_s,
-        "rounds_per_phase": rounds, "phases": ["bare", "sluice", "bare"], "cpu_count": os.cpu_count()}}
+        "ttft_requests_each": n, "concurrency": concurrency, "round_s": duration_s,
+        "rounds_each": rounds, "cpu_count": os.cpu_count()}}
     for name, ts in timings.items():
         ok = [t.ttft_s * 1000 for t in ts if t.ok]
         result["ttft_ms"][name] = {"p50": pct(ok, 0.5), "p95": pct(ok, 0.95), "n_ok": len(ok),
@@ -208,8 +200,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench-results/overhead")
     parser.add_argument("--requests", type=int, default=40, help="TTFT samples per server")
-    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds per server")
-    parser.add_argument("--duration", type=float, default=20, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=4, help="throughput rounds per server")
+    parser.add_argument("--duration", type=float, default=15, help="seconds per round")
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     result = run(Path(args.out), args.requests, args.rounds, args.duration, args.concurrency)

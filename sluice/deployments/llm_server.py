@@ -8,10 +8,35 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.serve.deployment import Application
-from ray.serve.llm import LLMConfig, build_llm_deployment
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from sluice.config import CatalogModel, PlatformConfig
+
+
+class SingleWorkerCpuEngine(VLLMEngine):
+    """Ray Serve LLM's vLLM engine, with vLLM's in-process executor for one-worker CPU engines.
+
+    On CPU, Ray Serve LLM forces vLLM's multiprocessing executor: one extra worker process
+    that exchanges every step with the engine core through a busy-polled shared-memory
+    queue. With one worker there is nothing to distribute, and on a small CPU machine the
+    polling (also of idle engines) competes with the model for cores. vLLM's own server uses
+    the in-process ("uni") executor here; so does Sluice. GPU engines are left as they are.
+    """
+
+    def _prepare_engine_config(self, callback_ctx: Any) -> Any:
+        engine_args, frontend_args, vllm_config = super()._prepare_engine_config(callback_ctx)
+        parallel = vllm_config.parallel_config
+        if vllm_config.device_config.device_type == "cpu" and parallel.world_size == 1:
+            parallel.distributed_executor_backend = "uni"
+        return engine_args, frontend_args, vllm_config
+
+
+class SluiceLLMServer(LLMServer):
+    """Ray Serve LLM's LLMServer with Sluice's engine class."""
+
+    _default_engine_cls = SingleWorkerCpuEngine
 
 
 def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
@@ -53,6 +78,6 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
 def build_llm_deployments(config: PlatformConfig) -> dict[str, Application]:
     """Every catalog model as a bound LLMServer application, keyed by model name."""
     return {
-        model.name: build_llm_deployment(llm_config_for(config, model))
+        model.name: build_llm_deployment(llm_config_for(config, model), deployment_cls=SluiceLLMServer)
         for model in config.catalog.models
     }
