@@ -7,6 +7,7 @@ the large model's engine in the shared stack.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -22,7 +23,7 @@ def _engine_processes(model: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if f"ServeReplica:sluice:LLMServer:{model}" in cmdline:
+        if re.search(rf"ServeReplica:sluice:\w*LLMServer:{model}\b", cmdline):
             found += [c for c in proc.children(recursive=True)
                       if "EngineCore" in " ".join(c.cmdline())]
     return found
