@@ -55,6 +55,37 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_route_eval(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sluice.router.dataset import load_pairs
+    from sluice.router.evaluate import EvalSettings, evaluate
+    from sluice.router.features import MemoEmbedder, MiniLMEmbedder
+    from sluice.router.report import write_report
+    from sluice.router.scorers import AnswerChecksJudge, LearnedQualityJudge, PromptRouter
+
+    queries = load_pairs(Path(args.data))
+    print(f"[route eval] {len(queries)} queries from {args.data}; embedding with MiniLM ...",
+          file=sys.stderr, flush=True)
+    embedder = MemoEmbedder(MiniLMEmbedder(), REPO_ROOT / ".cache" / "embeddings")
+    embedder.warm([q.prompt for q in queries] + [q.small_answer or "" for q in queries])
+    factories = {
+        "prompt-router": lambda: PromptRouter(embedder),
+        "learned-judge": lambda: LearnedQualityJudge(embedder),
+        "answer-checks-judge": lambda: AnswerChecksJudge(embedder),
+    }
+    settings = EvalSettings(seeds=args.seeds, test_fraction=args.test_fraction,
+                            bootstrap=args.bootstrap, price_ratio=args.price_ratio,
+                            target_share=args.target_share)
+    report = evaluate(queries, factories, settings,
+                      progress=lambda m: print(f"[route eval] {m}", file=sys.stderr, flush=True))
+    print(write_report(report, Path(args.out)))
+    print(f"[route eval] wrote {args.out}/report.json, report.md, quality_vs_cost.png",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=0, help="override the profile's HTTP port")
     serve.add_argument("--redis-port", type=int, default=6379)
     serve.set_defaults(func=_cmd_serve)
+    route = sub.add_parser("route", help="cascade routing tools").add_subparsers(
+        dest="route_command", required=True
+    )
+    ev = route.add_parser("eval", help="offline evaluation of routers and judges")
+    ev.add_argument("--data", required=True, help="labeled pair file (JSONL, RouteLLM schema)")
+    ev.add_argument("--out", default="bench-results/routing")
+    ev.add_argument("--seeds", type=int, default=5)
+    ev.add_argument("--test-fraction", type=float, default=0.5)
+    ev.add_argument("--bootstrap", type=int, default=200)
+    ev.add_argument("--price-ratio", type=float, default=20.0,
+                    help="cost of a large-model call / a small-model call")
+    ev.add_argument("--target-share", type=float, default=0.5,
+                    help="large-call share the calibrated threshold aims at")
+    ev.set_defaults(func=_cmd_route_eval)
     return parser
 
 
