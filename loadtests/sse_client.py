@@ -7,6 +7,7 @@ are measured by the very same code.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -41,8 +42,8 @@ async def timed_completion(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
-            if event.get("choices") and event["choices"][0].get("text") and ttft != ttft:
+            if event.get("choices") and event["choices"][0].get("text") and math.isnan(ttft):
                 ttft = time.perf_counter() - start
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-    return StreamTiming(ttft == ttft, ttft, time.perf_counter() - start, tokens, 200)
+    return StreamTiming(not math.isnan(ttft), ttft, time.perf_counter() - start, tokens, 200)

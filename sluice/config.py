@@ -68,7 +68,7 @@ class ModelDeployment(Frozen):
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> "ModelDeployment":
+    def _bounds(self) -> ModelDeployment:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
         return self
@@ -142,7 +142,7 @@ class PlatformConfig(Frozen):
     root: Path = Field(description="Directory relative model sources resolve against.")
 
     @model_validator(mode="after")
-    def _every_model_deployed(self) -> "PlatformConfig":
+    def _every_model_deployed(self) -> PlatformConfig:
         names = {m.name for m in self.catalog.models}
         missing = names - set(self.profile.models)
         unknown = set(self.profile.models) - names

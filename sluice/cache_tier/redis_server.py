@@ -30,7 +30,7 @@ class LocalRedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> "LocalRedisServer":
+    def start(self, timeout_s: float = 10.0) -> LocalRedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisServerError("redis-server not found; run `make setup` (it installs it).")
@@ -62,7 +62,7 @@ class LocalRedisServer:
                 self._proc.kill()
         self._proc = None
 
-    def __enter__(self) -> "LocalRedisServer":
+    def __enter__(self) -> LocalRedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

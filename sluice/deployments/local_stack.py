@@ -50,7 +50,7 @@ class LocalStack:
         host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
         return f"http://{host}:{ingress.port}"
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         try:
             self._progress(f"starting redis-server on port {self.redis.port}")
             self.redis.start()
@@ -146,7 +146,7 @@ class LocalStack:
                 self._ray_started = False
         self.redis.stop()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -96,7 +96,7 @@ async def call_engine(
         first = await asyncio.wait_for(gen.__anext__(), timeout=first_item_timeout_s)
     except StopAsyncIteration:
         raise _unavailable(model, RuntimeError("engine returned nothing")) from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         gen.cancel()
         raise Unavailable(
             f"Model '{model}' did not start answering within {first_item_timeout_s:.0f} s."

@@ -16,7 +16,12 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from sluice.router.dataset import LabeledQuery, strata
 from sluice.router.metrics import (
-    Curve, oracle_curve, random_curve, relative_cost, routing_curve, threshold_for_share,
+    Curve,
+    oracle_curve,
+    random_curve,
+    relative_cost,
+    routing_curve,
+    threshold_for_share,
 )
 from sluice.router.scorers import QualityScorer
 

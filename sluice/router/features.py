@@ -12,7 +12,7 @@ import hashlib
 import math
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -72,7 +72,7 @@ class MemoEmbedder:
         return np.stack([self._memo[t] for t in texts])
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+_OPS: dict[type, Callable[..., float]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos}
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
 _INLINE = re.compile(r"(\d[\d,]*\.?\d*(?:\s*[-+*/x×]\s*\d[\d,]*\.?\d*)+)\s*=\s*\$?(-?\d[\d,]*\.?\d*)")

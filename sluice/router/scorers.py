@@ -26,7 +26,7 @@ class QualityScorer(Protocol):
     name: str
     needs_answer: bool
 
-    def fit(self, queries: Sequence[LabeledQuery]) -> "QualityScorer": ...
+    def fit(self, queries: Sequence[LabeledQuery]) -> QualityScorer: ...
 
     def score(self, queries: Sequence[LabeledQuery]) -> np.ndarray: ...
 
@@ -53,7 +53,7 @@ class _LogisticScorer:
     def _features(self, queries: Sequence[LabeledQuery]) -> np.ndarray:
         raise NotImplementedError
 
-    def fit(self, queries: Sequence[LabeledQuery]) -> "_LogisticScorer":
+    def fit(self, queries: Sequence[LabeledQuery]) -> _LogisticScorer:
         labels = _labels(queries)
         if len(set(labels)) < 2:
             raise ValueError("calibration data has only one label; cannot fit a scorer")

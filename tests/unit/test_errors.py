@@ -1,5 +1,9 @@
 from sluice.errors import (
-    ContextLengthExceeded, InvalidRequest, ModelNotFound, Unavailable, from_engine_error,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    Unavailable,
+    from_engine_error,
 )
 
 

@@ -3,7 +3,10 @@
 import json
 
 from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ErrorInfo as EngineErrorInfo, ErrorResponse as EngineErrorResponse,
+    ErrorInfo as EngineErrorInfo,
+)
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ErrorResponse as EngineErrorResponse,
 )
 
 from sluice.deployments.relay import _as_error
@@ -41,13 +44,13 @@ def test_ordinary_chunks_are_not_errors() -> None:
 
 # ---- call_engine against hand-built handles: failures become retriable 503s -------------
 
-import asyncio  # noqa: E402
+import asyncio
 
-import pytest  # noqa: E402
-from ray import exceptions as ray_exceptions  # noqa: E402
+import pytest
+from ray import exceptions as ray_exceptions
 
-from sluice.deployments.relay import EngineStream, call_engine  # noqa: E402
-from sluice.errors import Unavailable  # noqa: E402
+from sluice.deployments.relay import EngineStream, call_engine
+from sluice.errors import Unavailable
 
 
 class _Gen:

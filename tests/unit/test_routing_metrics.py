@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 
 from sluice.router.metrics import (
-    oracle_curve, random_curve, relative_cost, routing_curve, threshold_for_share,
+    oracle_curve,
+    random_curve,
+    relative_cost,
+    routing_curve,
+    threshold_for_share,
 )
 
 SMALL = np.array([1, 1, 0, 0, 1, 0, 1, 0], dtype=float)
