@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluice.cache_tier.response_cache import ResponseCacheConfig
+
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
@@ -113,6 +115,9 @@ class Profile(Frozen):
     )
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="Environment of every engine process."
+    )
+    response_cache: ResponseCacheConfig = Field(
+        default_factory=ResponseCacheConfig, description="Exact-match response cache (Redis)."
     )
     ray_env: dict[str, str] = Field(
         default_factory=dict,

@@ -12,14 +12,22 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sluice.cache_tier.response_cache import (
+    CacheLookup,
+    CacheStatus,
+    ResponseCache,
+    ResponseCacheConfig,
+)
 from sluice.config import PlatformConfig
 from sluice.deployments.protocol import Endpoint, RequestLimits, decode_json, parse_request
 from sluice.deployments.relay import call_engine
@@ -27,10 +35,20 @@ from sluice.errors import NotFound, SluiceError, Unavailable
 from sluice.router.static import RouteDecision, StaticRouter
 
 log = logging.getLogger(__name__)
+CACHE_HEADER = "x-sluice-cache"
 
 
 def _error_response(err: SluiceError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _response_cache(config: ResponseCacheConfig, redis_url: str | None) -> ResponseCache | None:
+    if not config.enabled or not redis_url:
+        return None
+    timeout_s = config.timeout_ms / 1000
+    client = Redis.from_url(redis_url, socket_timeout=timeout_s,
+                            socket_connect_timeout=timeout_s)
+    return ResponseCache(client, config)
 
 
 def _route_headers(decision: RouteDecision) -> dict[str, str]:
@@ -72,7 +90,8 @@ app = create_app()
 class SluiceIngress:
     """Routes each request to a model deployment and relays its answer."""
 
-    def __init__(self, config: dict[str, Any], models: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, config: dict[str, Any], models: dict[str, DeploymentHandle],
+                 redis_url: str | None = None) -> None:
         self._config = PlatformConfig.model_validate(config)
         ingress = self._config.profile.ingress
         self._limits = RequestLimits(max_n=ingress.max_n, max_tokens=ingress.max_tokens_limit)
@@ -81,6 +100,8 @@ class SluiceIngress:
         self._streams = {name: h.options(stream=True) for name, h in models.items()}
         self._first_item_timeout_s = ingress.first_token_timeout_s
         self._created = int(time.time())
+        self._cache = _response_cache(self._config.profile.response_cache, redis_url)
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- inference -------------------------------------------------------------------
 
@@ -96,18 +117,35 @@ class SluiceIngress:
         body = decode_json(await request.body())
         llm_request = parse_request(endpoint, body, self._limits)
         decision = self._router.decide(llm_request.model)
+        headers = _route_headers(decision)
+        cached = await self._cache_lookup(endpoint, decision.model, body, request)
+        headers[CACHE_HEADER] = cached.status.value
+        if cached.body is not None:
+            return Response(cached.body, media_type="application/json", headers=headers)
         llm_request.model = decision.model
         llm_request.request_id = f"{_request_id(request)}.{uuid.uuid4().hex[:8]}"
         stream = await call_engine(
             self._streams[decision.model], endpoint, llm_request, decision.model,
             self._first_item_timeout_s,
         )
-        headers = _route_headers(decision)
         if llm_request.stream:
             return StreamingResponse(stream.sse(), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
-        return Response(stream.first.model_dump_json(), media_type="application/json",
-                        headers=headers)
+        payload = stream.first.model_dump_json()
+        if self._cache is not None and cached.store_key is not None:
+            self._off_hot_path(self._cache.put(cached.store_key, payload))
+        return Response(payload, media_type="application/json", headers=headers)
+
+    async def _cache_lookup(self, endpoint: str, model: str, body: dict[str, Any],
+                            request: Request) -> CacheLookup:
+        if self._cache is None:
+            return CacheLookup(CacheStatus.BYPASS, None, None)
+        return await self._cache.lookup(endpoint, model, body, request.headers)
+
+    def _off_hot_path(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ---- catalog and health ----------------------------------------------------------
 
@@ -132,8 +170,11 @@ class SluiceIngress:
         )
         models = {n: ("ready" if ok else "unavailable") for n, ok in zip(names, results)}
         ready = all(results)
+        cache = ("disabled" if self._cache is None
+                 else "ok" if await self._cache.probe() else "degraded")
         return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "models": models},
+            {"status": "ready" if ready else "not_ready", "models": models,
+             "response_cache": cache},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "5"},
         )

@@ -26,9 +26,10 @@ REDIS_PORT = int(os.environ.get("SLUICE_TEST_REDIS_PORT", "6390"))
 def _test_config() -> PlatformConfig:
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     ingress = config.profile.ingress.model_copy(update={"port": HTTP_PORT})
-    return config.model_copy(
-        update={"profile": config.profile.model_copy(update={"ingress": ingress})}
-    )
+    # a short TTL so expiry can be observed within a test
+    cache = config.profile.response_cache.model_copy(update={"ttl_s": 3})
+    profile = config.profile.model_copy(update={"ingress": ingress, "response_cache": cache})
+    return config.model_copy(update={"profile": profile})
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,102 @@
+"""Exact-match response cache on the real stack: real Redis, real engines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.integration
+URL = "/v1/chat/completions"
+
+
+def _body(**extra) -> dict:
+    # a unique prompt per call site, so tests never see each other's entries
+    content = f"cache test {uuid.uuid4().hex[:8]}"
+    return {"model": "small", "messages": [{"role": "user", "content": content}],
+            "max_tokens": 4, "temperature": 0} | extra
+
+
+def _until(fn, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = fn()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _hit(http, body, headers=None):
+    resp = http.post(URL, json=body, headers=headers or {})
+    return resp if resp.headers["x-sluice-cache"] == "hit" else None
+
+
+def test_deterministic_request_misses_then_hits_with_the_same_answer(http) -> None:
+    body = _body()
+    first = http.post(URL, json=body)
+    assert first.status_code == 200 and first.headers["x-sluice-cache"] == "miss"
+    hit = _until(lambda: _hit(http, body), 10, "a cache hit")
+    assert hit.json() == first.json()
+    assert hit.headers["x-sluice-model"] == "small"
+    # `auto` is answered by `small` too, so it shares the entry
+    assert _hit(http, body | {"model": "auto"}) is not None
+    # a different sampling parameter is a different entry
+    assert http.post(URL, json=body | {"max_tokens": 5}).headers["x-sluice-cache"] == "miss"
+
+
+def test_sampled_requests_bypass_unless_the_client_opts_in(http) -> None:
+    body = _body(temperature=0.8)
+    assert http.post(URL, json=body).headers["x-sluice-cache"] == "bypass"
+    opt_in = {"x-sluice-cache": "allow"}
+    assert http.post(URL, json=body, headers=opt_in).headers["x-sluice-cache"] == "miss"
+    _until(lambda: _hit(http, body, opt_in), 10, "an opted-in hit")
+
+
+def test_cache_control_no_cache_and_no_store(http) -> None:
+    body = _body()
+    http.post(URL, json=body)
+    _until(lambda: _hit(http, body), 10, "a cache hit")
+    no_cache = http.post(URL, json=body, headers={"cache-control": "no-cache"})
+    assert no_cache.headers["x-sluice-cache"] == "miss"  # not read, engine answered
+    other = _body()
+    resp = http.post(URL, json=other, headers={"cache-control": "no-store"})
+    assert resp.headers["x-sluice-cache"] == "bypass"
+    time.sleep(0.5)
+    assert http.post(URL, json=other).headers["x-sluice-cache"] == "miss"  # nothing stored
+
+
+def test_streaming_requests_bypass(http) -> None:
+    resp = http.post(URL, json=_body(stream=True))
+    assert resp.status_code == 200 and resp.headers["x-sluice-cache"] == "bypass"
+
+
+def test_entries_expire_after_their_ttl(http, stack) -> None:
+    ttl = stack.config.profile.response_cache.ttl_s
+    body = _body()
+    http.post(URL, json=body)
+    _until(lambda: _hit(http, body), 10, "a cache hit")
+    time.sleep(ttl + 1)
+    assert http.post(URL, json=body).headers["x-sluice-cache"] == "miss"
+
+
+def test_redis_outage_costs_no_request_and_recovers_by_itself(http, stack) -> None:
+    body = _body()
+    stack.redis.stop()
+    try:
+        for _ in range(5):
+            start = time.monotonic()
+            resp = http.post(URL, json=body)
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-sluice-cache"] == "bypass"
+            assert time.monotonic() - start < 5  # no seconds-long stall on a dead Redis
+        ready = http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["response_cache"] == "degraded"
+    finally:
+        stack.redis.start()
+    retry_s = stack.config.profile.response_cache.retry_after_s
+    _until(lambda: _hit(http, body) if http.post(URL, json=body).headers["x-sluice-cache"]
+           != "bypass" else None, retry_s + 20, "the cache to come back")
+    assert http.get("/readyz").json()["response_cache"] == "ok"
