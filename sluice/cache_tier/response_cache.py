@@ -24,9 +24,9 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
-# Request fields that do not change the answer's content.
-_NOT_IN_KEY = frozenset({"stream", "stream_options", "request_id", "user", "priority",
-                         "session_id", "model"})
+# Request fields that change neither the answer nor its wire format. (`stream` and
+# `stream_options` stay in the key: a streamed answer is stored as its SSE body.)
+_NOT_IN_KEY = frozenset({"request_id", "user", "priority", "session_id", "model"})
 
 
 class ResponseCacheConfig(BaseModel):
@@ -66,12 +66,11 @@ class CachePolicy:
 
 def cache_policy(body: Mapping[str, Any], headers: Mapping[str, str]) -> CachePolicy:
     """Deterministic requests (temperature 0) or explicit opt-in (`x-sluice-cache: allow`);
-    `Cache-Control: no-cache` skips the lookup, `no-store` skips the cache entirely.
-    Streaming requests are not cached yet."""
+    `Cache-Control: no-cache` skips the lookup, `no-store` skips the cache entirely."""
     directives = {d.strip().lower() for d in headers.get("cache-control", "").split(",")}
     opted_in = headers.get("x-sluice-cache", "").lower() == "allow"
     deterministic = body.get("temperature") == 0
-    if body.get("stream") or "no-store" in directives or not (deterministic or opted_in):
+    if "no-store" in directives or not (deterministic or opted_in):
         return CachePolicy(read=False, write=False)
     return CachePolicy(read="no-cache" not in directives, write=True)
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,7 +30,7 @@ from sluice.cache_tier.response_cache import (
 )
 from sluice.config import PlatformConfig
 from sluice.deployments.protocol import Endpoint, RequestLimits, decode_json, parse_request
-from sluice.deployments.relay import call_engine
+from sluice.deployments.relay import EngineStream, call_engine
 from sluice.errors import NotFound, SluiceError, Unavailable
 from sluice.router.static import RouteDecision, StaticRouter
 
@@ -121,7 +121,8 @@ class SluiceIngress:
         cached = await self._cache_lookup(endpoint, decision.model, body, request)
         headers[CACHE_HEADER] = cached.status.value
         if cached.body is not None:
-            return Response(cached.body, media_type="application/json", headers=headers)
+            media = "text/event-stream" if llm_request.stream else "application/json"
+            return Response(cached.body, media_type=media, headers=headers)
         llm_request.model = decision.model
         llm_request.request_id = f"{_request_id(request)}.{uuid.uuid4().hex[:8]}"
         stream = await call_engine(
@@ -129,7 +130,9 @@ class SluiceIngress:
             self._first_item_timeout_s,
         )
         if llm_request.stream:
-            return StreamingResponse(stream.sse(), media_type="text/event-stream",
+            body_iter = (self._recorded(stream, cached.store_key) if cached.store_key
+                         else stream.sse())
+            return StreamingResponse(body_iter, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         payload = stream.first.model_dump_json()
         if self._cache is not None and cached.store_key is not None:
@@ -141,6 +144,15 @@ class SluiceIngress:
         if self._cache is None:
             return CacheLookup(CacheStatus.BYPASS, None, None)
         return await self._cache.lookup(endpoint, model, body, request.headers)
+
+    async def _recorded(self, stream: EngineStream, store_key: str) -> AsyncIterator[str]:
+        """Relay the stream and store the whole SSE body once it completed cleanly."""
+        chunks: list[str] = []
+        async for chunk in stream.sse():
+            chunks.append(chunk)
+            yield chunk
+        if not stream.failed and self._cache is not None:
+            self._off_hot_path(self._cache.put(store_key, "".join(chunks)))
 
     def _off_hot_path(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -67,6 +67,7 @@ class EngineStream:
         self.model = model
         self.first = first
         self._rest = rest
+        self.failed = False  # set when the stream ended with an error event
 
     async def sse(self) -> AsyncIterator[str]:
         """The SSE body. Mid-stream failures end it with an OpenAI-style error event."""
@@ -81,6 +82,7 @@ class EngineStream:
         except StopAsyncIteration:
             pass
         except _RETRIABLE as exc:
+            self.failed = True
             err = _unavailable(self.model, exc)
             yield f"data: {json.dumps(err.body())}\n\n"
         if not done:

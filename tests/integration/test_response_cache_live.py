@@ -68,9 +68,25 @@ def test_cache_control_no_cache_and_no_store(http) -> None:
     assert http.post(URL, json=other).headers["x-sluice-cache"] == "miss"  # nothing stored
 
 
-def test_streaming_requests_bypass(http) -> None:
-    resp = http.post(URL, json=_body(stream=True))
-    assert resp.status_code == 200 and resp.headers["x-sluice-cache"] == "bypass"
+def test_streamed_answers_are_cached_as_streams(oai) -> None:
+    body = _body(stream=True, stream_options={"include_usage": True})
+    kwargs = {k: v for k, v in body.items() if k != "stream"}
+
+    def collect():
+        raw = oai.chat.completions.with_raw_response.create(stream=True, **kwargs)
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return raw.headers["x-sluice-cache"], text, chunks[-1].usage.completion_tokens
+
+    status, text, tokens = collect()
+    assert status == "miss" and tokens == 4
+
+    def hit():
+        result = collect()
+        return result if result[0] == "hit" else None
+
+    _, cached_text, cached_tokens = _until(hit, 10, "a streamed cache hit")
+    assert (cached_text, cached_tokens) == (text, tokens)
 
 
 def test_entries_expire_after_their_ttl(http, stack) -> None:

@@ -6,7 +6,12 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sluice.cache_tier.response_cache import (
-    CacheStatus, ResponseCache, ResponseCacheConfig, cache_key, cache_policy, decode_entry,
+    CacheStatus,
+    ResponseCache,
+    ResponseCacheConfig,
+    cache_key,
+    cache_policy,
+    decode_entry,
     encode_entry,
 )
 
@@ -65,12 +70,14 @@ def test_policy_deterministic_opt_in_and_cache_control() -> None:
     no_cache = cache_policy(BODY, {"cache-control": "no-cache"})
     assert not no_cache.read and no_cache.write
     assert cache_policy(BODY, {"cache-control": "max-age=0, no-store"}).bypass
-    assert cache_policy(BODY | {"stream": True}, {}).bypass
+    assert cache_policy(BODY | {"stream": True}, {}).read
 
 
 def test_key_covers_output_shaping_fields_only() -> None:
     k = cache_key("chat", "small", BODY, "p:")
-    assert k == cache_key("chat", "small", BODY | {"stream": False, "user": "u"}, "p:")
+    assert k == cache_key("chat", "small", BODY | {"user": "u", "request_id": "r"}, "p:")
+    # a streamed answer is stored in its wire format, apart from the non-streamed one
+    assert k != cache_key("chat", "small", BODY | {"stream": True}, "p:")
     assert k == cache_key("chat", "small", BODY | {"model": "auto"}, "p:")  # served model counts
     assert k != cache_key("chat", "large", BODY, "p:")
     assert k != cache_key("completions", "small", BODY, "p:")
