@@ -99,3 +99,15 @@ def test_models_metadata_says_demo_output_is_noise(http) -> None:
     data = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
     assert "noise" in data["small"]["metadata"]["note"]
     assert data["large"]["metadata"]["context_length"] == 8192
+
+
+def test_usage_reports_cached_prompt_tokens(oai) -> None:
+    """A repeated long prompt reuses the engine's prefix cache, and usage says how much."""
+    prompt = "The river runs past the mill and the weir and the long low bridge. " * 20
+    kwargs = {"model": "small", "prompt": prompt, "max_tokens": 2, "temperature": 0.7,
+              "extra_headers": {"cache-control": "no-store"}}  # not the response cache
+    first = oai.completions.create(**kwargs)
+    second = oai.completions.create(**kwargs)
+    assert first.usage.prompt_tokens > 256
+    assert second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens >= 128  # one CPU KV block or more
