@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluice.cache_tier.kv_tier import KVTierConfig
 from sluice.cache_tier.response_cache import ResponseCacheConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
@@ -115,6 +116,9 @@ class Profile(Frozen):
     )
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="Environment of every engine process."
+    )
+    kv_tier: KVTierConfig = Field(
+        default_factory=KVTierConfig, description="Shared KV tier (LMCache + Redis)."
     )
     response_cache: ResponseCacheConfig = Field(
         default_factory=ResponseCacheConfig, description="Exact-match response cache (Redis)."

@@ -12,6 +12,7 @@ from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
+from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
 from sluice.config import CatalogModel, PlatformConfig
 
 
@@ -39,7 +40,8 @@ class SluiceLLMServer(LLMServer):
     _default_engine_cls = SingleWorkerCpuEngine
 
 
-def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
+def llm_config_for(config: PlatformConfig, model: CatalogModel,
+                   redis_url: str | None = None) -> LLMConfig:
     """Compose the LLMConfig of one model from its catalog entry and the profile."""
     profile = config.profile
     deployment = profile.models[model.name]
@@ -48,6 +50,10 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
         "max_model_len": model.context_length,
         **deployment.engine_kwargs,
     }
+    env = dict(profile.engine_env)
+    if profile.kv_tier.enabled and redis_url:
+        engine_kwargs["kv_transfer_config"] = kv_transfer_config(profile.device)
+        env.update(engine_env(profile.kv_tier, redis_url))
     actor_options: dict[str, Any] = {"num_cpus": profile.replica_num_cpus}
     return LLMConfig(
         model_loading_config={
@@ -57,7 +63,7 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
         engine_kwargs=engine_kwargs,
         accelerator_type=deployment.accelerator_type,
         placement_group_config={"bundles": [dict(b) for b in profile.placement_bundles]},
-        runtime_env={"env_vars": dict(profile.engine_env)} if profile.engine_env else None,
+        runtime_env={"env_vars": env} if env else None,
         deployment_config={
             "ray_actor_options": actor_options,
             "autoscaling_config": {
@@ -75,9 +81,11 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel) -> LLMConfig:
     )
 
 
-def build_llm_deployments(config: PlatformConfig) -> dict[str, Application]:
+def build_llm_deployments(config: PlatformConfig, redis_url: str | None = None
+                          ) -> dict[str, Application]:
     """Every catalog model as a bound LLMServer application, keyed by model name."""
     return {
-        model.name: build_llm_deployment(llm_config_for(config, model), deployment_cls=SluiceLLMServer)
+        model.name: build_llm_deployment(llm_config_for(config, model, redis_url),
+                                         deployment_cls=SluiceLLMServer)
         for model in config.catalog.models
     }
