@@ -1,8 +1,9 @@
 """Serving-layer overhead: Sluice's full path vs vLLM's own OpenAI server, same model, same run.
 
 Both servers run at once with the same engine arguments; requests alternate between them
-(the order flips every round) so the machine's drift and noise hit both alike. Reports TTFT p50/p95 at concurrency 1
-and output tokens/s at concurrency 16, each as the ratio Sluice / bare.
+(the order flips every round) so the machine's drift and noise hit both alike. Reports TTFT
+p50/p95 at concurrency 1 and output tokens/s at concurrency 16, each as the ratio
+Sluice / bare.
 
     python -m loadtests.overhead_bench --out bench-results/overhead
 """

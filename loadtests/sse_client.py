@@ -26,7 +26,10 @@ class StreamTiming:
 async def timed_completion(
     client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int
 ) -> StreamTiming:
-    """Stream one /v1/completions request; TTFT is the first chunk carrying text."""
+    """Stream one /v1/completions request; TTFT is the first chunk carrying text.
+
+    Sent with `Cache-Control: no-store`: these benchmarks measure the engine path, never
+    Sluice's response cache (bare vLLM ignores the header)."""
     body = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
         "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
@@ -34,7 +37,8 @@ async def timed_completion(
     start = time.perf_counter()
     ttft = float("nan")
     tokens = 0
-    async with client.stream("POST", url, json=body) as resp:
+    async with client.stream("POST", url, json=body,
+                             headers={"cache-control": "no-store"}) as resp:
         if resp.status_code != 200:
             await resp.aread()
             return StreamTiming(False, ttft, time.perf_counter() - start, 0, resp.status_code)

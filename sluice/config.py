@@ -26,7 +26,9 @@ class Frozen(BaseModel):
 class CatalogModel(Frozen):
     """What a model is, independent of where it runs."""
 
-    name: str = Field(pattern=MODEL_NAME_PATTERN, description="Served model id (the API's `model`).")
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN, description="Served model id (the API's `model`)."
+    )
     source: str = Field(description="Local path (relative to the repo root) or a hub id.")
     tier: Literal["small", "large"] = Field(description="Cascade tier this model fills.")
     context_length: int = Field(gt=0, description="Maximum prompt + completion tokens.")
@@ -162,7 +164,9 @@ class PlatformConfig(Frozen):
             )
         tiers = {m.tier for m in self.catalog.models}
         if tiers != {"small", "large"}:
-            raise ValueError(f"catalog needs one 'small' and one 'large' model, has {sorted(tiers)}")
+            raise ValueError(
+                f"catalog needs one 'small' and one 'large' model, has {sorted(tiers)}"
+            )
         return self
 
     def model_source(self, model: CatalogModel) -> str:

@@ -131,8 +131,9 @@ class VLLMPagedMemCPUConnector(GPUConnectorInterface):
         for layer, kv in enumerate(kvcaches):
             k_t, v, bs = self._views(kv)
             b, o = slots // bs, slots % bs
-            k_t[b, :, :, o] = src[0, layer].reshape(t, self.num_kv_heads, self.head_size).to(kv.dtype)
-            v[b, :, o, :] = src[1, layer].reshape(t, self.num_kv_heads, self.head_size).to(kv.dtype)
+            shape = (t, self.num_kv_heads, self.head_size)
+            k_t[b, :, :, o] = src[0, layer].reshape(shape).to(kv.dtype)
+            v[b, :, o, :] = src[1, layer].reshape(shape).to(kv.dtype)
 
     def batched_from_gpu(self, memory_objs, starts, ends, **kwargs):
         for m, s, e in zip(memory_objs, starts, ends, strict=False):

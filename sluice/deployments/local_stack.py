@@ -115,7 +115,8 @@ class LocalStack:
         names = ", ".join(m.name for m in self.config.catalog.models)
         self._progress(f"deploying ingress + models ({names}); engines take about a minute")
         started = time.monotonic()
-        serve.run(build_app(self.config, self.redis.url), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(self.config, self.redis.url), name=APP_NAME, route_prefix="/",
+                  blocking=False)
         self._progress(f"deployed in {time.monotonic() - started:.0f} s")
 
     def wait_ready(self) -> None:

@@ -72,10 +72,13 @@ class MemoEmbedder:
         return np.stack([self._memo[t] for t in texts])
 
 
-_OPS: dict[type, Callable[..., float]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos}
+_OPS: dict[type, Callable[..., float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos,
+}
 _ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
-_INLINE = re.compile(r"(\d[\d,]*\.?\d*(?:\s*[-+*/x×]\s*\d[\d,]*\.?\d*)+)\s*=\s*\$?(-?\d[\d,]*\.?\d*)")
+_NUM = r"\d[\d,]*\.?\d*"
+_INLINE = re.compile(rf"({_NUM}(?:\s*[-+*/x×]\s*{_NUM})+)\s*=\s*\$?(-?{_NUM})")
 _FINAL = re.compile(r"(####|the answer is|final answer)", re.IGNORECASE)
 
 
