@@ -151,8 +151,6 @@ class ResponseCache:
         return True
 
     async def get(self, key: str) -> str | None:
-        if not self.healthy:
-            return None
         raw = await self._call("get", key)
         if raw is None:
             return None
@@ -163,7 +161,7 @@ class ResponseCache:
         return body
 
     async def put(self, key: str, body: str) -> None:
-        if len(body) > self._config.max_entry_bytes or not self.healthy:
+        if len(body) > self._config.max_entry_bytes:
             return
         await self._call("set", key, encode_entry(body), ex=self._config.ttl_s)
 
@@ -172,13 +170,13 @@ class ResponseCache:
         """Decide, and look up if allowed: what the ingress needs before calling an engine."""
         policy = cache_policy(body, headers)
         if policy.bypass or not self._config.enabled or not self.healthy:
-            return self._counted(CacheLookup(CacheStatus.BYPASS, None, None))
+            return self._counted(BYPASS)
         key = cache_key(endpoint, model, body, self._config.key_prefix)
         hit = await self.get(key) if policy.read else None
         if hit is not None:
             return self._counted(CacheLookup(CacheStatus.HIT, key, hit))
         if not self.healthy:  # the lookup itself just failed
-            return self._counted(CacheLookup(CacheStatus.BYPASS, None, None))
+            return self._counted(BYPASS)
         return self._counted(CacheLookup(CacheStatus.MISS, key if policy.write else None, None))
 
     def _counted(self, result: CacheLookup) -> CacheLookup:
@@ -191,3 +189,6 @@ class CacheLookup:
     status: CacheStatus
     store_key: str | None  # where to store the engine's answer, if it may be stored
     body: str | None  # the cached response, on a hit
+
+
+BYPASS = CacheLookup(CacheStatus.BYPASS, None, None)

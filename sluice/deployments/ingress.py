@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sluice.cache_tier.response_cache import (
+    BYPASS,
     CacheLookup,
-    CacheStatus,
     ResponseCache,
     ResponseCacheConfig,
 )
@@ -142,7 +142,7 @@ class SluiceIngress:
     async def _cache_lookup(self, endpoint: str, model: str, body: dict[str, Any],
                             request: Request) -> CacheLookup:
         if self._cache is None:
-            return CacheLookup(CacheStatus.BYPASS, None, None)
+            return BYPASS
         return await self._cache.lookup(endpoint, model, body, request.headers)
 
     async def _recorded(self, stream: EngineStream, store_key: str) -> AsyncIterator[str]:

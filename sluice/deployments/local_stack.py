@@ -79,7 +79,7 @@ class LocalStack:
         self._ray_started = True
         ingress = self.config.profile.ingress
         if ingress.transport == "direct":
-            serve.start(http_options={"location": "NoServer"})
+            serve.start(proxy_location="Disabled")
         else:
             serve.start(http_options={"host": ingress.host, "port": ingress.port})
 
