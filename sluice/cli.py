@@ -86,6 +86,55 @@ def _cmd_route_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+class _PlainDumper(__import__("yaml").SafeDumper):
+    """YAML without anchors/aliases: each stage's provenance is written out in full."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def _cmd_route_calibrate(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sluice.router.calibrate import CalibrationSpec, calibrate
+    from sluice.router.config import RoutingConfig
+    from sluice.router.dataset import load_pairs
+    from sluice.router.features import MemoEmbedder, MiniLMEmbedder
+
+    config_path = Path(args.config)
+    spec = CalibrationSpec(
+        data=Path(args.data), target=args.target, route=args.route, small=args.small,
+        large=args.large, judge=None if args.judge == "none" else args.judge,
+        pre_router_share=args.pre_router_share, price_ratio=args.price_ratio,
+        test_fraction=args.test_fraction, seed=args.seed)
+    queries = load_pairs(spec.data)
+    print(f"[route calibrate] {len(queries)} queries; fitting '{spec.route}' for "
+          f"{spec.target} ...", file=sys.stderr, flush=True)
+    embedder = MemoEmbedder(MiniLMEmbedder(), REPO_ROOT / ".cache" / "embeddings")
+    embedder.warm([q.prompt for q in queries] + [q.small_answer or "" for q in queries])
+    artifacts = Path(args.artifacts) if args.artifacts else config_path.parent / "artifacts"
+    route = calibrate(queries, spec, embedder, artifacts, config_path.parent)
+    existing = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+    routes = [r for r in existing.get("routes", []) if r.get("name") != spec.route]
+    old = next((r for r in existing.get("routes", []) if r.get("name") == spec.route), {})
+    route["shadow"] = {**old.get("shadow", {}),
+                       **({"fraction": args.shadow_fraction} if args.shadow_fraction else {})}
+    document = {"routes": [*routes, route]}
+    RoutingConfig.model_validate({**document, "base_dir": config_path.parent})
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(
+        "# Written by `sluice route calibrate`; thresholds carry their provenance.\n"
+        + yaml.dump(document, Dumper=_PlainDumper, sort_keys=False))
+    stage = route.get("judge") or route["pre_router"]
+    print(yaml.safe_dump({"calibration": stage["provenance"]["calibration"],
+                          "held_out": stage["provenance"]["held_out"]}, sort_keys=False))
+    print(f"[route calibrate] wrote {config_path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--target-share", type=float, default=0.5,
                     help="large-call share the calibrated threshold aims at")
     ev.set_defaults(func=_cmd_route_eval)
+    cal = route.add_parser("calibrate", help="fit a route's thresholds and write its config")
+    cal.add_argument("--data", required=True, help="labeled pair file (JSONL, RouteLLM schema)")
+    cal.add_argument("--target", required=True,
+                     help="large_share=S | quality=Q (x always-large) | cost=C (x always-large)")
+    cal.add_argument("--config",
+                     default=str(REPO_ROOT / "platform" / "routing" / "routes.yaml"),
+                     help="routing config to write (the route is replaced, others kept)")
+    cal.add_argument("--artifacts", default="", help="folder for fitted classifiers "
+                     "(default: artifacts/ next to the config)")
+    cal.add_argument("--route", default="auto")
+    cal.add_argument("--small", default="small")
+    cal.add_argument("--large", default="large")
+    cal.add_argument("--judge", default="answer-checks",
+                     choices=["answer-checks", "learned", "none"])
+    cal.add_argument("--pre-router-share", type=float, default=0.0,
+                     help="share of prompts the pre-router sends straight to large")
+    cal.add_argument("--shadow-fraction", type=float, default=0.0)
+    cal.add_argument("--price-ratio", type=float, default=20.0)
+    cal.add_argument("--test-fraction", type=float, default=0.5)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(func=_cmd_route_calibrate)
     return parser
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sluice.cache_tier.kv_tier import KVTierConfig
 from sluice.cache_tier.response_cache import ResponseCacheConfig
+from sluice.router.config import RoutingConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -143,6 +144,11 @@ class Profile(Frozen):
     replica_num_cpus: float = Field(
         default=1.0, ge=0, description="Logical CPUs of each Serve replica actor."
     )
+    routing: str | None = Field(
+        default=None,
+        description="Routing config YAML (cascade routes such as `auto`), relative to this "
+        "profile. Without one, `auto` goes to `ingress.auto_route`.",
+    )
 
 
 class PlatformConfig(Frozen):
@@ -151,6 +157,7 @@ class PlatformConfig(Frozen):
     profile: Profile = Field(description="The deployment profile.")
     catalog: Catalog = Field(description="The model catalog.")
     root: Path = Field(description="Directory relative model sources resolve against.")
+    routing: RoutingConfig | None = Field(default=None, description="Cascade routes.")
 
     @model_validator(mode="after")
     def _every_model_deployed(self) -> PlatformConfig:
@@ -162,6 +169,8 @@ class PlatformConfig(Frozen):
                 f"profile.models must name exactly the catalog models; "
                 f"missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
+        if self.routing is not None:
+            self.routing.check_models(names)
         tiers = {m.tier for m in self.catalog.models}
         if tiers != {"small", "large"}:
             raise ValueError(
@@ -189,6 +198,27 @@ def load_platform_config(profile_path: Path, root: Path | None = None) -> Platfo
     profile = Profile.model_validate(load_yaml(profile_path))
     catalog_path = (profile_path.parent / profile.catalog).resolve()
     catalog = Catalog.model_validate(load_yaml(catalog_path))
+    routing = None
+    if profile.routing:
+        routing = load_routing_config((profile_path.parent / profile.routing).resolve())
     return PlatformConfig(
-        profile=profile, catalog=catalog, root=root or catalog_path.parent.parent
+        profile=profile, catalog=catalog, root=root or catalog_path.parent.parent,
+        routing=routing,
     )
+
+
+def load_routing_config(path: Path) -> RoutingConfig:
+    """Validate a routing file and check that every artifact it names is the one fitted."""
+    from sluice.router.artifacts import check_artifact
+
+    routing = RoutingConfig.model_validate({**load_yaml(path), "base_dir": path.parent})
+    for i, route in enumerate(routing.routes):
+        stages = (("pre_router", route.pre_router), ("judge", route.judge))
+        for name, stage in stages:
+            artifact = getattr(stage, "artifact", None)
+            if artifact is not None:
+                try:
+                    check_artifact(routing.artifact_path(artifact), artifact.sha256)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: routes[{i}].{name}.artifact: {exc}") from None
+    return routing

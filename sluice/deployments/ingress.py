@@ -9,6 +9,7 @@ handler as OpenAI error JSON.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -29,8 +30,17 @@ from sluice.cache_tier.response_cache import (
     ResponseCacheConfig,
 )
 from sluice.config import PlatformConfig
-from sluice.deployments.protocol import Endpoint, RequestLimits, decode_json, parse_request
+from sluice.deployments.buffered_sse import sse_events
+from sluice.deployments.cascade import CascadeRunner
+from sluice.deployments.protocol import (
+    Endpoint,
+    LLMRequest,
+    RequestLimits,
+    decode_json,
+    parse_request,
+)
 from sluice.deployments.relay import EngineStream, call_engine
+from sluice.deployments.routing_setup import build_runners
 from sluice.errors import NotFound, SluiceError, Unavailable
 from sluice.router.static import RouteDecision, StaticRouter
 
@@ -95,13 +105,15 @@ class SluiceIngress:
         self._config = PlatformConfig.model_validate(config)
         ingress = self._config.profile.ingress
         self._limits = RequestLimits(max_n=ingress.max_n, max_tokens=ingress.max_tokens_limit)
-        self._router = StaticRouter(self._config.catalog, ingress.auto_route)
+        routes = self._config.routing.routes if self._config.routing else ()
+        self._router = StaticRouter(self._config.catalog, ingress.auto_route, routes)
         self._handles = models
         self._streams = {name: h.options(stream=True) for name, h in models.items()}
         self._first_item_timeout_s = ingress.first_token_timeout_s
         self._created = int(time.time())
         self._cache = _response_cache(self._config.profile.response_cache, redis_url)
         self._background: set[asyncio.Task[None]] = set()
+        self._runners = build_runners(self._config, self._call, self._off_hot_path)
 
     # ---- inference -------------------------------------------------------------------
 
@@ -116,27 +128,65 @@ class SluiceIngress:
     async def _generate(self, endpoint: Endpoint, request: Request) -> Response:
         body = decode_json(await request.body())
         llm_request = parse_request(endpoint, body, self._limits)
+        llm_request.request_id = _request_id(request)
+        runner = self._runners.get(llm_request.model)
+        if runner is not None:
+            return await self._cascade(endpoint, llm_request, body, request, runner)
         decision = self._router.decide(llm_request.model)
         headers = _route_headers(decision)
         cached = await self._cache_lookup(endpoint, decision.model, body, request)
         headers[CACHE_HEADER] = cached.status.value
         if cached.body is not None:
-            media = "text/event-stream" if llm_request.stream else "application/json"
-            return Response(cached.body, media_type=media, headers=headers)
-        llm_request.model = decision.model
-        llm_request.request_id = f"{_request_id(request)}.{uuid.uuid4().hex[:8]}"
-        stream = await call_engine(
-            self._streams[decision.model], endpoint, llm_request, decision.model,
-            self._first_item_timeout_s,
-        )
+            return self._cached(llm_request, cached.body, headers)
+        stream = await self._call(decision.model, endpoint, llm_request)
+        return self._relay(llm_request, stream, headers, cached.store_key)
+
+    async def _cascade(self, endpoint: Endpoint, llm_request: LLMRequest, body: dict[str, Any],
+                       request: Request, runner: CascadeRunner) -> Response:
+        """A virtual model: the route's stages decide; a judged answer comes back buffered."""
+        cached = await self._cache_lookup(endpoint, llm_request.model, body, request)
+        if cached.body is not None:
+            headers = {"x-sluice-route": "cache", "x-sluice-model": llm_request.model,
+                       CACHE_HEADER: cached.status.value}
+            return self._cached(llm_request, cached.body, headers)
+        outcome = await runner.run(endpoint, llm_request)
+        headers = {**outcome.headers(), CACHE_HEADER: cached.status.value}
+        if outcome.stream is not None:
+            return self._relay(llm_request, outcome.stream, headers, cached.store_key)
+        assert outcome.response is not None
         if llm_request.stream:
-            body_iter = (self._recorded(stream, cached.store_key) if cached.store_key
-                         else stream.sse())
+            options = llm_request.stream_options
+            events = sse_events(endpoint, outcome.response,
+                                bool(options and options.include_usage))
+            payload, media = "".join(events), "text/event-stream"
+        else:
+            payload, media = json.dumps(outcome.response), "application/json"
+        if self._cache is not None and cached.store_key is not None:
+            self._off_hot_path(self._cache.put(cached.store_key, payload))
+        return Response(payload, media_type=media, headers=headers)
+
+    async def _call(self, model: str, endpoint: Endpoint, llm_request: LLMRequest
+                    ) -> EngineStream:
+        """One engine call; each gets its own engine request id under the client's."""
+        engine_request = llm_request.model_copy(update={
+            "model": model, "request_id": f"{llm_request.request_id}.{uuid.uuid4().hex[:8]}"})
+        return await call_engine(self._streams[model], endpoint, engine_request, model,
+                                 self._first_item_timeout_s)
+
+    @staticmethod
+    def _cached(llm_request: LLMRequest, body: str, headers: dict[str, str]) -> Response:
+        media = "text/event-stream" if llm_request.stream else "application/json"
+        return Response(body, media_type=media, headers=headers)
+
+    def _relay(self, llm_request: LLMRequest, stream: EngineStream, headers: dict[str, str],
+               store_key: str | None) -> Response:
+        if llm_request.stream:
+            body_iter = self._recorded(stream, store_key) if store_key else stream.sse()
             return StreamingResponse(body_iter, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         payload = stream.first.model_dump_json()
-        if self._cache is not None and cached.store_key is not None:
-            self._off_hot_path(self._cache.put(cached.store_key, payload))
+        if self._cache is not None and store_key is not None:
+            self._off_hot_path(self._cache.put(store_key, payload))
         return Response(payload, media_type="application/json", headers=headers)
 
     async def _cache_lookup(self, endpoint: str, model: str, body: dict[str, Any],
@@ -169,6 +219,11 @@ class SluiceIngress:
     async def model(self, model_id: str) -> dict[str, Any]:
         self._router.decide(model_id)  # 404 for unknown ids
         return self._card(model_id)
+
+    @app.get("/v1/routing/stats")
+    async def routing_stats(self) -> dict[str, Any]:
+        """Per cascade route: routes taken, fallbacks, escalation rate, judge reliability."""
+        return {"routes": {name: r.policy.snapshot() for name, r in self._runners.items()}}
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

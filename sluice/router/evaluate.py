@@ -52,7 +52,7 @@ def _arrays(queries: Sequence[LabeledQuery]) -> tuple[np.ndarray, np.ndarray]:
             np.array([q.large_quality for q in queries]))
 
 
-def _cv_scores(factory: ScorerFactory, calib: list[LabeledQuery], seed: int) -> np.ndarray:
+def cv_scores(factory: ScorerFactory, calib: list[LabeledQuery], seed: int) -> np.ndarray:
     """Out-of-fold scores on the calibration part, so thresholds are not fit on seen data."""
     out = np.zeros(len(calib))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
@@ -66,7 +66,7 @@ def _cv_scores(factory: ScorerFactory, calib: list[LabeledQuery], seed: int) -> 
 def _thresholds(factory: ScorerFactory, calib: list[LabeledQuery], seed: int,
                 settings: EvalSettings) -> dict[str, float]:
     """Thresholds fitted on the calibration part only, one per kind of target."""
-    cv = _cv_scores(factory, calib, seed)
+    cv = cv_scores(factory, calib, seed)
     small, large = _arrays(calib)
     share_for_quality = routing_curve(cv, small, large).share_for_quality(
         settings.quality_target * float(large.mean()))

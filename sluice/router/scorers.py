@@ -63,6 +63,22 @@ class _LogisticScorer:
     def score(self, queries: Sequence[LabeledQuery]) -> np.ndarray:
         return self._model.predict_proba(self._features(queries))[:, 1]
 
+    def score_texts(self, prompts: Sequence[str], answers: Sequence[str] | None = None
+                    ) -> np.ndarray:
+        """Score live traffic: the same features, from raw prompt (and answer) texts."""
+        replies: Sequence[str | None] = answers if answers is not None else [None] * len(prompts)
+        return self.score([LabeledQuery(str(i), p, a, 0.0, 0.0)
+                           for i, (p, a) in enumerate(zip(prompts, replies))])
+
+    @property
+    def pipeline(self):  # type: ignore[no-untyped-def]
+        """The fitted sklearn pipeline (what an artifact stores)."""
+        return self._model
+
+    def with_pipeline(self, pipeline) -> _LogisticScorer:  # type: ignore[no-untyped-def]
+        self._model = pipeline
+        return self
+
 
 class PromptRouter(_LogisticScorer):
     """Pre-generation: P(small is enough | prompt embedding)."""
@@ -95,3 +111,10 @@ class AnswerChecksJudge(_LogisticScorer):
 
     def _features(self, queries: Sequence[LabeledQuery]) -> np.ndarray:
         return np.array([answer_features(q.prompt, q.small_answer or "") for q in queries])
+
+
+SCORERS: dict[str, type[_LogisticScorer]] = {
+    "learned-prompt": PromptRouter,
+    "learned": LearnedQualityJudge,
+    "answer-checks": AnswerChecksJudge,
+}

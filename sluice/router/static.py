@@ -1,5 +1,8 @@
-"""Model resolution before the cascade exists: explicit models go where asked, `auto` to a
-fixed tier, and the route header says so rather than pretending to cascade."""
+"""The model directory: catalog models, cascade routes, and `auto` when no route claims it.
+
+Explicit models go where asked. Cascade routes (virtual models from the routing config) are
+run by the cascade; without a configured `auto` route, `auto` goes to a fixed tier and the
+route header says so rather than pretending to cascade."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from sluice.config import Catalog
 from sluice.errors import ModelNotFound
+from sluice.router.config import RouteConfig
 
 AUTO = "auto"
 DEMO_NOTE = "random-weight demo model: its output is noise"
@@ -20,14 +24,20 @@ class RouteDecision:
 
 
 class StaticRouter:
-    def __init__(self, catalog: Catalog, auto_tier: str) -> None:
+    def __init__(self, catalog: Catalog, auto_tier: str,
+                 routes: tuple[RouteConfig, ...] = ()) -> None:
         self._catalog = catalog
         self._models = {m.name: m for m in catalog.models}
         self._auto_target = catalog.by_tier(auto_tier).name
+        self._routes = {r.name: r for r in routes}
 
     @property
     def model_ids(self) -> list[str]:
-        return [*self._models, AUTO]
+        fixed_auto = [] if AUTO in self._routes else [AUTO]
+        return [*self._models, *self._routes, *fixed_auto]
+
+    def is_route(self, requested: str) -> bool:
+        return requested in self._routes
 
     def decide(self, requested: str) -> RouteDecision:
         if requested in self._models:
@@ -40,6 +50,8 @@ class StaticRouter:
         )
 
     def metadata(self, model_id: str) -> dict[str, Any]:
+        if model_id in self._routes:
+            return _route_metadata(self._routes[model_id])
         if model_id == AUTO:
             return {
                 "kind": "router",
@@ -55,3 +67,18 @@ class StaticRouter:
         if m.demo:
             meta["note"] = DEMO_NOTE
         return meta
+
+
+def _route_metadata(route: RouteConfig) -> dict[str, Any]:
+    stages: list[dict[str, Any]] = []
+    if route.pre_router is not None:
+        stages.append({"stage": "pre-router", "kind": route.pre_router.kind,
+                       "threshold": route.pre_router.threshold,
+                       "provenance": route.pre_router.provenance.model_dump(exclude_defaults=True)})
+    if route.judge is not None:
+        stages.append({"stage": "judge", "kind": route.judge.kind,
+                       "threshold": route.judge.threshold,
+                       "provenance": route.judge.provenance.model_dump(exclude_defaults=True)})
+    return {"kind": "cascade", "small": route.small, "large": route.large, "stages": stages,
+            "streaming": "buffered until judged" if route.judge else "direct",
+            "shadow_fraction": route.shadow.fraction}

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
-from sluice.config import PlatformConfig, load_platform_config
+from sluice.config import PlatformConfig, load_platform_config, load_routing_config
 from sluice.deployments.local_stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,19 +24,66 @@ HTTP_PORT = int(os.environ.get("SLUICE_TEST_HTTP_PORT", "8765"))
 REDIS_PORT = int(os.environ.get("SLUICE_TEST_REDIS_PORT", "6390"))
 
 
-def _test_config() -> PlatformConfig:
+def _manual(reason: str) -> dict[str, str]:
+    return {"method": "manual", "reason": f"integration test: {reason}"}
+
+
+def _test_routes(shipped: Path, out_dir: Path) -> Path:
+    """The shipped `auto` route plus routes whose stages give known outcomes on demo models.
+
+    The demo models' answers are noise, so acceptance and escalation are pinned with
+    thresholds at the ends of [0, 1] (stated as manual, with the reason) rather than hoped
+    for; the shipped route keeps its calibrated thresholds.
+    """
+    doc = yaml.safe_load(shipped.read_text())
+    auto = next(r for r in doc["routes"] if r["name"] == "auto")
+    prompt_artifact = {**auto["pre_router"]["artifact"]}
+    prompt_artifact["path"] = str((shipped.parent / prompt_artifact["path"]).resolve())
+    judge_artifact = {**auto["judge"]["artifact"]}
+    judge_artifact["path"] = str((shipped.parent / judge_artifact["path"]).resolve())
+    auto["pre_router"]["artifact"], auto["judge"]["artifact"] = prompt_artifact, judge_artifact
+    pair = {"small": "small", "large": "large"}
+    routes = [
+        auto,
+        {"name": "t-accept", **pair,
+         "judge": {"kind": "logprob", "threshold": 0.0, "provenance": _manual("accept all")},
+         "shadow": {"fraction": 1.0, "min_samples": 3, "max_in_flight": 8}},
+        {"name": "t-escalate", **pair,
+         "judge": {"kind": "logprob", "threshold": 1.0,
+                   "provenance": _manual("escalate all")}},
+        {"name": "t-llm-judge", **pair,
+         "judge": {"kind": "llm", "judge_model": "large", "threshold": 0.0,
+                   "timeout_ms": 60000,  # a CPU engine, shared with other tests
+                   "provenance": _manual("accept all, score reported")}},
+        {"name": "t-pre-large", **pair,
+         "pre_router": {"kind": "learned-prompt", "artifact": prompt_artifact,
+                        "threshold": 1.0, "provenance": _manual("every prompt to large")}},
+        {"name": "t-direct", **pair},
+        {"name": "t-judge-timeout", **pair,
+         "judge": {"kind": "answer-checks", "artifact": judge_artifact,
+                   "threshold": 0.0, "timeout_ms": 0.001,
+                   "provenance": _manual("judge always times out")}},
+    ]
+    path = out_dir / "routes-test.yaml"
+    path.write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
+    return path
+
+
+def _test_config(run_dir: Path) -> PlatformConfig:
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     ingress = config.profile.ingress.model_copy(update={"port": HTTP_PORT})
     # a short TTL so expiry can be observed within a test
     cache = config.profile.response_cache.model_copy(update={"ttl_s": 3})
     profile = config.profile.model_copy(update={"ingress": ingress, "response_cache": cache})
-    return config.model_copy(update={"profile": profile})
+    routing = load_routing_config(_test_routes(ROOT / "platform/routing/routes.yaml", run_dir))
+    return PlatformConfig(profile=profile, catalog=config.catalog, root=config.root,
+                          routing=routing)
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="sluice-test-"))
-    with LocalStack(_test_config(), run_dir, redis_port=REDIS_PORT, ready_timeout_s=600) as s:
+    with LocalStack(_test_config(run_dir), run_dir, redis_port=REDIS_PORT, ready_timeout_s=600) as s:
         yield s
 
 

@@ -38,7 +38,7 @@ def _run(prompt: str, env: dict[str, str], use_tier: bool) -> dict:
 
 
 def test_second_engine_loads_the_prefix_from_redis(tmp_path: Path) -> None:
-    words = "river mill weir bridge stone water boat harvest road lantern".split()
+    words = ["river", "mill", "weir", "bridge", "stone", "water", "boat", "harvest", "road", "lantern"]
     prompt = " ".join(words[i % len(words)] + str(i % 7) for i in range(330))
     with LocalRedisServer(tmp_path, port=REDIS_PORT, appendonly=False) as redis:
         env = engine_env(KVTierConfig(enabled=True, chunk_size=16), redis.url)

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 vllm_ops = pytest.importorskip("vllm._custom_ops")
-from lmcache.utils import EngineType  # noqa: E402
-from lmcache.v1 import gpu_connector  # noqa: E402
-from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
-from lmcache.v1.memory_management import MemoryFormat  # noqa: E402
-from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
+from lmcache.utils import EngineType
+from lmcache.v1 import gpu_connector
+from lmcache.v1.config import LMCacheEngineConfig
+from lmcache.v1.memory_management import MemoryFormat
+from lmcache.v1.metadata import LMCacheMetadata
 
-import sluice.cache_tier.lmcache_cpu_connector as cpu_connector  # noqa: E402
+import sluice.cache_tier.lmcache_cpu_connector as cpu_connector
 
 L, NH, HS, BS, NB, DT = 3, 2, 64, 128, 6, torch.bfloat16
 

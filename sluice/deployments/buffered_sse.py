@@ -1,0 +1,54 @@
+"""Replay a complete (non-streamed) answer as an OpenAI server-sent-event stream.
+
+A judged cascade buffers the small model's answer until the judge accepts it; a client that
+asked to stream then receives that answer in the chunk format it expects: a content chunk
+per choice, a finish chunk, the usage chunk when `stream_options.include_usage` is set,
+and `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def chat_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    head = {"id": response["id"], "object": "chat.completion.chunk",
+            "created": response["created"], "model": response["model"]}
+    for choice in response["choices"]:
+        message = choice.get("message") or {}
+        delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
+        if message.get("reasoning_content"):
+            delta["reasoning_content"] = message["reasoning_content"]
+        yield _event({**head, "choices": [{"index": choice["index"], "delta": delta,
+                                           "logprobs": choice.get("logprobs"),
+                                           "finish_reason": None}]})
+        yield _event({**head, "choices": [{"index": choice["index"], "delta": {},
+                                           "logprobs": None,
+                                           "finish_reason": choice.get("finish_reason")}]})
+    if include_usage:
+        yield _event({**head, "choices": [], "usage": response.get("usage")})
+    yield "data: [DONE]\n\n"
+
+
+def completion_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    head = {"id": response["id"], "object": "text_completion",
+            "created": response["created"], "model": response["model"]}
+    for choice in response["choices"]:
+        yield _event({**head, "choices": [{"index": choice["index"], "text": choice["text"],
+                                           "logprobs": choice.get("logprobs"),
+                                           "finish_reason": choice.get("finish_reason")}]})
+    if include_usage:
+        yield _event({**head, "choices": [], "usage": response.get("usage")})
+    yield "data: [DONE]\n\n"
+
+
+def sse_events(endpoint: str, response: dict[str, Any], include_usage: bool) -> Iterator[str]:
+    if endpoint == "chat":
+        return chat_events(response, include_usage)
+    return completion_events(response, include_usage)

@@ -1,0 +1,108 @@
+"""Build each cascade route's runner from the validated routing config.
+
+Loads fitted artifacts (hash-checked), the embedding model (once, only when a learned stage
+needs it) and, for an LLM judge, the judge model's label token ids; wires the engine calls.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+from sluice.config import PlatformConfig
+from sluice.deployments.cascade import CascadeRunner, EngineCall, Spawn
+from sluice.router.artifacts import load_scorer
+from sluice.router.cascade import CascadePolicy
+from sluice.router.config import JudgeConfig, RoutingConfig
+from sluice.router.features import Embedder
+from sluice.router.judges import (
+    Grader,
+    Judge,
+    JudgeError,
+    LearnedPromptRouter,
+    LLMJudge,
+    LogprobJudge,
+    ScorerJudge,
+)
+
+LABELS = ("Yes", "No")
+
+
+def _label_tokens(config: PlatformConfig, model: str) -> tuple[list[int], list[str]]:
+    """First token id and its decoded text for each label, in the judge model's vocabulary."""
+    from transformers import AutoTokenizer
+
+    source = config.model_source(next(m for m in config.catalog.models if m.name == model))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in LABELS]
+    if ids[0] == ids[1]:
+        raise ValueError(f"judge model '{model}': 'Yes' and 'No' start with the same token")
+    return ids, [str(tokenizer.decode([i])) for i in ids]
+
+
+def llm_grader(config: PlatformConfig, model: str, call: EngineCall) -> Grader:
+    """Ask the judge model for one token and read log P(Yes), log P(No) from vLLM.
+
+    vLLM's `logprob_token_ids` returns the two labels' log-probabilities whether or not
+    they are among the top tokens.
+    """
+    ids, texts = _label_tokens(config, model)
+
+    async def grade(messages: list[dict[str, str]]) -> tuple[float, float]:
+        request = ChatCompletionRequest.model_validate({
+            "model": model, "messages": messages, "max_tokens": 1, "temperature": 0,
+            "logprobs": True, "top_logprobs": len(ids), "logprob_token_ids": ids})
+        stream = await call(model, "chat", request)
+        response = stream.first.model_dump(mode="json")
+        content = ((response["choices"][0].get("logprobs") or {}).get("content") or [])
+        if not content:
+            raise JudgeError("the judge model returned no log-probabilities")
+        found = {t["token"]: t["logprob"] for t in content[0].get("top_logprobs") or []}
+        return (found.get(texts[0], -math.inf), found.get(texts[1], -math.inf))
+
+    return grade
+
+
+def _judge(config: PlatformConfig, routing: RoutingConfig, judge: JudgeConfig,
+           embedder: Callable[[], Embedder], call: EngineCall) -> Judge:
+    if judge.kind == "logprob":
+        return LogprobJudge(judge.reduce)
+    if judge.kind == "llm":
+        assert judge.judge_model is not None
+        return LLMJudge(llm_grader(config, judge.judge_model, call))
+    assert judge.artifact is not None
+    scorer = load_scorer(judge.kind, routing.artifact_path(judge.artifact),
+                         judge.artifact.sha256, embedder())
+    return ScorerJudge(judge.kind, scorer)
+
+
+def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
+                  rng: random.Random | None = None) -> dict[str, CascadeRunner]:
+    routing = config.routing
+    if routing is None:
+        return {}
+    shared: dict[str, Any] = {}
+
+    def embedder() -> Embedder:
+        if "embedder" not in shared:
+            from sluice.router.features import MiniLMEmbedder
+
+            shared["embedder"] = MiniLMEmbedder(batch_size=8)
+        return shared["embedder"]  # type: ignore[no-any-return]
+
+    runners = {}
+    for route in routing.routes:
+        pre_router = None
+        if route.pre_router is not None:
+            artifact = route.pre_router.artifact
+            pre_router = LearnedPromptRouter(load_scorer(
+                "learned-prompt", routing.artifact_path(artifact), artifact.sha256, embedder()))
+        judge = (_judge(config, routing, route.judge, embedder, call)
+                 if route.judge is not None else None)
+        policy = CascadePolicy(route, rng or random.Random())
+        runners[route.name] = CascadeRunner(policy, call, spawn, pre_router, judge)
+    return runners

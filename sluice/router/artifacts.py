@@ -1,0 +1,57 @@
+"""Fitted routers and judges on disk: a joblib file whose SHA-256 the routing config records.
+
+joblib is what scikit-learn documents for persisting its estimators. Because unpickling runs
+code, a file is only loaded when its hash matches the one in the (reviewed) routing config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import joblib
+
+from sluice.router.features import Embedder
+from sluice.router.scorers import SCORERS, _LogisticScorer
+
+FORMAT = 1
+
+
+class ArtifactError(ValueError):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_scorer(kind: str, scorer: _LogisticScorer, path: Path) -> str:
+    """Write the fitted scorer; return the file's SHA-256."""
+    if kind not in SCORERS:
+        raise ArtifactError(f"unknown scorer kind '{kind}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"format": FORMAT, "kind": kind, "pipeline": scorer.pipeline}, path)
+    return sha256_file(path)
+
+
+def check_artifact(path: Path, sha256: str) -> None:
+    if not path.is_file():
+        raise ArtifactError(f"artifact not found: {path}")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ArtifactError(f"artifact {path} has SHA-256 {actual}, config says {sha256}")
+
+
+def load_scorer(kind: str, path: Path, sha256: str, embedder: Embedder) -> _LogisticScorer:
+    """Verify the hash, then load; the stored kind must be the configured one."""
+    check_artifact(path, sha256)
+    blob = joblib.load(path)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a Sluice scorer artifact (format {FORMAT})")
+    if blob.get("kind") != kind:
+        raise ArtifactError(f"{path}: holds a '{blob.get('kind')}' scorer, config says '{kind}'")
+    return SCORERS[kind](embedder).with_pipeline(blob["pipeline"])
