@@ -12,12 +12,13 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit bench-overhead models redis-server clean help
+.PHONY: setup serve test test-unit bench-overhead bench-cascade models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
 	@echo "make test    - install everything and run the test suite (unit + real-stack integration)"
 	@echo "make bench-overhead - Sluice vs bare vLLM server, same model, same run (BENCHMARKS.md)"
+	@echo "make bench-cascade  - latency of each cascade path (direct, judged, escalated)"
 
 setup: $(STAMP) redis-server models
 
@@ -50,6 +51,9 @@ test-unit: $(STAMP)
 
 bench-overhead: setup
 	$(BIN)/python -m loadtests.overhead_bench --out bench-results/overhead
+
+bench-cascade: setup
+	$(BIN)/python -m loadtests.cascade_bench --out bench-results/cascade
 
 clean:
 	rm -rf .run bench-results

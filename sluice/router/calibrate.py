@@ -130,6 +130,9 @@ def calibrate(queries: list[LabeledQuery], spec: CalibrationSpec, embedder: Embe
     if spec.judge is None and spec.pre_router_share > 0:
         raise ValueError("without a judge the pre-router threshold comes from the target; "
                          "leave pre_router_share at 0")
+    if spec.judge is not None and not all(q.small_answer for q in queries):
+        raise ValueError(f"{spec.data} has no small-model responses to fit a judge on; "
+                         "calibrate a prompt-only route (no judge) instead")
     use_pre = spec.judge is None or spec.pre_router_share > 0
     calib, test = train_test_split(queries, test_size=spec.test_fraction,
                                    random_state=spec.seed, stratify=strata(queries))

@@ -63,16 +63,17 @@ def cv_scores(factory: ScorerFactory, calib: list[LabeledQuery], seed: int) -> n
     return out
 
 
-def _thresholds(factory: ScorerFactory, calib: list[LabeledQuery], seed: int,
-                settings: EvalSettings) -> dict[str, float]:
-    """Thresholds fitted on the calibration part only, one per kind of target."""
+def _target_shares(factory: ScorerFactory, calib: list[LabeledQuery], seed: int,
+                   settings: EvalSettings) -> dict[str, float]:
+    """The share of large calls each target asks for, chosen on the calibration part only
+    (out-of-fold scores, so the choice is not made on scores of data the model saw)."""
     cv = cv_scores(factory, calib, seed)
     small, large = _arrays(calib)
     share_for_quality = routing_curve(cv, small, large).share_for_quality(
         settings.quality_target * float(large.mean()))
     return {
-        f"large_share={settings.target_share:g}": threshold_for_share(cv, settings.target_share),
-        f"quality={settings.quality_target:g}xlarge": threshold_for_share(cv, share_for_quality),
+        f"large_share={settings.target_share:g}": settings.target_share,
+        f"quality={settings.quality_target:g}xlarge": share_for_quality,
     }
 
 
@@ -116,10 +117,14 @@ def evaluate(queries: list[LabeledQuery], factories: dict[str, ScorerFactory],
                 continue
             progress(f"seed {seed + 1}/{settings.seeds}: {name}")
             res = results.setdefault(name, ScorerResult(name, cascade=probe.needs_answer))
-            scores = probe.fit(calib).score(test)
+            fitted = probe.fit(calib)
+            scores, calib_scores = fitted.score(test), fitted.score(calib)
             res.curves.append(routing_curve(scores, small, large))
             _bootstrap(scores, small, large, rng, settings, res.boot)
-            for target, threshold in _thresholds(factory, calib, seed, settings).items():
+            for target, share in _target_shares(factory, calib, seed, settings).items():
+                # the fitted model's threshold that escalates this share of the calibration
+                # part (raw out-of-fold thresholds do not transfer: see router.calibrate)
+                threshold = threshold_for_share(calib_scores, share)
                 escalate = scores < threshold
                 share = float(escalate.mean())
                 quality = float(np.where(escalate, large, small).mean())

@@ -71,3 +71,19 @@ def test_bad_target_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="target must be"):
         calibrate(load_pairs(data), CalibrationSpec(data=data, target="share:0.5"),
                   NoEmbedder(), tmp_path, tmp_path)
+
+
+def test_prompt_only_route_from_a_file_without_responses(tmp_path: Path) -> None:
+    rows = [json.loads(line) for line in _synthetic(tmp_path / "p.jsonl").read_text().split("\n")]
+    for r in rows:
+        del r["weak_response"]
+    data = tmp_path / "no-answers.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    queries = load_pairs(data)
+    with pytest.raises(ValueError, match="no small-model responses"):
+        calibrate(queries, CalibrationSpec(data=data, target="large_share=0.3"),
+                  NoEmbedder(), tmp_path, tmp_path)
+    route = calibrate(queries, CalibrationSpec(data=data, target="large_share=0.3",
+                                               judge=None), NoEmbedder(), tmp_path, tmp_path)
+    config = RoutingConfig.model_validate({"routes": [route], "base_dir": tmp_path})
+    assert config.routes[0].judge is None and config.routes[0].pre_router is not None
