@@ -39,7 +39,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from sluice.config import load_platform_config
     from sluice.deployments.local_stack import LocalStack
 
-    config = load_platform_config(Path(args.profile), root=REPO_ROOT)
+    try:
+        config = load_platform_config(Path(args.profile), root=REPO_ROOT)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"sluice serve: invalid configuration ({args.profile}):\n{exc}", file=sys.stderr)
+        return 2
     if args.port:
         ingress = config.profile.ingress.model_copy(update={"port": args.port})
         config = config.model_copy(

@@ -66,3 +66,37 @@ def test_artifact_with_wrong_hash_is_rejected_at_load(tmp_path: Path) -> None:
         "    provenance: {method: manual, reason: test}\n")
     with pytest.raises(ValueError, match=r"routes\[0\]\.judge\.artifact: .*SHA-256"):
         load_routing_config(tmp_path / "routes.yaml")
+
+
+def test_serve_refuses_a_malformed_routing_config_naming_the_field(tmp_path: Path,
+                                                                     capsys) -> None:
+    from sluice.cli import main
+
+    (tmp_path / "routes.yaml").write_text(
+        "routes:\n- name: auto\n  small: small\n  large: large\n  judge:\n"
+        "    kind: logprob\n    threshold: 7\n    provenance: {method: manual, reason: t}\n")
+    profile = (ROOT / "platform/profiles/local-cpu.yaml").read_text()
+    profile = profile.replace("../catalog.yaml", str(ROOT / "platform/catalog.yaml"))
+    profile = profile.replace("../routing/routes.yaml", str(tmp_path / "routes.yaml"))
+    (tmp_path / "profile.yaml").write_text(profile)
+    assert main(["serve", "--profile", str(tmp_path / "profile.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and "routes.0.judge.threshold" in err
+
+
+def test_artifact_of_another_kind_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from sluice.router.artifacts import ArtifactError, load_scorer, save_scorer
+    from sluice.router.scorers import AnswerChecksJudge
+
+    class NoEmbedder:
+        def embed(self, texts):
+            return np.zeros((len(texts), 2))
+
+    scorer = AnswerChecksJudge(NoEmbedder())
+    scorer.with_pipeline("stand-in pipeline")
+    sha = save_scorer("answer-checks", scorer, tmp_path / "a.joblib")
+    assert load_scorer("answer-checks", tmp_path / "a.joblib", sha, NoEmbedder()).pipeline
+    with pytest.raises(ArtifactError, match="holds a 'answer-checks' scorer"):
+        load_scorer("learned", tmp_path / "a.joblib", sha, NoEmbedder())
