@@ -108,7 +108,7 @@ def _transfer(pre_cv: np.ndarray | None, t_pre: float, judge_cv: np.ndarray | No
     on the calibration part that escalates the same share.
     """
     pre_final = final.get("learned-prompt")
-    to_large = np.zeros(len(next(iter(final.values()))), bool)
+    to_large: np.ndarray = np.zeros(len(next(iter(final.values()))), bool)
     t_pre_out = 0.0
     if pre_cv is not None and pre_final is not None:
         t_pre_out = _clip(threshold_for_share(pre_final, float((pre_cv < t_pre).mean())))
