@@ -67,10 +67,10 @@ def test_greedy_is_deterministic(oai) -> None:
     assert a == b
 
 
-def test_auto_says_it_routes_to_small_without_cascading(oai) -> None:
+def test_auto_is_answered_through_the_cascade(oai) -> None:
     raw = oai.chat.completions.with_raw_response.create(model="auto", messages=MSG, max_tokens=2)
-    assert raw.headers["x-sluice-model"] == "small"
-    assert raw.headers["x-sluice-route"] == "fixed:small"
+    assert raw.headers["x-sluice-route"] in {"small", "large", "small>large"}
+    assert raw.headers["x-sluice-model"] == raw.parse().model
 
 
 def test_async_client_concurrent_streams(aoai) -> None:
@@ -91,7 +91,7 @@ def test_async_client_concurrent_streams(aoai) -> None:
 
 def test_models_list(oai) -> None:
     models = {m.id: m for m in oai.models.list().data}
-    assert set(models) == {"small", "large", "auto"}
+    assert {"small", "large", "auto"} <= set(models)  # plus the test profile's routes
     assert oai.models.retrieve("large").id == "large"
 
 

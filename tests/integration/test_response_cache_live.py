@@ -41,8 +41,11 @@ def test_deterministic_request_misses_then_hits_with_the_same_answer(http) -> No
     hit = _until(lambda: _hit(http, body), 10, "a cache hit")
     assert hit.json() == first.json()
     assert hit.headers["x-sluice-model"] == "small"
-    # `auto` is answered by `small` too, so it shares the entry
-    assert _hit(http, body | {"model": "auto"}) is not None
+    # `auto` is a cascade with an entry of its own: whatever route answered is replayed
+    auto = body | {"model": "auto"}
+    assert http.post(URL, json=auto).headers["x-sluice-cache"] == "miss"
+    auto_hit = _until(lambda: _hit(http, auto), 10, "a cache hit for auto")
+    assert auto_hit.headers["x-sluice-route"] == "cache"
     # a different sampling parameter is a different entry
     assert http.post(URL, json=body | {"max_tokens": 5}).headers["x-sluice-cache"] == "miss"
 
