@@ -66,8 +66,9 @@ class LocalStack:
         import ray
         from ray import serve
 
-        for key, value in self.ray_environment().items():
-            os.environ.setdefault(key, value)
+        # The profile is authoritative: a value inherited from a parent process (another
+        # stack's ports, say) must not win over this stack's own.
+        os.environ.update(self.ray_environment())
         self._progress(f"starting Ray ({self._ray_num_cpus} logical CPUs)")
         ray.init(
             num_cpus=self._ray_num_cpus,
