@@ -53,7 +53,7 @@ def test_serve_answers_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
         resp = httpx.post(f"http://127.0.0.1:{PORT}/v1/chat/completions", timeout=60, json={
             "model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-        assert resp.status_code == 200 and resp.headers["x-sluice-route"] == "fixed:small"
+        assert resp.status_code == 200 and resp.headers["x-sluice-route"] in {"small", "large", "small>large"}
         # the endpoint and a copy-paste example are printed once readiness is seen
         deadline = time.monotonic() + 60
         while f"http://127.0.0.1:{PORT}/v1" not in (tmp_path / "serve.log").read_text():
