@@ -31,30 +31,25 @@ import yaml
 
 from loadtests.cache_bench import pct
 from loadtests.sse_client import timed_completion
+from sluice.config import load_routing_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = {"method": "manual", "reason": "benchmark: accept every answer, so the figure is "
           "the cost of buffering and judging alone"}
 PROMPTS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
-    "in May. How many clips did Natalia sell altogether in April and May?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
-    "babysitting. How much did she earn?",
-    "James writes a 3-page letter to 2 different friends twice a week. How many pages does "
-    "he write a year?",
+    ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+     "in May. How many clips did Natalia sell altogether in April and May?"),
+    ("Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of "
+     "babysitting. How much did she earn?"),
+    ("James writes a 3-page letter to 2 different friends twice a week. How many pages does "
+     "he write a year?"),
     "Write a short greeting for a birthday card.",
 ]
 MODELS = ["small", "bench-direct", "bench-logprob", "bench-llm", "auto"]
 
 
 def _bench_config(tmp: Path, port: int) -> Path:
-    shipped_path = ROOT / "platform/routing/routes.yaml"
-    shipped = yaml.safe_load(shipped_path.read_text())["routes"]
-    for route in shipped:
-        for stage in ("pre_router", "judge"):
-            if route.get(stage, {}).get("artifact"):
-                art = route[stage]["artifact"]
-                art["path"] = str((shipped_path.parent / art["path"]).resolve())
+    shipped = load_routing_config(ROOT / "platform/routing/routes.yaml").portable_routes()
     pair = {"small": "small", "large": "large"}
     routes = [*shipped,
               {"name": "bench-direct", **pair},
@@ -113,8 +108,8 @@ def _summary(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, 
         out[model] = {"ttft_p50_ms": pct(ttft, 0.5), "ttft_p95_ms": pct(ttft, 0.95),
                       "total_p50_ms": pct(total, 0.5), "total_p95_ms": pct(total, 0.95)}
     base = out["bench-direct"]["ttft_p50_ms"]
-    for model in out:
-        out[model]["ttft_p50_vs_direct"] = out[model]["ttft_p50_ms"] / base
+    for row in out.values():
+        row["ttft_p50_vs_direct"] = row["ttft_p50_ms"] / base
     return out
 
 

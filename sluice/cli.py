@@ -114,13 +114,22 @@ def _cmd_route_calibrate(args: argparse.Namespace) -> int:
         large=args.large, judge=None if args.judge == "none" else args.judge,
         pre_router_share=args.pre_router_share, price_ratio=args.price_ratio,
         test_fraction=args.test_fraction, seed=args.seed)
-    queries = load_pairs(spec.data)
+    try:
+        spec.parsed_target()
+        queries = load_pairs(spec.data)
+    except (OSError, ValueError) as exc:
+        print(f"sluice route calibrate: {exc}", file=sys.stderr)
+        return 2
     print(f"[route calibrate] {len(queries)} queries; fitting '{spec.route}' for "
           f"{spec.target} ...", file=sys.stderr, flush=True)
     embedder = MemoEmbedder(MiniLMEmbedder(), REPO_ROOT / ".cache" / "embeddings")
     embedder.warm([q.prompt for q in queries] + [q.small_answer or "" for q in queries])
     artifacts = Path(args.artifacts) if args.artifacts else config_path.parent / "artifacts"
-    route = calibrate(queries, spec, embedder, artifacts, config_path.parent)
+    try:
+        route = calibrate(queries, spec, embedder, artifacts, config_path.parent)
+    except ValueError as exc:  # no responses to fit a judge on, one-label data, ...
+        print(f"sluice route calibrate: {exc}", file=sys.stderr)
+        return 2
     existing = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
     routes = [r for r in existing.get("routes", []) if r.get("name") != spec.route]
     old = next((r for r in existing.get("routes", []) if r.get("name") == spec.route), {})

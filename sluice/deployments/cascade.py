@@ -80,19 +80,19 @@ def candidate(endpoint: Endpoint, prompt: str, response: dict[str, Any]) -> Cand
     return Candidate(prompt, answers, tuple(tuple(x) for x in lps) if any(lps) else None)
 
 
-def _buffered_copy(endpoint: Endpoint, request: LLMRequest, with_logprobs: bool) -> LLMRequest:
-    update: dict[str, Any] = {"stream": False, "stream_options": None}
-    if with_logprobs and endpoint == "chat" and not request.logprobs:  # type: ignore[union-attr]
-        update.update(logprobs=True, top_logprobs=0)
-    if with_logprobs and endpoint == "completions" and request.logprobs is None:
-        update["logprobs"] = 0
-    return request.model_copy(update=update)
-
-
 def _client_wants_logprobs(endpoint: Endpoint, request: LLMRequest) -> bool:
     if endpoint == "chat":
         return bool(request.logprobs)
     return request.logprobs is not None
+
+
+def _buffered_copy(endpoint: Endpoint, request: LLMRequest, with_logprobs: bool) -> LLMRequest:
+    """The request as the cascade sends it to be judged: whole, with logprobs if needed."""
+    update: dict[str, Any] = {"stream": False, "stream_options": None}
+    if with_logprobs and not _client_wants_logprobs(endpoint, request):
+        update.update({"logprobs": True, "top_logprobs": 0} if endpoint == "chat"
+                      else {"logprobs": 0})
+    return request.model_copy(update=update)
 
 
 class CascadeRunner:

@@ -6,10 +6,10 @@ needs it) and, for an LLM judge, the judge model's label token ids; wires the en
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
-from typing import Any
 
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
@@ -85,14 +85,12 @@ def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
     routing = config.routing
     if routing is None:
         return {}
-    shared: dict[str, Any] = {}
-
+    @functools.cache
     def embedder() -> Embedder:
-        if "embedder" not in shared:
-            from sluice.router.features import MiniLMEmbedder
+        """Loaded once, and only if a learned stage needs it."""
+        from sluice.router.features import MiniLMEmbedder
 
-            shared["embedder"] = MiniLMEmbedder(batch_size=8)
-        return shared["embedder"]  # type: ignore[no-any-return]
+        return MiniLMEmbedder(batch_size=8)
 
     runners = {}
     for route in routing.routes:

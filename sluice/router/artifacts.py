@@ -12,7 +12,7 @@ from pathlib import Path
 import joblib
 
 from sluice.router.features import Embedder
-from sluice.router.scorers import SCORERS, _LogisticScorer
+from sluice.router.scorers import SCORERS, LogisticScorer
 
 FORMAT = 1
 
@@ -29,7 +29,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_scorer(kind: str, scorer: _LogisticScorer, path: Path) -> str:
+def save_scorer(kind: str, scorer: LogisticScorer, path: Path) -> str:
     """Write the fitted scorer; return the file's SHA-256."""
     if kind not in SCORERS:
         raise ArtifactError(f"unknown scorer kind '{kind}'")
@@ -46,7 +46,7 @@ def check_artifact(path: Path, sha256: str) -> None:
         raise ArtifactError(f"artifact {path} has SHA-256 {actual}, config says {sha256}")
 
 
-def load_scorer(kind: str, path: Path, sha256: str, embedder: Embedder) -> _LogisticScorer:
+def load_scorer(kind: str, path: Path, sha256: str, embedder: Embedder) -> LogisticScorer:
     """Verify the hash, then load; the stored kind must be the configured one."""
     check_artifact(path, sha256)
     blob = joblib.load(path)

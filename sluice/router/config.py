@@ -10,7 +10,7 @@ target) or `manual` with a stated reason, so no number in here is unexplained ma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -161,3 +161,16 @@ class RoutingConfig(_Frozen):
 
     def artifact_path(self, artifact: Artifact) -> Path:
         return (self.base_dir / artifact.path).resolve()
+
+    def portable_routes(self) -> list[dict[str, Any]]:
+        """The routes as plain data with absolute artifact paths: valid in a file anywhere
+        (test and benchmark profiles add routes to the shipped ones this way)."""
+        routes = []
+        for route in self.routes:
+            data = route.model_dump(mode="json", exclude_none=True)
+            for stage in ("pre_router", "judge"):
+                artifact = getattr(route, stage) and getattr(route, stage).artifact
+                if artifact is not None:
+                    data[stage]["artifact"]["path"] = str(self.artifact_path(artifact))
+            routes.append(data)
+        return routes

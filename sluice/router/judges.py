@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sluice.router.scorers import _LogisticScorer
+from sluice.router.scorers import LogisticScorer
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class ScorerJudge:
 
     needs_logprobs = False
 
-    def __init__(self, name: str, scorer: _LogisticScorer) -> None:
+    def __init__(self, name: str, scorer: LogisticScorer) -> None:
         self.name = name
         self._scorer = scorer
 
@@ -121,7 +121,7 @@ class LearnedPromptRouter:
 
     name = "learned-prompt"
 
-    def __init__(self, scorer: _LogisticScorer) -> None:
+    def __init__(self, scorer: LogisticScorer) -> None:
         self._scorer = scorer
 
     async def score(self, prompt: str) -> float:

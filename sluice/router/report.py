@@ -42,8 +42,9 @@ def markdown_table(report: dict) -> str:
             f"{_fmt(p['cpt50'], ci['cpt50'], True)} | {_fmt(p['cpt80'], ci['cpt80'], True)} | "
             f"{_fmt(p['quality_at_target_share'], ci['quality_at_target_share'])} | "
             f"{_fmt(p['share_for_quality_target'], ci['share_for_quality_target'], True)} |")
-    lines += ["", "Thresholds fitted on the calibration part only (out-of-fold scores), "
-              "applied to the test part:", "",
+    lines += ["", ("Operating points chosen on the calibration part only (the target's share "
+                   "of large calls from out-of-fold scores, as a threshold on the fitted "
+                   "model's scores), applied to the test part:"), "",
               "| router | calibration target | realised large calls | quality | vs large | "
               f"cost vs always-large (price ratio {s['price_ratio']:g}) |",
               "|---|---|---|---|---|---|"]

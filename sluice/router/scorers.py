@@ -42,7 +42,7 @@ def _labels(queries: Sequence[LabeledQuery]) -> np.ndarray:
     return np.array([q.small_is_enough for q in queries], dtype=int)
 
 
-class _LogisticScorer:
+class LogisticScorer:
     name = "base"
     needs_answer = False
 
@@ -53,7 +53,7 @@ class _LogisticScorer:
     def _features(self, queries: Sequence[LabeledQuery]) -> np.ndarray:
         raise NotImplementedError
 
-    def fit(self, queries: Sequence[LabeledQuery]) -> _LogisticScorer:
+    def fit(self, queries: Sequence[LabeledQuery]) -> LogisticScorer:
         labels = _labels(queries)
         if len(set(labels)) < 2:
             raise ValueError("calibration data has only one label; cannot fit a scorer")
@@ -75,12 +75,12 @@ class _LogisticScorer:
         """The fitted sklearn pipeline (what an artifact stores)."""
         return self._model
 
-    def with_pipeline(self, pipeline) -> _LogisticScorer:  # type: ignore[no-untyped-def]
+    def with_pipeline(self, pipeline) -> LogisticScorer:  # type: ignore[no-untyped-def]
         self._model = pipeline
         return self
 
 
-class PromptRouter(_LogisticScorer):
+class PromptRouter(LogisticScorer):
     """Pre-generation: P(small is enough | prompt embedding)."""
 
     name = "prompt-router"
@@ -89,7 +89,7 @@ class PromptRouter(_LogisticScorer):
         return self._embedder.embed([q.prompt for q in queries])
 
 
-class LearnedQualityJudge(_LogisticScorer):
+class LearnedQualityJudge(LogisticScorer):
     """Post-generation: P(small is enough | prompt, small answer, answer checks)."""
 
     name = "learned-judge"
@@ -103,7 +103,7 @@ class LearnedQualityJudge(_LogisticScorer):
         return np.hstack([prompt_vecs, answer_vecs, checks])
 
 
-class AnswerChecksJudge(_LogisticScorer):
+class AnswerChecksJudge(LogisticScorer):
     """Post-generation, model-free: only the answer checks (arithmetic, final answer, length)."""
 
     name = "answer-checks-judge"
@@ -113,7 +113,7 @@ class AnswerChecksJudge(_LogisticScorer):
         return np.array([answer_features(q.prompt, q.small_answer or "") for q in queries])
 
 
-SCORERS: dict[str, type[_LogisticScorer]] = {
+SCORERS: dict[str, type[LogisticScorer]] = {
     "learned-prompt": PromptRouter,
     "learned": LearnedQualityJudge,
     "answer-checks": AnswerChecksJudge,

@@ -35,13 +35,10 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
     thresholds at the ends of [0, 1] (stated as manual, with the reason) rather than hoped
     for; the shipped route keeps its calibrated thresholds.
     """
-    doc = yaml.safe_load(shipped.read_text())
-    auto = next(r for r in doc["routes"] if r["name"] == "auto")
-    prompt_artifact = {**auto["pre_router"]["artifact"]}
-    prompt_artifact["path"] = str((shipped.parent / prompt_artifact["path"]).resolve())
-    judge_artifact = {**auto["judge"]["artifact"]}
-    judge_artifact["path"] = str((shipped.parent / judge_artifact["path"]).resolve())
-    auto["pre_router"]["artifact"], auto["judge"]["artifact"] = prompt_artifact, judge_artifact
+    shipped_routes = load_routing_config(shipped).portable_routes()
+    auto = next(r for r in shipped_routes if r["name"] == "auto")
+    prompt_artifact = auto["pre_router"]["artifact"]
+    judge_artifact = auto["judge"]["artifact"]
     pair = {"small": "small", "large": "large"}
     routes = [
         auto,
