@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sluice.cache_tier.kv_tier import KVTierConfig
 from sluice.cache_tier.response_cache import ResponseCacheConfig
+from sluice.cache_tier.semantic_cache import SemanticCacheConfig
 from sluice.router.config import RoutingConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
@@ -126,6 +127,10 @@ class Profile(Frozen):
     response_cache: ResponseCacheConfig = Field(
         default_factory=ResponseCacheConfig, description="Exact-match response cache (Redis)."
     )
+    semantic_cache: SemanticCacheConfig = Field(
+        default_factory=SemanticCacheConfig,
+        description="Answers for questions close in meaning (opt-in; needs the response cache).",
+    )
     ray_env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of every Ray process (Ray Serve's RAY_SERVE_* switches); "
@@ -176,6 +181,10 @@ class PlatformConfig(Frozen):
             raise ValueError(
                 f"catalog needs one 'small' and one 'large' model, has {sorted(tiers)}"
             )
+        served = names | {"auto"} | {r.name for r in (self.routing.routes if self.routing else ())}
+        stray = set(self.profile.semantic_cache.models) - served
+        if stray:
+            raise ValueError(f"semantic_cache.models: unknown model(s) {sorted(stray)}")
         return self
 
     def model_source(self, model: CatalogModel) -> str:

@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 # Request fields that change neither the answer nor its wire format. (`stream` and
 # `stream_options` stay in the key: a streamed answer is stored as its SSE body.)
-_NOT_IN_KEY = frozenset({"request_id", "user", "priority", "session_id", "model"})
+NOT_IN_KEY = frozenset({"request_id", "user", "priority", "session_id", "model"})
 
 
 class ResponseCacheConfig(BaseModel):
@@ -77,7 +77,7 @@ def cache_policy(body: Mapping[str, Any], headers: Mapping[str, str]) -> CachePo
 
 def cache_key(endpoint: str, model: str, body: Mapping[str, Any], prefix: str) -> str:
     """Hash of the served model, the endpoint and every field that shapes the output."""
-    material = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and v is not None}
+    material = {k: v for k, v in body.items() if k not in NOT_IN_KEY and v is not None}
     canonical = json.dumps([endpoint, model, material], sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False, default=str)
     return prefix + hashlib.sha256(canonical.encode()).hexdigest()
@@ -126,7 +126,8 @@ class ResponseCache:
     def healthy(self) -> bool:
         return self._clock() >= self._open_until
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One Redis command under the timeout and the circuit breaker; None on failure."""
         if not self.healthy:
             return None
         try:
@@ -151,19 +152,20 @@ class ResponseCache:
         return True
 
     async def get(self, key: str) -> str | None:
-        raw = await self._call("get", key)
+        raw = await self.call("get", key)
         if raw is None:
             return None
         body = decode_entry(raw)
         if body is None:
             self.counters["corrupt"] += 1
-            await self._call("delete", key)
+            await self.call("delete", key)
         return body
 
-    async def put(self, key: str, body: str) -> None:
+    async def put(self, key: str, body: str) -> bool:
+        """Store an answer; False when it was too large or Redis did not take it."""
         if len(body) > self._config.max_entry_bytes:
-            return
-        await self._call("set", key, encode_entry(body), ex=self._config.ttl_s)
+            return False
+        return bool(await self.call("set", key, encode_entry(body), ex=self._config.ttl_s))
 
     async def lookup(self, endpoint: str, model: str, body: Mapping[str, Any],
                      headers: Mapping[str, str]) -> CacheLookup:
@@ -189,6 +191,8 @@ class CacheLookup:
     status: CacheStatus
     store_key: str | None  # where to store the engine's answer, if it may be stored
     body: str | None  # the cached response, on a hit
+    similarity: float | None = None  # set on a semantic hit
+    probe: Any = None  # a semantic cache's question, to remember the answer under
 
 
 BYPASS = CacheLookup(CacheStatus.BYPASS, None, None)

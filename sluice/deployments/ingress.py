@@ -9,11 +9,12 @@ handler as OpenAI error JSON.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,9 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sluice.cache_tier.response_cache import (
     BYPASS,
     CacheLookup,
+    CacheStatus,
     ResponseCache,
     ResponseCacheConfig,
+    cache_policy,
 )
+from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig, wants_semantic
 from sluice.config import PlatformConfig
 from sluice.deployments.buffered_sse import sse_events
 from sluice.deployments.cascade import CascadeRunner
@@ -40,12 +44,14 @@ from sluice.deployments.protocol import (
     parse_request,
 )
 from sluice.deployments.relay import EngineStream, call_engine
-from sluice.deployments.routing_setup import build_runners
+from sluice.deployments.routing_setup import build_runners, lazy_embedder
 from sluice.errors import NotFound, SluiceError, Unavailable
+from sluice.router.features import Embedder
 from sluice.router.static import RouteDecision, StaticRouter
 
 log = logging.getLogger(__name__)
 CACHE_HEADER = "x-sluice-cache"
+SIMILARITY_HEADER = "x-sluice-cache-similarity"
 
 
 def _error_response(err: SluiceError) -> JSONResponse:
@@ -59,6 +65,21 @@ def _response_cache(config: ResponseCacheConfig, redis_url: str | None) -> Respo
     client = Redis.from_url(redis_url, socket_timeout=timeout_s,
                             socket_connect_timeout=timeout_s)
     return ResponseCache(client, config)
+
+
+def _semantic_cache(config: SemanticCacheConfig, exact: ResponseCache | None,
+                    embedder: Callable[[], Embedder]) -> SemanticCache | None:
+    if not config.enabled or exact is None:
+        return None
+    model = embedder()  # loaded now, not on the first opted-in request
+    return SemanticCache(exact, config, lambda text: model.embed([text])[0])
+
+
+def _cache_headers(lookup: CacheLookup) -> dict[str, str]:
+    headers = {CACHE_HEADER: lookup.status.value}
+    if lookup.similarity is not None:
+        headers[SIMILARITY_HEADER] = f"{lookup.similarity:.4f}"
+    return headers
 
 
 def _route_headers(decision: RouteDecision) -> dict[str, str]:
@@ -112,8 +133,11 @@ class SluiceIngress:
         self._first_item_timeout_s = ingress.first_token_timeout_s
         self._created = int(time.time())
         self._cache = _response_cache(self._config.profile.response_cache, redis_url)
+        embedder = lazy_embedder()
+        self._semantic = _semantic_cache(self._config.profile.semantic_cache, self._cache,
+                                         embedder)
         self._background: set[asyncio.Task[None]] = set()
-        self._runners = build_runners(self._config, self._call, self._off_hot_path)
+        self._runners = build_runners(self._config, self._call, self._off_hot_path, embedder)
 
     # ---- inference -------------------------------------------------------------------
 
@@ -135,11 +159,11 @@ class SluiceIngress:
         decision = self._router.decide(llm_request.model)
         headers = _route_headers(decision)
         cached = await self._cache_lookup(endpoint, decision.model, body, request)
-        headers[CACHE_HEADER] = cached.status.value
+        headers.update(_cache_headers(cached))
         if cached.body is not None:
             return self._cached(llm_request, cached.body, headers)
         stream = await self._call(decision.model, endpoint, llm_request)
-        return self._relay(llm_request, stream, headers, cached.store_key)
+        return self._relay(llm_request, stream, headers, cached)
 
     async def _cascade(self, endpoint: Endpoint, llm_request: LLMRequest, body: dict[str, Any],
                        request: Request, runner: CascadeRunner) -> Response:
@@ -147,12 +171,12 @@ class SluiceIngress:
         cached = await self._cache_lookup(endpoint, llm_request.model, body, request)
         if cached.body is not None:
             headers = {"x-sluice-route": "cache", "x-sluice-model": llm_request.model,
-                       CACHE_HEADER: cached.status.value}
+                       **_cache_headers(cached)}
             return self._cached(llm_request, cached.body, headers)
         outcome = await runner.run(endpoint, llm_request)
-        headers = {**outcome.headers(), CACHE_HEADER: cached.status.value}
+        headers = {**outcome.headers(), **_cache_headers(cached)}
         if outcome.stream is not None:
-            return self._relay(llm_request, outcome.stream, headers, cached.store_key)
+            return self._relay(llm_request, outcome.stream, headers, cached)
         assert outcome.response is not None
         if llm_request.stream:
             options = llm_request.stream_options
@@ -161,8 +185,7 @@ class SluiceIngress:
             payload, media = "".join(events), "text/event-stream"
         else:
             payload, media = json.dumps(outcome.response), "application/json"
-        if self._cache is not None and cached.store_key is not None:
-            self._off_hot_path(self._cache.put(cached.store_key, payload))
+        self._store(cached, payload)
         return Response(payload, media_type=media, headers=headers)
 
     async def _call(self, model: str, endpoint: Endpoint, llm_request: LLMRequest
@@ -179,30 +202,48 @@ class SluiceIngress:
         return Response(body, media_type=media, headers=headers)
 
     def _relay(self, llm_request: LLMRequest, stream: EngineStream, headers: dict[str, str],
-               store_key: str | None) -> Response:
+               cached: CacheLookup) -> Response:
         if llm_request.stream:
-            body_iter = self._recorded(stream, store_key) if store_key else stream.sse()
+            body_iter = self._recorded(stream, cached) if cached.store_key else stream.sse()
             return StreamingResponse(body_iter, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         payload = stream.first.model_dump_json()
-        if self._cache is not None and store_key is not None:
-            self._off_hot_path(self._cache.put(store_key, payload))
+        self._store(cached, payload)
         return Response(payload, media_type="application/json", headers=headers)
 
     async def _cache_lookup(self, endpoint: str, model: str, body: dict[str, Any],
                             request: Request) -> CacheLookup:
+        """Exact match first; on a miss, by meaning when the model or the request opts in."""
         if self._cache is None:
             return BYPASS
-        return await self._cache.lookup(endpoint, model, body, request.headers)
+        exact = await self._cache.lookup(endpoint, model, body, request.headers)
+        if (exact.status is not CacheStatus.MISS or self._semantic is None
+                or not wants_semantic(self._semantic.config, model, request.headers)):
+            return exact
+        read = cache_policy(body, request.headers).read
+        found = await self._semantic.lookup(endpoint, model, body, read)
+        if found.body is not None:
+            return CacheLookup(CacheStatus.HIT, None, found.body, found.similarity)
+        return dataclasses.replace(exact, probe=found.probe)
 
-    async def _recorded(self, stream: EngineStream, store_key: str) -> AsyncIterator[str]:
+    def _store(self, cached: CacheLookup, payload: str) -> None:
+        if self._cache is not None and cached.store_key is not None:
+            self._off_hot_path(self._put(cached, payload))
+
+    async def _put(self, cached: CacheLookup, payload: str) -> None:
+        assert self._cache is not None and cached.store_key is not None
+        stored = await self._cache.put(cached.store_key, payload)
+        if stored and cached.probe is not None and self._semantic is not None:
+            await self._semantic.remember(cached.probe, cached.store_key)
+
+    async def _recorded(self, stream: EngineStream, cached: CacheLookup) -> AsyncIterator[str]:
         """Relay the stream and store the whole SSE body once it completed cleanly."""
         chunks: list[str] = []
         async for chunk in stream.sse():
             chunks.append(chunk)
             yield chunk
-        if not stream.failed and self._cache is not None:
-            self._off_hot_path(self._cache.put(store_key, "".join(chunks)))
+        if not stream.failed:
+            self._store(cached, "".join(chunks))
 
     def _off_hot_path(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

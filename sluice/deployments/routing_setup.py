@@ -80,18 +80,25 @@ def _judge(config: PlatformConfig, routing: RoutingConfig, judge: JudgeConfig,
     return ScorerJudge(judge.kind, scorer)
 
 
-def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
-                  rng: random.Random | None = None) -> dict[str, CascadeRunner]:
-    routing = config.routing
-    if routing is None:
-        return {}
+def lazy_embedder() -> Callable[[], Embedder]:
+    """The MiniLM embedder, loaded on first use and then shared (learned stages, the
+    semantic cache)."""
+
     @functools.cache
     def embedder() -> Embedder:
-        """Loaded once, and only if a learned stage needs it."""
         from sluice.router.features import MiniLMEmbedder
 
         return MiniLMEmbedder(batch_size=8)
 
+    return embedder
+
+
+def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
+                  embedder: Callable[[], Embedder], rng: random.Random | None = None
+                  ) -> dict[str, CascadeRunner]:
+    routing = config.routing
+    if routing is None:
+        return {}
     runners = {}
     for route in routing.routes:
         pre_router = None

@@ -37,6 +37,7 @@ class FakeKV:
     async def set(self, key, value, ex):
         await self._maybe_fail()
         self.data[key] = value
+        return True
 
     async def delete(self, key):
         await self._maybe_fail()
