@@ -91,9 +91,9 @@ def split_query(endpoint: str, model: str, body: Mapping[str, Any]) -> tuple[str
 # ---- the guard --------------------------------------------------------------------------
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"])}
 _NEGATIONS = frozenset(
-    "not no never none nobody nothing nowhere neither nor without cannot".split())
+    ["not", "no", "never", "none", "nobody", "nothing", "nowhere", "neither", "nor", "without", "cannot"])
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*|\d+(?:[.,]\d+)*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n)\s*[\"'(]*([A-Za-z][A-Za-z'\-]*)")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.deployments.protocol import Endpoint, LLMRequest
-from sluice.deployments.relay import EngineStream
+from sluice.deployments.relay import REPLICA_HEADER, EngineStream
 from sluice.errors import ContextLengthExceeded, Unavailable
 from sluice.router.cascade import ESCALATED, FALLBACK, LARGE, SMALL, CascadePolicy
 from sluice.router.judges import Candidate, Judge, LearnedPromptRouter
@@ -37,9 +37,13 @@ class CascadeOutcome:
     response: dict[str, Any] | None = None  # a buffered, judged answer
     scores: dict[str, float] = field(default_factory=dict)
     fallback: str | None = None
+    replica: str | None = None  # of a buffered answer (a stream knows its own)
 
     def headers(self) -> dict[str, str]:
         out = {"x-sluice-route": self.route, "x-sluice-model": self.model}
+        replica = self.stream.replica if self.stream is not None else self.replica
+        if replica:
+            out[REPLICA_HEADER] = replica
         for name, value in self.scores.items():
             out[f"x-sluice-{name}-score"] = f"{value:.4f}"
         if self.fallback:
@@ -150,7 +154,8 @@ class CascadeRunner:
             for choice in response.get("choices") or []:
                 choice["logprobs"] = None
         self._maybe_shadow(endpoint, request, seen.answers[0] if seen.answers else "")
-        return CascadeOutcome(SMALL, self._route.small, response=response, scores=scores)
+        return CascadeOutcome(SMALL, self._route.small, response=response, scores=scores,
+                              replica=small.replica)
 
     async def _stage(self, work: Awaitable[float], timeout_ms: float, name: str
                      ) -> float | None:

@@ -43,7 +43,7 @@ from sluice.deployments.protocol import (
     decode_json,
     parse_request,
 )
-from sluice.deployments.relay import EngineStream, call_engine
+from sluice.deployments.relay import REPLICA_HEADER, EngineStream, call_engine
 from sluice.deployments.routing_setup import build_runners, lazy_embedder
 from sluice.errors import NotFound, SluiceError, Unavailable
 from sluice.router.features import Embedder
@@ -163,6 +163,8 @@ class SluiceIngress:
         if cached.body is not None:
             return self._cached(llm_request, cached.body, headers)
         stream = await self._call(decision.model, endpoint, llm_request)
+        if stream.replica:
+            headers[REPLICA_HEADER] = stream.replica
         return self._relay(llm_request, stream, headers, cached)
 
     async def _cascade(self, endpoint: Endpoint, llm_request: LLMRequest, body: dict[str, Any],

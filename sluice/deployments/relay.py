@@ -23,6 +23,7 @@ from sluice.errors import SluiceError, Unavailable, from_engine_error
 
 log = logging.getLogger(__name__)
 
+REPLICA_HEADER = "x-sluice-replica"
 _SSE_ERROR_PREFIX = 'data: {"error"'
 _RETRIABLE = (
     serve_exceptions.BackPressureError,
@@ -63,10 +64,12 @@ def _unavailable(model: str, exc: BaseException) -> Unavailable:
 class EngineStream:
     """One in-flight call: the first item (already checked for errors) and the rest."""
 
-    def __init__(self, model: str, first: Any, rest: AsyncIterator[Any]) -> None:
+    def __init__(self, model: str, first: Any, rest: AsyncIterator[Any],
+                 replica: str | None = None) -> None:
         self.model = model
         self.first = first
         self._rest = rest
+        self.replica = replica  # the Serve replica that answers
         self.failed = False  # set when the stream ended with an error event
 
     async def sse(self) -> AsyncIterator[str]:
@@ -92,14 +95,27 @@ class EngineStream:
 async def call_engine(
     handle: DeploymentHandle, method: str, request: Any, model: str, first_item_timeout_s: float
 ) -> EngineStream:
-    """Start the call and wait (bounded) for its first item; raise SluiceError on failure."""
-    gen = getattr(handle, method).remote(request)
+    """Start the call and wait (bounded) for its first item; raise SluiceError on failure.
+
+    The replica is chosen by the deployment's request router first and the call dispatched to
+    it (Serve's choose_replica/dispatch), so the response can name the replica that served it.
+    """
+    bound = getattr(handle, method)
+    started: list[Any] = []
+
+    async def start() -> tuple[Any, str]:
+        async with bound.choose_replica(request) as selection:
+            gen = bound.dispatch(selection, request)
+            started.append(gen)
+            return await gen.__anext__(), selection.replica_id
+
     try:
-        first = await asyncio.wait_for(gen.__anext__(), timeout=first_item_timeout_s)
+        first, replica = await asyncio.wait_for(start(), timeout=first_item_timeout_s)
     except StopAsyncIteration:
         raise _unavailable(model, RuntimeError("engine returned nothing")) from None
     except TimeoutError:
-        gen.cancel()
+        for gen in started:
+            gen.cancel()
         raise Unavailable(
             f"Model '{model}' did not start answering within {first_item_timeout_s:.0f} s."
         ) from None
@@ -108,4 +124,4 @@ async def call_engine(
     error = _as_error(first, "messages" if method == "chat" else "prompt")
     if error is not None:
         raise error
-    return EngineStream(model, first, gen)
+    return EngineStream(model, first, started[0], replica)

@@ -33,8 +33,9 @@ class FakeResponse:
 
 
 class FakeStream:
-    def __init__(self, first: Any) -> None:
+    def __init__(self, first: Any, replica: str = "replica-1") -> None:
         self.first = first
+        self.replica = replica
 
 
 class Engines:

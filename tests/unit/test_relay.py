@@ -45,6 +45,7 @@ def test_ordinary_chunks_are_not_errors() -> None:
 # ---- call_engine against hand-built handles: failures become retriable 503s -------------
 
 import asyncio
+import contextlib
 
 import pytest
 from ray import exceptions as ray_exceptions
@@ -75,7 +76,13 @@ class _Gen:
         self.cancelled = True
 
 
+class _Selection:
+    replica_id = "r-1"
+
+
 class _Handle:
+    """Serve's choose_replica/dispatch pair, over one canned generator."""
+
     def __init__(self, gen: _Gen) -> None:
         self.gen = gen
 
@@ -85,7 +92,12 @@ class _Handle:
 
         class _Method:
             @staticmethod
-            def remote(_request):
+            @contextlib.asynccontextmanager
+            async def choose_replica(_request):
+                yield _Selection()
+
+            @staticmethod
+            def dispatch(_selection, _request):
                 return handle.gen
 
         return _Method
@@ -127,3 +139,8 @@ def test_mid_stream_failure_ends_with_error_event_and_done() -> None:
     assert chunks[0] == 'data: {"id": 1}\n\n'
     assert json.loads(chunks[1][6:])["error"]["code"] == "engine_unavailable"
     assert chunks[-1] == "data: [DONE]\n\n"
+
+
+def test_first_item_and_the_serving_replica_are_returned() -> None:
+    stream = _call(_Gen(items=['data: {"id": 1}\n\n', "data: [DONE]\n\n"]))
+    assert stream.first == 'data: {"id": 1}\n\n' and stream.replica == "r-1"
