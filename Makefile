@@ -12,13 +12,15 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit bench-overhead bench-cascade models redis-server clean help
+.PHONY: setup serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
 	@echo "make test    - install everything and run the test suite (unit + real-stack integration)"
 	@echo "make bench-overhead - Sluice vs bare vLLM server, same model, same run (BENCHMARKS.md)"
 	@echo "make bench-cascade  - latency of each cascade path (direct, judged, escalated)"
+	@echo "make bench-kv-tier  - TTFT: cold replica recomputing vs loading the prefix from Redis"
+	@echo "make bench-semantic - semantic cache false-hit rate on real question pairs"
 
 setup: $(STAMP) redis-server models
 
@@ -54,6 +56,12 @@ bench-overhead: setup
 
 bench-cascade: setup
 	$(BIN)/python -m loadtests.cascade_bench --out bench-results/cascade
+
+bench-kv-tier: setup
+	$(BIN)/python -m loadtests.kv_tier_bench --out bench-results/kv-tier
+
+bench-semantic: setup
+	$(BIN)/python -m loadtests.semantic_eval --out bench-results/semantic
 
 clean:
 	rm -rf .run bench-results

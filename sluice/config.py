@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluice.cache_tier.kv_tier import KVTierConfig
+from sluice.cache_tier.redis_target import validate_url
 from sluice.cache_tier.response_cache import ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCacheConfig
 from sluice.router.config import RoutingConfig
@@ -73,6 +74,10 @@ class ModelDeployment(Frozen):
     accelerator_type: str | None = Field(
         default=None, description="Ray accelerator type (GPU profiles), e.g. 'H100'."
     )
+    placement_bundles: tuple[dict[str, float], ...] | None = Field(
+        default=None, description="This model's placement-group bundles per replica, instead "
+        "of the profile's (a custom resource here spreads replicas over nodes).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ModelDeployment:
@@ -121,6 +126,11 @@ class Profile(Frozen):
     engine_env: dict[str, str] = Field(
         default_factory=dict, description="Environment of every engine process."
     )
+    redis_url: str | None = Field(
+        default=None, description="The shared Redis (caches, KV tier): redis://, rediss:// or "
+        "redis-sentinel://host:port[,host:port]/service. Unset: `sluice serve` starts one on "
+        "this machine.",
+    )
     kv_tier: KVTierConfig = Field(
         default_factory=KVTierConfig, description="Shared KV tier (LMCache + Redis)."
     )
@@ -154,6 +164,11 @@ class Profile(Frozen):
         description="Routing config YAML (cascade routes such as `auto`), relative to this "
         "profile. Without one, `auto` goes to `ingress.auto_route`.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        return None if url is None else validate_url(url)
 
 
 class PlatformConfig(Frozen):

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sluice.cache_tier.redis_target import lmcache_env
+
 CPU_CONNECTOR_MODULE = "sluice.cache_tier.lmcache_cpu_connector"
 
 
@@ -45,7 +47,7 @@ def engine_env(config: KVTierConfig, redis_url: str) -> dict[str, str]:
     """LMCACHE_* settings for every engine process (redis:// or redis-sentinel:// URLs)."""
     return {
         "PYTHONHASHSEED": config.hash_seed,
-        "LMCACHE_REMOTE_URL": redis_url,
+        **lmcache_env(redis_url),
         "LMCACHE_CHUNK_SIZE": str(config.chunk_size),
         "LMCACHE_LOCAL_CPU": "True" if config.local_cpu else "False",
         "LMCACHE_MAX_LOCAL_CPU_SIZE": str(config.max_local_cpu_size_gb),

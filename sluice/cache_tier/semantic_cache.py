@@ -242,6 +242,9 @@ class SemanticCache:
     def config(self) -> SemanticCacheConfig:
         return self._config
 
+    def __len__(self) -> int:
+        return len(self._index)
+
     async def lookup(self, endpoint: str, model: str, body: Mapping[str, Any],
                      read: bool) -> SemanticResult:
         split = split_query(endpoint, model, body)

@@ -21,7 +21,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sluice.cache_tier.response_cache import (
@@ -32,6 +31,7 @@ from sluice.cache_tier.response_cache import (
     ResponseCacheConfig,
     cache_policy,
 )
+from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig, wants_semantic
 from sluice.config import PlatformConfig
 from sluice.deployments.buffered_sse import sse_events
@@ -61,10 +61,7 @@ def _error_response(err: SluiceError) -> JSONResponse:
 def _response_cache(config: ResponseCacheConfig, redis_url: str | None) -> ResponseCache | None:
     if not config.enabled or not redis_url:
         return None
-    timeout_s = config.timeout_ms / 1000
-    client = Redis.from_url(redis_url, socket_timeout=timeout_s,
-                            socket_connect_timeout=timeout_s)
-    return ResponseCache(client, config)
+    return ResponseCache(async_client(redis_url, config.timeout_ms / 1000), config)
 
 
 def _semantic_cache(config: SemanticCacheConfig, exact: ResponseCache | None,
@@ -268,6 +265,15 @@ class SluiceIngress:
         """Per cascade route: routes taken, fallbacks, escalation rate, judge reliability."""
         return {"routes": {name: r.policy.snapshot() for name, r in self._runners.items()}}
 
+    @app.get("/v1/cache/stats")
+    async def cache_stats(self) -> dict[str, Any]:
+        """This ingress replica's response-cache and semantic-cache counters."""
+        return {
+            "response_cache": dict(self._cache.counters) if self._cache else None,
+            "semantic_cache": dict(self._semantic.counters) if self._semantic else None,
+            "semantic_index_entries": len(self._semantic) if self._semantic else 0,
+        }
+
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -282,9 +288,11 @@ class SluiceIngress:
         ready = all(results)
         cache = ("disabled" if self._cache is None
                  else "ok" if await self._cache.probe() else "degraded")
+        # the KV tier shares this Redis; engines keep serving (recomputing) without it
+        kv_tier = cache if self._config.profile.kv_tier.enabled else "disabled"
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "models": models,
-             "response_cache": cache},
+             "response_cache": cache, "kv_tier": kv_tier},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "5"},
         )

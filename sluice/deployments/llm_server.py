@@ -62,7 +62,8 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         },
         engine_kwargs=engine_kwargs,
         accelerator_type=deployment.accelerator_type,
-        placement_group_config={"bundles": [dict(b) for b in profile.placement_bundles]},
+        placement_group_config={"bundles": [
+            dict(b) for b in deployment.placement_bundles or profile.placement_bundles]},
         runtime_env={"env_vars": env} if env else None,
         deployment_config={
             "ray_actor_options": actor_options,

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -19,6 +20,7 @@ from sluice.config import PlatformConfig
 
 log = logging.getLogger(__name__)
 APP_NAME = "sluice"
+NODE_RESOURCE = "sluice_node"
 
 
 class StackError(RuntimeError):
@@ -35,13 +37,19 @@ class LocalStack:
         *,
         redis_port: int = 6379,
         ray_num_cpus: int | None = None,
+        ray_nodes: int = 1,
         ready_timeout_s: float = 600.0,
     ) -> None:
+        """ray_nodes > 1 starts Ray's own multi-node test cluster (ray.cluster_utils) on
+        this machine: separate raylets and object stores, one `sluice_node` resource each,
+        which a model's placement bundles can ask for to put one replica per node."""
         self.config = config
         self.run_dir = run_dir
         self.redis = LocalRedisServer(run_dir / "redis", port=redis_port)
         self._ray_num_cpus = ray_num_cpus or max(4, os.cpu_count() or 1)
         self._ready_timeout_s = ready_timeout_s
+        self._ray_nodes = ray_nodes
+        self._cluster: Any = None
         self._ray_started = False
 
     @property
@@ -50,10 +58,16 @@ class LocalStack:
         host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
         return f"http://{host}:{ingress.port}"
 
+    @property
+    def redis_url(self) -> str:
+        """The profile's shared Redis, or the one this stack runs."""
+        return self.config.profile.redis_url or self.redis.url
+
     def start(self) -> LocalStack:
         try:
-            self._progress(f"starting redis-server on port {self.redis.port}")
-            self.redis.start()
+            if self.config.profile.redis_url is None:
+                self._progress(f"starting redis-server on port {self.redis.port}")
+                self.redis.start()
             self._start_ray_and_serve()
             self._deploy()
             self.wait_ready()
@@ -69,9 +83,20 @@ class LocalStack:
         # The profile is authoritative: a value inherited from a parent process (another
         # stack's ports, say) must not win over this stack's own.
         os.environ.update(self.ray_environment())
-        self._progress(f"starting Ray ({self._ray_num_cpus} logical CPUs)")
+        self._progress(f"starting Ray ({self._ray_nodes} node(s), {self._ray_num_cpus} "
+                       "logical CPUs each)")
+        node = {"num_cpus": self._ray_num_cpus, "resources": {NODE_RESOURCE: 1}}
+        if self._ray_nodes > 1:
+            from ray.cluster_utils import Cluster
+
+            self._cluster = Cluster(initialize_head=True, head_node_args=node)
+            for _ in range(self._ray_nodes - 1):
+                self._cluster.add_node(**node)
+            self._cluster.wait_for_nodes()
         ray.init(
-            num_cpus=self._ray_num_cpus,
+            # "local": a new cluster even when RAY_ADDRESS is inherited from a parent's
+            address=self._cluster.address if self._cluster else "local",
+            **({} if self._cluster else node),
             include_dashboard=False,
             configure_logging=True,
             logging_level=logging.WARNING,
@@ -116,7 +141,7 @@ class LocalStack:
         names = ", ".join(m.name for m in self.config.catalog.models)
         self._progress(f"deploying ingress + models ({names}); engines take about a minute")
         started = time.monotonic()
-        serve.run(build_app(self.config, self.redis.url), name=APP_NAME, route_prefix="/",
+        serve.run(build_app(self.config, self.redis_url), name=APP_NAME, route_prefix="/",
                   blocking=False)
         self._progress(f"deployed in {time.monotonic() - started:.0f} s")
 
@@ -146,6 +171,9 @@ class LocalStack:
             finally:
                 ray.shutdown()
                 self._ray_started = False
+        if self._cluster is not None:
+            self._cluster.shutdown()
+            self._cluster = None
         self.redis.stop()
 
     def __enter__(self) -> LocalStack:

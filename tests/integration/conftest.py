@@ -17,11 +17,12 @@ import pytest
 import yaml
 
 from sluice.config import PlatformConfig, load_platform_config, load_routing_config
-from sluice.deployments.local_stack import LocalStack
+from sluice.deployments.local_stack import NODE_RESOURCE, LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = int(os.environ.get("SLUICE_TEST_HTTP_PORT", "8765"))
 REDIS_PORT = int(os.environ.get("SLUICE_TEST_REDIS_PORT", "6390"))
+KV_CHUNK = 64  # LMCache chunk (tokens): small enough that test prompts span several
 
 
 def _manual(reason: str) -> dict[str, str]:
@@ -67,11 +68,21 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
 
 
 def _test_config(run_dir: Path) -> PlatformConfig:
+    """local-cpu, plus: the KV tier on, `small` as two replicas on two Ray nodes (one
+    `sluice_node` each) so cross-replica reuse through Redis is exercised, the semantic cache
+    available per request, and a short response-cache TTL so expiry is observable."""
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
-    ingress = config.profile.ingress.model_copy(update={"port": HTTP_PORT})
-    # a short TTL so expiry can be observed within a test
-    cache = config.profile.response_cache.model_copy(update={"ttl_s": 3})
-    profile = config.profile.model_copy(update={"ingress": ingress, "response_cache": cache})
+    profile = config.profile
+    ingress = profile.ingress.model_copy(update={"port": HTTP_PORT})
+    cache = profile.response_cache.model_copy(update={"ttl_s": 3})
+    kv_tier = profile.kv_tier.model_copy(update={"enabled": True, "chunk_size": KV_CHUNK})
+    semantic = profile.semantic_cache.model_copy(update={"enabled": True})
+    small = profile.models["small"].model_copy(update={
+        "min_replicas": 2, "max_replicas": 2,
+        "placement_bundles": ({"CPU": 1, NODE_RESOURCE: 1},)})
+    profile = profile.model_copy(update={
+        "ingress": ingress, "response_cache": cache, "kv_tier": kv_tier,
+        "semantic_cache": semantic, "models": {**profile.models, "small": small}})
     routing = load_routing_config(_test_routes(ROOT / "platform/routing/routes.yaml", run_dir))
     return PlatformConfig(profile=profile, catalog=config.catalog, root=config.root,
                           routing=routing)
@@ -80,7 +91,8 @@ def _test_config(run_dir: Path) -> PlatformConfig:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="sluice-test-"))
-    with LocalStack(_test_config(run_dir), run_dir, redis_port=REDIS_PORT, ready_timeout_s=600) as s:
+    with LocalStack(_test_config(run_dir), run_dir, redis_port=REDIS_PORT, ray_nodes=2,
+                    ready_timeout_s=600) as s:
         yield s
 
 

@@ -1,0 +1,67 @@
+"""Semantic cache on the real stack: real Redis, the real MiniLM embedder, real engines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.integration
+URL = "/v1/chat/completions"
+OPT_IN = {"x-sluice-semantic-cache": "allow"}
+
+
+def _ask(http, text: str, headers: dict | None = None, system: str = ""):
+    body = {"model": "small", "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": text}]}
+    resp = http.post(URL, json=body, headers=headers or {})
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
+def _stats(http) -> dict:
+    return http.get("/v1/cache/stats").json()["semantic_cache"]
+
+
+def _stored(http, before: int, timeout_s: float = 5) -> None:
+    """The answer is stored off the hot path: wait (bounded) until the index has it."""
+    deadline = time.monotonic() + timeout_s
+    while http.get("/v1/cache/stats").json()["semantic_index_entries"] <= before:
+        if time.monotonic() > deadline:
+            pytest.fail("the answer never reached the semantic index")
+        time.sleep(0.05)
+
+
+def test_paraphrase_hits_and_guarded_or_unrelated_questions_miss(http) -> None:
+    # a system prompt of its own: the context other tests' entries live under differs
+    system = f"semantic test {uuid.uuid4().hex[:8]}"
+    entries = http.get("/v1/cache/stats").json()["semantic_index_entries"]
+    first = _ask(http, "What is the boiling point of water at sea level?", OPT_IN, system)
+    assert first.headers["x-sluice-cache"] == "miss"
+    _stored(http, entries)
+
+    # (the test profile's TTL is 3 s: the hit comes right away)
+    hit = _ask(http, "At sea level, what's the boiling point of water?", OPT_IN, system)
+    assert hit.headers["x-sluice-cache"] == "hit", hit.headers
+    assert float(hit.headers["x-sluice-cache-similarity"]) >= 0.9
+    assert hit.json() == first.json()
+
+    guarded_before = _stats(http)["guarded"]
+    numbers = _ask(http, "What is the boiling point of water at 2000 meters above sea level?",
+                   OPT_IN, system)
+    assert numbers.headers["x-sluice-cache"] == "miss"
+    negated = _ask(http, "What is not the boiling point of water at sea level?", OPT_IN, system)
+    assert negated.headers["x-sluice-cache"] == "miss"
+    assert _stats(http)["guarded"] >= guarded_before + 1  # similar, refused by the guard
+
+    unrelated = _ask(http, "How do I bake sourdough bread?", OPT_IN, system)
+    assert unrelated.headers["x-sluice-cache"] == "miss"
+    # without the opt-in (and `small` not configured for it) only exact matches count
+    plain = _ask(http, "At sea level, what is the boiling point of water?", system=system)
+    assert plain.headers["x-sluice-cache"] == "miss"
+    # another system prompt is another context
+    other = _ask(http, "At sea level, what's the boiling point of water?", OPT_IN,
+                 system + " (other)")
+    assert other.headers["x-sluice-cache"] == "miss"

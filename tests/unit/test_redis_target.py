@@ -1,0 +1,47 @@
+"""The shared Redis target: plain and Sentinel URLs, in redis-py's and LMCache's forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice.cache_tier.kv_tier import KVTierConfig, engine_env
+from sluice.cache_tier.redis_target import lmcache_env, parse_sentinel, validate_url
+
+
+def test_sentinel_url_is_parsed_with_hosts_service_and_auth() -> None:
+    t = parse_sentinel("redis-sentinel://u:pw@10.0.0.1:26379,10.0.0.2:26380/cache")
+    assert t.hosts == (("10.0.0.1", 26379), ("10.0.0.2", 26380))
+    assert (t.service, t.username, t.password) == ("cache", "u", "pw")
+    assert parse_sentinel("redis-sentinel://h:1/m").username is None
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("redis-sentinel://h:26379", "service name"),
+    ("redis-sentinel://h/m", "host:port"),
+    ("redis-sentinel://h:x/m", "host:port"),
+    ("http://h:6379", "expected"),
+])
+def test_bad_urls_say_what_is_wrong(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        validate_url(url)
+
+
+def test_lmcache_gets_the_same_target_in_its_own_form() -> None:
+    assert lmcache_env("redis://r:6379") == {"LMCACHE_REMOTE_URL": "redis://r:6379"}
+    env = lmcache_env("redis-sentinel://a:1,b:2/master")
+    assert env == {"LMCACHE_REMOTE_URL": "redis-sentinel://a:1,b:2",
+                   "REDIS_SERVICE_NAME": "master"}
+    engine = engine_env(KVTierConfig(enabled=True), "redis-sentinel://a:1/master")
+    assert engine["REDIS_SERVICE_NAME"] == "master" and engine["PYTHONHASHSEED"] == "0"
+
+
+def test_profile_rejects_a_bad_redis_url() -> None:
+    from pydantic import ValidationError
+
+    from sluice.config import Profile
+
+    base = {"name": "p", "device": "cpu", "catalog": "c.yaml", "models": {},
+            "placement_bundles": [{"CPU": 1}]}
+    assert Profile.model_validate(base | {"redis_url": "redis://h:1"}).redis_url
+    with pytest.raises(ValidationError, match="redis_url"):
+        Profile.model_validate(base | {"redis_url": "redis-sentinel://h:1"})
