@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = (1024, 2048, 4096)
 
 
-def prompts(seed: int, reps: int, vocab: int = 32000) -> dict[str, list[list[int]]]:
+def prompts(seed: int, reps: int, vocab: int = 4096) -> dict[str, list[list[int]]]:
     rng = random.Random(seed)
-    return {f"{n}": [[rng.randrange(100, vocab - 100) for _ in range(n)] for _ in range(reps)]
+    return {f"{n}": [[rng.randrange(10, vocab - 10) for _ in range(n)] for _ in range(reps)]
             for n in LENGTHS}
 
 

@@ -1,14 +1,19 @@
 """False hits of the semantic cache on real question pairs, and the threshold that keeps them rare.
 
-A hit on a pair whose questions are *not* paraphrases hands one user another question's
-answer: that is the false hit. On labeled pairs (Quora Question Pairs by default) this script
-splits the pairs in two (stratified, seeded), picks on the calibration half the lowest
-similarity threshold whose false-hit rate stays under the target, and reports on the
-held-out half: false-hit rate (hits among non-paraphrases), hit rate on paraphrases, and the
-share of hits that are wrong, with and without the guard. A second, adversarial set changes
-one number in real GSM8K questions (the answer changes, the wording barely does).
+A hit on a pair whose texts are *not* paraphrases hands one user another question's answer:
+that is the false hit. On labeled pairs this script splits the calibration set in two
+(stratified, seeded), picks on one half the lowest similarity threshold whose false-hit rate
+stays under the target, and reports on the held-out half: false-hit rate (hits among
+non-paraphrases), hit rate on paraphrases, and the share of hits that are wrong, with and
+without the guard. The same threshold is then applied to the other sets:
 
-    python -m loadtests.semantic_eval --out bench-results/semantic
+- Quora Question Pairs (real user questions; the calibration set when present): not shipped,
+  see loadtests/data/README.md for how to get it; `--qqp PATH`.
+- PAWS-Wiki (shipped): adversarial word-order swaps, the hardest case for any embedding.
+- GSM8K number swaps: real GSM8K questions with one number changed (the answer changes,
+  the wording barely does).
+
+    python -m loadtests.semantic_eval --out bench-results/semantic [--qqp .data/qqp_pairs.jsonl]
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from sluice.cache_tier.semantic_cache import guard_conflict
 from sluice.router.features import MiniLMEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PAIRS = ROOT / "loadtests/data/qqp_pairs.jsonl"
+DEFAULT_QQP = ROOT / ".data/qqp_pairs.jsonl"
+DEFAULT_PAWS = ROOT / "loadtests/data/paws_pairs.jsonl"
 DEFAULT_GSM8K = ROOT.parent / "shared/data/routing/gsm8k_pairs.jsonl"
 THRESHOLDS = np.round(np.arange(0.70, 1.0001, 0.01), 2)
 
@@ -104,7 +110,7 @@ def evaluate(pairs: list[dict[str, Any]], sims: np.ndarray, ok: np.ndarray, targ
     return result
 
 
-def plot(result: dict[str, Any], out: Path) -> None:
+def plot(result: dict[str, Any], out: Path, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +127,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.axvline(result["guard"]["calibration"]["threshold"], color="grey", lw=0.8)
     ax.set_xlabel("cosine similarity threshold (MiniLM)")
     ax.set_ylabel("share of held-out pairs")
-    ax.set_title("Semantic cache on Quora Question Pairs (held-out half)")
+    ax.set_title(f"Semantic cache, {name} pairs (held-out half)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -129,7 +135,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS)
+    parser.add_argument("--qqp", type=Path, default=DEFAULT_QQP)
+    parser.add_argument("--paws", type=Path, default=DEFAULT_PAWS)
     parser.add_argument("--gsm8k", type=Path, default=DEFAULT_GSM8K)
     parser.add_argument("--target", type=float, default=0.01,
                         help="Largest false-hit rate allowed on the calibration half.")
@@ -138,9 +145,13 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    pairs = load_pairs(args.pairs)
-    swaps = number_swaps(args.gsm8k, 500, random.Random(args.seed))
-    texts = sorted({p[k] for p in pairs + swaps for k in ("q1", "q2")})
+    sets = {}
+    if args.qqp.exists():
+        sets["qqp"] = load_pairs(args.qqp)
+    sets["paws"] = load_pairs(args.paws)
+    sets["gsm8k_number_swaps"] = number_swaps(args.gsm8k, 500, random.Random(args.seed))
+    calibration_set = next(iter(sets))
+    texts = sorted({p[k] for rows in sets.values() for p in rows for k in ("q1", "q2")})
     print(f"embedding {len(texts)} texts with MiniLM ...", flush=True)
     vectors = dict(zip(texts, MiniLMEmbedder(batch_size=64).embed(texts)))
 
@@ -149,26 +160,30 @@ def main() -> None:
         ok = np.array([guard_conflict(p["q1"], p["q2"]) is None for p in rows])
         return sims, ok
 
-    sims, ok = score(pairs)
-    result = evaluate(pairs, sims, ok, args.target, args.seed)
-    swap_sims, swap_ok = score(swaps)
-    labels = np.zeros(len(swaps), dtype=int)
-    result["gsm8k_number_swaps"] = {
-        name: outcomes(swap_sims, labels, swap_ok, result[name]["calibration"]["threshold"],
-                       name == "guard")
-        for name in ("no_guard", "guard")}
-    result["gsm8k_number_swaps"]["pairs"] = len(swaps)
-    result["gsm8k_number_swaps"]["median_similarity"] = float(np.median(swap_sims))
+    sims, ok = score(sets[calibration_set])
+    result = {"calibrated_on": calibration_set, "target_false_hit_rate": args.target,
+              calibration_set: evaluate(sets[calibration_set], sims, ok, args.target,
+                                        args.seed)}
+    for name, rows in sets.items():
+        if name == calibration_set:
+            continue
+        s2, ok2 = score(rows)
+        labels = np.array([p["duplicate"] for p in rows])
+        result[name] = {"pairs": len(rows), "paraphrases": int(labels.sum()),
+                        "median_similarity_non_paraphrase": float(np.median(s2[labels == 0]))}
+        for guard in ("no_guard", "guard"):
+            t = result[calibration_set][guard]["calibration"]["threshold"]
+            result[name][guard] = {"held_out": outcomes(s2, labels, ok2, t, guard == "guard")}
     (args.out / "semantic_eval.json").write_text(json.dumps(result, indent=2))
-    plot(result, args.out / "semantic_eval.png")
-    for name in ("no_guard", "guard"):
-        cal, held = result[name]["calibration"], result[name]["held_out"]
-        swap = result["gsm8k_number_swaps"][name]
-        print(f"{name:9s} threshold {cal['threshold']:.2f}: held-out false-hit rate "
-              f"{held['false_hit_rate']:.2%}, paraphrase hit rate "
-              f"{held['paraphrase_hit_rate']:.2%}, wrong share of hits "
-              f"{held['wrong_share_of_hits']:.2%}; GSM8K number swaps hit "
-              f"{swap['false_hit_rate']:.2%}")
+    plot(result[calibration_set], args.out / "semantic_eval.png", calibration_set)
+    for guard in ("no_guard", "guard"):
+        t = result[calibration_set][guard]["calibration"]["threshold"]
+        print(f"{guard} (threshold {t:.2f}, chosen on half of {calibration_set}):")
+        for name in sets:
+            held = result[name][guard]["held_out"]
+            print(f"  {name:20s} false-hit rate {held['false_hit_rate']:.2%}, paraphrase hit "
+                  f"rate {held['paraphrase_hit_rate']:.2%}, wrong share of hits "
+                  f"{held['wrong_share_of_hits']:.2%}")
     print(f"wrote {args.out}/semantic_eval.json and semantic_eval.png")
 
 

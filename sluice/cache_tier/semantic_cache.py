@@ -45,7 +45,8 @@ class SemanticCacheConfig(BaseModel):
         "requests opt in with `x-sluice-semantic-cache: allow`."
     )
     threshold: float = Field(
-        default=0.9, gt=0, le=1, description="Least cosine similarity of a hit."
+        default=0.94, gt=0, le=1, description="Least cosine similarity of a hit (0.94: "
+        "held-out false-hit rate 1.3% on Quora question pairs, see BENCHMARKS.md)."
     )
     guard: bool = Field(
         default=True, description="Refuse hits whose texts differ in numbers, negation or "
@@ -98,11 +99,19 @@ _TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*|\d+(?:[.,]\d+)*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n)\s*[\"'(]*([A-Za-z][A-Za-z'\-]*)")
 
 
+def _number(token: str) -> str:
+    """'1,000' and '1000.0' are one number; '4.1.1' (a version) stays as written."""
+    try:
+        return repr(float(token.replace(",", "")))
+    except ValueError:
+        return token
+
+
 def _numbers(tokens: list[str]) -> set[str]:
     found = set()
     for t in tokens:
         if t[0].isdigit():
-            found.add(repr(float(t.replace(",", ""))))
+            found.add(_number(t))
         elif t.lower() in _NUMBER_WORDS:
             found.add(repr(float(_NUMBER_WORDS[t.lower()])))
     return found
@@ -124,8 +133,11 @@ def _entities(text: str, tokens: list[str]) -> set[str]:
 
 
 def guard_conflict(a: str, b: str) -> str | None:
-    """Why two similar texts must not share an answer ('numbers', 'negation', 'entities'),
-    or None. Entities count as shared when the other text has the word in any case."""
+    """Why two similar texts must not share an answer ('numbers', 'negation', 'entities',
+    'word-order'), or None. Entities count as shared when the other text has the word in
+    any case. Word order: (nearly) the same words in another order ("flights from A to B" /
+    "from B to A") is refused, since embeddings barely see order; a refusal only costs a
+    miss."""
     ta, tb = _TOKEN.findall(a), _TOKEN.findall(b)
     if _numbers(ta) != _numbers(tb):
         return "numbers"
@@ -134,6 +146,10 @@ def guard_conflict(a: str, b: str) -> str | None:
     words_a, words_b = {t.lower() for t in ta}, {t.lower() for t in tb}
     if (_entities(a, ta) - words_b) or (_entities(b, tb) - words_a):
         return "entities"
+    shared = words_a & words_b
+    if len(words_a ^ words_b) <= 2 and ([t.lower() for t in ta if t.lower() in shared]
+                                        != [t.lower() for t in tb if t.lower() in shared]):
+        return "word-order"
     return None
 
 

@@ -268,6 +268,8 @@ class SluiceIngress:
     @app.get("/v1/cache/stats")
     async def cache_stats(self) -> dict[str, Any]:
         """This ingress replica's response-cache and semantic-cache counters."""
+        if self._semantic is not None:
+            await self._semantic.sync()  # the index size includes other replicas' entries
         return {
             "response_cache": dict(self._cache.counters) if self._cache else None,
             "semantic_cache": dict(self._semantic.counters) if self._semantic else None,

@@ -112,6 +112,10 @@ def test_guard_catches_numbers_negation_and_entities() -> None:
     assert guard_conflict("What is the capital of France?", "What's the capital city of France?"
                           ) is None
     assert guard_conflict("Costs 1,000 dollars.", "Costs 1000.0 dollars.") is None
+    assert guard_conflict("Is Android 4.1.1 good?", "Is Android 4.1.2 good?") == "numbers"
+    assert guard_conflict("Is Android 4.1.1 good?", "Is Android 4.1.1 good") is None
+    assert guard_conflict("Cheap flights from Boston to Denver", "Cheap flights from Denver to "
+                          "Boston") == "word-order"
 
 
 def test_query_split_keeps_everything_but_the_last_user_text_in_the_context() -> None:
