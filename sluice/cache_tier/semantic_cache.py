@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sluice.cache_tier.response_cache import NOT_IN_KEY, ResponseCache
 
 OPT_IN_HEADER = "x-sluice-semantic-cache"
+SYNC_PAGE = 128  # stream entries per XREAD (each about 1.6 kB)
 
 
 class SemanticCacheConfig(BaseModel):
@@ -300,17 +301,22 @@ class SemanticCache:
         await self._exact.call("xadd", self._config.log_key, fields,
                                maxlen=self._config.max_entries, approximate=True)
 
-    async def sync(self) -> None:
-        """Mirror what other replicas (and this one) added since the last sync."""
-        reply = await self._exact.call("xread", {self._config.log_key: self._last_id},
-                                       count=self._config.max_entries)
-        for _stream, items in reply or ():
+    async def sync(self, max_pages: int = 4) -> None:
+        """Mirror what other replicas (and this one) added since the last sync, a page of
+        SYNC_PAGE entries per Redis call: every call stays small enough for the cache's
+        timeout, and a replica joining a full index catches up over a few lookups."""
+        for _ in range(max_pages):
+            reply = await self._exact.call("xread", {self._config.log_key: self._last_id},
+                                           count=SYNC_PAGE)
+            items = [item for _stream, page in reply or () for item in page]
             for entry_id, fields in items:
                 entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 self._last_id = entry_id
                 entry = _decode(fields)
                 if entry is not None:
                     self._index.add(entry_id, entry)
+            if len(items) < SYNC_PAGE:
+                return
 
 
 def _decode(fields: Mapping[bytes, bytes]) -> Entry | None:

@@ -22,6 +22,9 @@ from sluice.deployments.local_stack import NODE_RESOURCE, LocalStack
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = int(os.environ.get("SLUICE_TEST_HTTP_PORT", "8765"))
 REDIS_PORT = int(os.environ.get("SLUICE_TEST_REDIS_PORT", "6390"))
+# Response-cache TTL: short so expiry is observable, longer than one tripped circuit (5 s: a
+# single Redis call past its 50 ms budget on a loaded 2-core runner bypasses Redis that long)
+TTL_S = 10
 KV_CHUNK = 64  # LMCache chunk (tokens): small enough that test prompts span several
 
 
@@ -74,7 +77,7 @@ def _test_config(run_dir: Path) -> PlatformConfig:
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = config.profile
     ingress = profile.ingress.model_copy(update={"port": HTTP_PORT})
-    cache = profile.response_cache.model_copy(update={"ttl_s": 3})
+    cache = profile.response_cache.model_copy(update={"ttl_s": TTL_S})
     kv_tier = profile.kv_tier.model_copy(update={"enabled": True, "chunk_size": KV_CHUNK})
     semantic = profile.semantic_cache.model_copy(update={"enabled": True})
     small = profile.models["small"].model_copy(update={

@@ -25,7 +25,7 @@ def _stats(http) -> dict:
     return http.get("/v1/cache/stats").json()["semantic_cache"]
 
 
-def _stored(http, before: int, timeout_s: float = 5) -> None:
+def _stored(http, before: int, timeout_s: float = 15) -> None:
     """The answer is stored off the hot path: wait (bounded) until the index has it."""
     deadline = time.monotonic() + timeout_s
     while http.get("/v1/cache/stats").json()["semantic_index_entries"] <= before:
@@ -42,9 +42,9 @@ def test_paraphrase_hits_and_guarded_or_unrelated_questions_miss(http) -> None:
     assert first.headers["x-sluice-cache"] == "miss"
     _stored(http, entries)
 
-    # (the test profile's TTL is 3 s: the hit comes right away)
+    # (within the test profile's short TTL)
     hit = _ask(http, "At sea level, what's the boiling point of water?", OPT_IN, system)
-    assert hit.headers["x-sluice-cache"] == "hit", hit.headers
+    assert hit.headers["x-sluice-cache"] == "hit", http.get("/v1/cache/stats").json()
     assert float(hit.headers["x-sluice-cache-similarity"]) >= 0.9
     assert hit.json() == first.json()
 

@@ -225,3 +225,29 @@ def test_redis_outage_is_a_miss_not_an_error() -> None:
 
     asyncio.run(scenario())
     assert exact.counters["error"] >= 1
+
+
+def test_sync_reads_the_shared_log_in_pages() -> None:
+    kv = FakeRedis()
+    exact, writer = _caches(kv)
+    _, reader = _caches(kv)
+    reads = []
+    original = kv.xread
+
+    async def counted(streams, count=None):
+        reads.append(count)
+        return await original(streams, count=count)
+
+    kv.xread = counted
+
+    async def scenario():
+        probe = (await writer.lookup("chat", "small", _chat("How do I bake bread?"), False)).probe
+        for i in range(300):
+            await writer.remember(probe, f"rc:{i}")
+        await reader.sync(max_pages=2)
+        assert len(reader) == 256  # two pages this time
+        await reader.sync()
+        assert len(reader) == 300  # the rest next time
+
+    asyncio.run(scenario())
+    assert set(reads) == {128}
