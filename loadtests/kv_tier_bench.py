@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = (1024, 2048, 4096)
 
 
-def prompts(seed: int, reps: int, vocab: int = 4096) -> dict[str, list[list[int]]]:
+def prompts(seed: int, reps: int, vocab: int) -> dict[str, list[list[int]]]:
     rng = random.Random(seed)
     return {f"{n}": [[rng.randrange(10, vocab - 10) for _ in range(n)] for _ in range(reps)]
             for n in LENGTHS}
@@ -127,7 +127,8 @@ def main() -> None:
     from sluice.cache_tier.redis_server import LocalRedisServer
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stored, fresh = prompts(1, args.reps), prompts(2, args.reps)
+    vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
+    stored, fresh = prompts(1, args.reps, vocab), prompts(2, args.reps, vocab)
     base = {"VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1"}
     with LocalRedisServer(args.out / "redis", port=args.redis_port, appendonly=False) as redis:
         tier = {**base, **engine_env(KVTierConfig(enabled=True, chunk_size=args.chunk_size),

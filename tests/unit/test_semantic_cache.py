@@ -229,7 +229,7 @@ def test_redis_outage_is_a_miss_not_an_error() -> None:
 
 def test_sync_reads_the_shared_log_in_pages() -> None:
     kv = FakeRedis()
-    exact, writer = _caches(kv)
+    _, writer = _caches(kv)
     _, reader = _caches(kv)
     reads = []
     original = kv.xread
