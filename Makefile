@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic models redis-server clean help
+.PHONY: setup serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -21,6 +21,8 @@ help:
 	@echo "make bench-cascade  - latency of each cascade path (direct, judged, escalated)"
 	@echo "make bench-kv-tier  - TTFT: cold replica recomputing vs loading the prefix from Redis"
 	@echo "make bench-semantic - semantic cache false-hit rate on real question pairs"
+	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
+	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
 
 setup: $(STAMP) redis-server models
 
@@ -62,6 +64,16 @@ bench-kv-tier: setup
 
 bench-semantic: setup
 	$(BIN)/python -m loadtests.semantic_eval --out bench-results/semantic
+
+URL ?= http://127.0.0.1:8000
+MODEL ?= small
+loadtest: setup
+	mkdir -p bench-results/locust
+	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(URL) --model $(MODEL) \
+		-u 8 -r 2 -t 60s --csv bench-results/locust/run --html bench-results/locust/run.html
+
+plan: setup
+	$(BIN)/python -m loadtests.plan --url $(URL) --model $(MODEL) --out bench-results/plan-$(MODEL)
 
 clean:
 	rm -rf .run bench-results

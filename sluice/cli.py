@@ -7,6 +7,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sluice.config import PlatformConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = REPO_ROOT / "platform" / "profiles" / "local-cpu.yaml"
@@ -49,6 +53,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config = config.model_copy(
             update={"profile": config.profile.model_copy(update={"ingress": ingress})}
         )
+    try:
+        config = _with_replicas(config, args.replicas)
+    except ValueError as exc:
+        print(f"sluice serve: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -57,6 +66,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(_example(stack.base_url), file=sys.stderr, flush=True)
         stop.wait()
     return 0
+
+
+def _with_replicas(config: PlatformConfig, overrides: list[str]) -> PlatformConfig:
+    """Apply `--replicas MODEL=N` overrides (fixed N replicas)."""
+    models = dict(config.profile.models)
+    for item in overrides:
+        name, _, count = item.partition("=")
+        if name not in models or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--replicas {item!r}: expected MODEL=N with MODEL one of "
+                             f"{sorted(models)} and N >= 1")
+        models[name] = models[name].model_copy(
+            update={"min_replicas": int(count), "max_replicas": int(count)})
+    profile = config.profile.model_copy(update={"models": models})
+    return config.model_copy(update={"profile": profile})
 
 
 def _cmd_route_eval(args: argparse.Namespace) -> int:
@@ -164,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile", default=str(DEFAULT_PROFILE))
     serve.add_argument("--port", type=int, default=0, help="override the profile's HTTP port")
     serve.add_argument("--redis-port", type=int, default=6379)
+    serve.add_argument("--replicas", action="append", default=[], metavar="MODEL=N",
+                       help="run N replicas of MODEL (e.g. to validate a capacity plan)")
     serve.set_defaults(func=_cmd_serve)
     route = sub.add_parser("route", help="cascade routing tools").add_subparsers(
         dest="route_command", required=True

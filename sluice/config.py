@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluice.cache_tier.kv_tier import KVTierConfig
+from sluice.capacity.analysis import SLO
 from sluice.cache_tier.redis_target import validate_url
 from sluice.cache_tier.response_cache import ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCacheConfig
@@ -39,6 +40,8 @@ class CatalogModel(Frozen):
         default=False, description="Random-weight demo model: its output is noise."
     )
     description: str = Field(default="", description="Shown in /v1/models metadata.")
+    slo: SLO = Field(default_factory=SLO, description="Latency objectives (capacity planning, "
+                     "autoscaling).")
 
 
 class Catalog(Frozen):

@@ -1,0 +1,124 @@
+"""Capacity analysis of a stepped load test: per-step statistics, SLO checks, the knee, the
+sustainable load, replicas for a target and cost per million tokens. Pure functions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SLO(BaseModel):
+    """Latency objectives of one model (from the catalog)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ttft_p95_s: float = Field(default=2.0, gt=0, description="95th percentile TTFT bound.")
+    tpot_p95_s: float = Field(default=0.1, gt=0, description="95th percentile time per "
+                              "output token bound.")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Largest failed share.")
+
+
+class Sample(Protocol):
+    ok: bool
+    ttft_s: float | None
+    total_s: float
+    output_tokens: int
+
+    @property
+    def tpot_s(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class StepStats:
+    users: int
+    duration_s: float
+    requests: int
+    errors: int
+    throughput_rps: float
+    tokens_per_s: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    ttft_p99_s: float
+    tpot_p50_s: float
+    tpot_p95_s: float
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "error_rate": self.error_rate}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+def step_stats(users: int, duration_s: float, samples: Sequence[Sample]) -> StepStats:
+    """Statistics of the requests completed within one step of `duration_s` seconds."""
+    ok = [s for s in samples if s.ok]
+    ttft = [s.ttft_s for s in ok if s.ttft_s is not None]
+    tpot = [t for t in (s.tpot_s for s in ok) if t is not None]
+    return StepStats(
+        users=users, duration_s=duration_s, requests=len(samples),
+        errors=len(samples) - len(ok),
+        throughput_rps=len(ok) / duration_s,
+        tokens_per_s=sum(s.output_tokens for s in ok) / duration_s,
+        ttft_p50_s=_pct(ttft, 50), ttft_p95_s=_pct(ttft, 95), ttft_p99_s=_pct(ttft, 99),
+        tpot_p50_s=_pct(tpot, 50), tpot_p95_s=_pct(tpot, 95))
+
+
+def violations(step: StepStats, slo: SLO) -> list[str]:
+    """Which objectives a step misses (NaN latencies, i.e. nothing completed, miss)."""
+    out = []
+    if step.requests == 0:
+        return ["no requests completed"]
+    if not step.ttft_p95_s <= slo.ttft_p95_s:
+        out.append(f"p95 TTFT {step.ttft_p95_s:.3f} s > {slo.ttft_p95_s} s")
+    if not step.tpot_p95_s <= slo.tpot_p95_s:
+        out.append(f"p95 TPOT {step.tpot_p95_s * 1000:.1f} ms > {slo.tpot_p95_s * 1000:.0f} ms")
+    if step.error_rate > slo.max_error_rate:
+        out.append(f"error rate {step.error_rate:.1%} > {slo.max_error_rate:.1%}")
+    return out
+
+
+def sustainable(steps: Sequence[StepStats], slo: SLO) -> StepStats | None:
+    """The highest step before the first one that misses an SLO (steps in load order)."""
+    best = None
+    for step in steps:
+        if violations(step, slo):
+            break
+        best = step
+    return best
+
+
+def knee(steps: Sequence[StepStats], min_gain: float = 0.1) -> StepStats | None:
+    """The last step whose throughput still grew by at least `min_gain` over the previous
+    one: more load past it mostly adds queueing."""
+    if not steps:
+        return None
+    found = steps[0]
+    for prev, step in zip(steps, steps[1:]):
+        if step.throughput_rps < prev.throughput_rps * (1 + min_gain):
+            break
+        found = step
+    return found
+
+
+def replicas_needed(target_rps: float, per_replica_rps: float, headroom: float) -> int:
+    """Replicas for a target load, each run at most (1 - headroom) of its sustainable load."""
+    if per_replica_rps <= 0:
+        raise ValueError("per-replica throughput must be positive")
+    if not 0 <= headroom < 1:
+        raise ValueError("headroom must be in [0, 1)")
+    return max(1, math.ceil(target_rps / (per_replica_rps * (1 - headroom))))
+
+
+def cost_per_million_tokens(hourly_usd: float, tokens_per_s: float) -> float:
+    """Hourly rate × time ÷ tokens: what a million output tokens cost on one replica."""
+    return hourly_usd / (tokens_per_s * 3600) * 1e6 if tokens_per_s > 0 else math.inf
