@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sluice.cache_tier.kv_tier import KVTierConfig
+from sluice.autoscaling.policy import AutoscalingSettings
 from sluice.capacity.analysis import SLO
 from sluice.cache_tier.redis_target import validate_url
 from sluice.cache_tier.response_cache import ResponseCacheConfig
@@ -76,6 +77,10 @@ class ModelDeployment(Frozen):
     )
     accelerator_type: str | None = Field(
         default=None, description="Ray accelerator type (GPU profiles), e.g. 'H100'."
+    )
+    autoscaling: AutoscalingSettings | None = Field(
+        default=None, description="Sluice's SLO autoscaling policy (queue depth and the "
+        "catalog's latency SLOs) between min and max replicas; unset: Serve's default.",
     )
     placement_bundles: tuple[dict[str, float], ...] | None = Field(
         default=None, description="This model's placement-group bundles per replica, instead "

@@ -12,8 +12,11 @@ from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
+from sluice.autoscaling.latency import LatencyWindow, timed
 from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
 from sluice.config import CatalogModel, PlatformConfig
+
+SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
 
 
 class SingleWorkerCpuEngine(VLLMEngine):
@@ -35,9 +38,24 @@ class SingleWorkerCpuEngine(VLLMEngine):
 
 
 class SluiceLLMServer(LLMServer):
-    """Ray Serve LLM's LLMServer with Sluice's engine class."""
+    """Ray Serve LLM's LLMServer with Sluice's engine class, reporting its recent p95 TTFT and
+    TPOT to Serve's autoscaler (custom metrics read by Sluice's SLO policy)."""
 
     _default_engine_cls = SingleWorkerCpuEngine
+
+    @property
+    def _latency(self) -> LatencyWindow:
+        window = self.__dict__.get("_sluice_latency")
+        if window is None:
+            window = self.__dict__["_sluice_latency"] = LatencyWindow()
+        return window
+
+    async def _run_request(self, request: Any, **kwargs: Any) -> Any:
+        stream = await super()._run_request(request, **kwargs)
+        return timed(stream, self._latency)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return self._latency.stats()
 
 
 def llm_config_for(config: PlatformConfig, model: CatalogModel,
@@ -55,6 +73,18 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         engine_kwargs["kv_transfer_config"] = kv_transfer_config(profile.device)
         env.update(engine_env(profile.kv_tier, redis_url))
     actor_options: dict[str, Any] = {"num_cpus": profile.replica_num_cpus}
+    autoscaling: dict[str, Any] = {
+        "min_replicas": deployment.min_replicas,
+        "max_replicas": deployment.max_replicas,
+        "initial_replicas": max(deployment.min_replicas, 1),
+    }
+    if deployment.autoscaling is not None:
+        autoscaling.update({
+            "policy": {"policy_function": SLO_POLICY, "policy_kwargs": {
+                "slo": model.slo.model_dump(), "settings": deployment.autoscaling.model_dump()}},
+            # the policy keeps its own cooldowns; Serve's delays would stack on top
+            "upscale_delay_s": 0, "downscale_delay_s": 0,
+        })
     return LLMConfig(
         model_loading_config={
             "model_id": model.name,
@@ -67,11 +97,7 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         runtime_env={"env_vars": env} if env else None,
         deployment_config={
             "ray_actor_options": actor_options,
-            "autoscaling_config": {
-                "min_replicas": deployment.min_replicas,
-                "max_replicas": deployment.max_replicas,
-                "initial_replicas": max(deployment.min_replicas, 1),
-            },
+            "autoscaling_config": autoscaling,
             "health_check_period_s": 5,
             "health_check_timeout_s": 30,
         },

@@ -1,0 +1,115 @@
+"""The SLO autoscaling decision, as a pure function of what the replicas report.
+
+Inputs: requests in flight and queued (Serve's own counts), the replicas' recent p95 TTFT and
+TPOT with their age, the model's SLO, and the time of the last scale-up / scale-down.
+Rules, in order:
+- stale or missing latency metrics are not evidence: without fresh ones the decision rests on
+  the queue alone, and with no load figures at all it holds;
+- scale up fast when an SLO is breached or work queues: to what the load needs, at least one
+  more, at most doubling per decision, after a short cooldown;
+- scale down slowly, one replica at a time, only when both latencies are comfortably inside
+  their SLOs (a fraction `comfort` of them), nothing queues and fewer replicas would carry the
+  load, after a long cooldown since any change;
+- optionally to zero after `scale_to_zero_after_s` without a request, and back to one as soon
+  as one arrives;
+- always within [min_replicas, max_replicas].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sluice.capacity.analysis import SLO
+
+
+class AutoscalingSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target_ongoing_per_replica: float = Field(
+        default=8, gt=0, description="Requests in flight one replica carries comfortably.")
+    max_queued_per_replica: float = Field(
+        default=1, ge=0, description="Queued requests per replica that count as a breach.")
+    upscale_cooldown_s: float = Field(default=10, ge=0)
+    downscale_cooldown_s: float = Field(default=120, ge=0)
+    comfort: float = Field(default=0.5, gt=0, lt=1, description="Scale down only with both "
+                           "p95 latencies under this fraction of their SLO.")
+    metrics_max_age_s: float = Field(default=30, gt=0, description="Older latency reports are "
+                                     "ignored.")
+    scale_to_zero_after_s: float | None = Field(
+        default=None, gt=0, description="Idle time after which the model scales to zero (its "
+        "cold start is then paid by the next request); None: never.")
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    ongoing: float | None  # requests in flight (running + queued), None if unknown
+    queued: float | None
+    ttft_p95_s: float | None
+    tpot_p95_s: float | None
+    metrics_age_s: float | None
+    last_scale_up: float | None
+    last_scale_down: float | None
+    idle_since: float | None  # when the deployment last had no request at all
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str
+
+
+def _since(now: float, then: float | None) -> float:
+    return math.inf if then is None else now - then
+
+
+def decide(obs: Observation, slo: SLO, settings: AutoscalingSettings) -> Decision:
+    def bounded(n: int, reason: str) -> Decision:
+        """Within [min_replicas, max_replicas]; only the idle path below goes to zero."""
+        return Decision(max(obs.min_replicas, min(obs.max_replicas, n)), reason)
+
+    if obs.ongoing is None:
+        return bounded(obs.replicas, "hold: no load figures")
+    queued = obs.queued or 0.0
+    if obs.replicas == 0:
+        if obs.ongoing > 0 or queued > 0:
+            return bounded(1, "cold start")
+        return Decision(0 if settings.scale_to_zero_after_s else obs.min_replicas,
+                        "hold: idle at zero")
+    fresh = obs.metrics_age_s is not None and obs.metrics_age_s <= settings.metrics_max_age_s
+    ttft = obs.ttft_p95_s if fresh else None
+    tpot = obs.tpot_p95_s if fresh else None
+    needed = math.ceil(obs.ongoing / settings.target_ongoing_per_replica)
+
+    breach = []
+    if ttft is not None and ttft > slo.ttft_p95_s:
+        breach.append("ttft")
+    if tpot is not None and tpot > slo.tpot_p95_s:
+        breach.append("tpot")
+    if queued > settings.max_queued_per_replica * obs.replicas:
+        breach.append("queue")
+    if breach:
+        if _since(obs.now, obs.last_scale_up) < settings.upscale_cooldown_s:
+            return bounded(obs.replicas, f"hold: {'+'.join(breach)} breached, up cooldown")
+        target = min(2 * obs.replicas, max(obs.replicas + 1, needed))
+        return bounded(target, f"up: {'+'.join(breach)}")
+
+    if (settings.scale_to_zero_after_s is not None and obs.ongoing == 0 and queued == 0
+            and _since(obs.now, obs.idle_since) >= settings.scale_to_zero_after_s):
+        return Decision(0, "down: idle, scale to zero")
+    comfortable = (ttft is not None and tpot is not None
+                   and ttft < settings.comfort * slo.ttft_p95_s
+                   and tpot < settings.comfort * slo.tpot_p95_s)
+    idle = obs.ongoing == 0
+    if (comfortable or (idle and not fresh)) and queued == 0 and needed < obs.replicas:
+        last_change = max(obs.last_scale_up or -math.inf, obs.last_scale_down or -math.inf)
+        if obs.now - last_change < settings.downscale_cooldown_s:
+            return bounded(obs.replicas, "hold: comfortable, down cooldown")
+        return bounded(obs.replicas - 1, "down: comfortable" if comfortable else "down: idle")
+    return bounded(obs.replicas, "hold")
