@@ -87,10 +87,11 @@ def decide(obs: Observation, slo: SLO, settings: AutoscalingSettings) -> Decisio
     tpot = obs.tpot_p95_s if fresh else None
     needed = math.ceil(obs.ongoing / settings.target_ongoing_per_replica)
 
-    breach = []
-    if ttft is not None and ttft > slo.ttft_p95_s:
+    idle = obs.ongoing == 0
+    breach = []  # latency of past requests is no reason to add replicas to an idle model
+    if not idle and ttft is not None and ttft > slo.ttft_p95_s:
         breach.append("ttft")
-    if tpot is not None and tpot > slo.tpot_p95_s:
+    if not idle and tpot is not None and tpot > slo.tpot_p95_s:
         breach.append("tpot")
     if queued > settings.max_queued_per_replica * obs.replicas:
         breach.append("queue")
@@ -106,8 +107,8 @@ def decide(obs: Observation, slo: SLO, settings: AutoscalingSettings) -> Decisio
     comfortable = (ttft is not None and tpot is not None
                    and ttft < settings.comfort * slo.ttft_p95_s
                    and tpot < settings.comfort * slo.tpot_p95_s)
-    idle = obs.ongoing == 0
-    if (comfortable or (idle and not fresh)) and queued == 0 and needed < obs.replicas:
+    if ((comfortable or idle) and queued == 0 and needed < obs.replicas
+            and obs.replicas > obs.min_replicas):
         last_change = max(obs.last_scale_up or -math.inf, obs.last_scale_down or -math.inf)
         if obs.now - last_change < settings.downscale_cooldown_s:
             return bounded(obs.replicas, "hold: comfortable, down cooldown")

@@ -42,7 +42,9 @@ def observe(ctx: Any) -> Observation:
     except (TypeError, ValueError):
         queued = None
     return Observation(
-        now=float(ctx.current_time), replicas=int(ctx.current_num_replicas),
+        # the target, not the running count: while a scale-up starts replicas, holding
+        # must keep it (answering the running count would cancel it)
+        now=float(ctx.current_time), replicas=int(ctx.target_num_replicas),
         min_replicas=int(ctx.capacity_adjusted_min_replicas),
         max_replicas=int(ctx.capacity_adjusted_max_replicas),
         ongoing=ongoing, queued=queued, ttft_p95_s=ttft, tpot_p95_s=tpot, metrics_age_s=age,
@@ -63,8 +65,9 @@ class SLOPolicy:
         busy = (obs.ongoing or 0) > 0 or (obs.queued or 0) > 0
         state["idle_since"] = None if busy else (state.get("idle_since") or obs.now)
         decision = decide(obs, self._slo, self._settings)
-        if decision.replicas != obs.replicas:
-            log.info("autoscaling %s: %d -> %d (%s)", ctx.deployment_name, obs.replicas,
-                     decision.replicas, decision.reason)
+        if decision.replicas != obs.replicas or decision.reason != state.get("last_reason"):
+            # (WARNING: Serve's controller log shows it; one line per change of mind)
+            log.warning("autoscaling %s: %d -> %d (%s) from %s", ctx.deployment_name,
+                        obs.replicas, decision.replicas, decision.reason, obs)
         state["last_reason"] = decision.reason
         return decision.replicas, state

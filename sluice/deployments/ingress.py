@@ -72,6 +72,19 @@ def _semantic_cache(config: SemanticCacheConfig, exact: ResponseCache | None,
     return SemanticCache(exact, config, lambda text: model.embed([text])[0])
 
 
+def _running_replicas() -> dict[str, int]:
+    """Running replicas per model deployment, from Serve's controller ({} if it won't say)."""
+    try:
+        apps = serve.status().applications
+    except Exception as exc:  # noqa: BLE001 - readiness must not fail on a status call
+        log.warning("serve.status() failed: %r", exc)
+        return {}
+    prefix = "SluiceLLMServer:"
+    return {name[len(prefix):]: int(dep.replica_states.get("RUNNING", 0))
+            for app in apps.values() for name, dep in app.deployments.items()
+            if name.startswith(prefix)}
+
+
 def _cache_headers(lookup: CacheLookup) -> dict[str, str]:
     headers = {CACHE_HEADER: lookup.status.value}
     if lookup.similarity is not None:
@@ -294,6 +307,7 @@ class SluiceIngress:
         kv_tier = cache if self._config.profile.kv_tier.enabled else "disabled"
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "models": models,
+             "replicas": await asyncio.to_thread(_running_replicas),
              "response_cache": cache, "kv_tier": kv_tier},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "5"},

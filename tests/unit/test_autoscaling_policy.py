@@ -72,6 +72,11 @@ def test_idle_without_reports_scales_down() -> None:
     assert idle.replicas == 1 and idle.reason == "down: idle"
 
 
+def test_idle_with_a_recent_breach_in_its_window_scales_down_not_up() -> None:
+    after_load = d(ongoing=0, ttft_p95_s=5.0, tpot_p95_s=0.5, metrics_age_s=3)
+    assert after_load.replicas == 1 and after_load.reason == "down: idle"
+
+
 def test_flapping_load_does_not_oscillate() -> None:
     """Breach, calm, breach, calm every 5 s: one scale-up, no scale-down in between."""
     replicas, last_up, last_down = 2, None, None
@@ -149,6 +154,10 @@ def test_serve_policy_reads_serves_context_and_keeps_its_state() -> None:
     # idle: the idle clock starts, then the policy scales down (no reports needed)
     replicas, state = policy(_ctx(total_num_requests=0.0))
     assert state["idle_since"] == 1000.0 and replicas == 1
+    # a scale-up in progress (target 3, 2 running) is held, not cancelled
+    starting = _ctx(target_num_replicas=3, last_scale_up_time=998.0,
+                    aggregated_metrics={"ttft_p95_s": {"r1": 2.6}})
+    assert policy(starting)[0] == 3
     # a lazily computed metric (Serve passes callables) is read too
     lazy = _ctx(aggregated_metrics=lambda: {"tpot_p95_s": {"r1": 0.5}})
     assert policy(lazy)[0] == 3
