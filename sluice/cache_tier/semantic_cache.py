@@ -199,8 +199,10 @@ class SemanticIndex:
                 del self._by_context[entry.context]
 
     def search(self, context: str, text: str, vector: np.ndarray, threshold: float,
-               guard: bool, not_before: float) -> tuple[str, Match] | None:
-        """The most similar entry above the threshold that the guard lets through."""
+               guard: bool, not_before: float, refused: list[str] | None = None
+               ) -> tuple[str, Match] | None:
+        """The most similar entry above the threshold that the guard lets through; the
+        guard's reasons for candidates it refused go to `refused`."""
         ids = [i for i in self._by_context.get(context, ())
                if self._entries[i].created >= not_before]
         if not ids:
@@ -210,7 +212,10 @@ class SemanticIndex:
             if sims[j] < threshold:
                 break
             entry = self._entries[ids[j]]
-            if guard and guard_conflict(text, entry.text) is not None:
+            conflict = guard_conflict(text, entry.text) if guard else None
+            if conflict is not None:
+                if refused is not None:
+                    refused.append(conflict)
                 continue
             return ids[j], Match(entry, float(sims[j]))
         return None
@@ -275,11 +280,11 @@ class SemanticCache:
             return SemanticResult(probe)
         await self.sync()
         not_before = self._clock() - self._exact.config.ttl_s
+        refused: list[str] = []
         found = self._index.search(context, text, vector, self._config.threshold,
-                                   self._config.guard, not_before)
+                                   self._config.guard, not_before, refused)
         if found is None:
-            if self._config.guard and self._index.search(
-                    context, text, vector, self._config.threshold, False, not_before):
+            if refused:
                 self.counters["guarded"] += 1
             self.counters["miss"] += 1
             return SemanticResult(probe)
