@@ -20,6 +20,7 @@ from sluice.cache_tier.redis_target import validate_url
 from sluice.cache_tier.response_cache import ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCacheConfig
 from sluice.router.config import RoutingConfig
+from sluice.router.replica_affinity import ReplicaRoutingConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -78,6 +79,8 @@ class ModelDeployment(Frozen):
     accelerator_type: str | None = Field(
         default=None, description="Ray accelerator type (GPU profiles), e.g. 'H100'."
     )
+    replica_routing: ReplicaRoutingConfig | None = Field(
+        default=None, description="Replica router of this model (the profile's otherwise).")
     autoscaling: AutoscalingSettings | None = Field(
         default=None, description="Sluice's SLO autoscaling policy (queue depth and the "
         "catalog's latency SLOs) between min and max replicas; unset: Serve's default.",
@@ -139,6 +142,9 @@ class Profile(Frozen):
         "redis-sentinel://host:port[,host:port]/service. Unset: `sluice serve` starts one on "
         "this machine.",
     )
+    replica_routing: ReplicaRoutingConfig = Field(
+        default_factory=ReplicaRoutingConfig,
+        description="How each request picks a replica of a model (prefix affinity vs load).")
     kv_tier: KVTierConfig = Field(
         default_factory=KVTierConfig, description="Shared KV tier (LMCache + Redis)."
     )

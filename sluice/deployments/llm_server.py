@@ -15,6 +15,7 @@ from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from sluice.autoscaling.latency import LatencyWindow, timed
 from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
 from sluice.config import CatalogModel, PlatformConfig
+from sluice.deployments.replica_router import ROUTER_CLASS
 
 SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
 
@@ -85,6 +86,19 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
             # the policy keeps its own cooldowns; Serve's delays would stack on top
             "upscale_delay_s": 0, "downscale_delay_s": 0,
         })
+    serve_options: dict[str, Any] = {
+        "ray_actor_options": actor_options,
+        "autoscaling_config": autoscaling,
+        "health_check_period_s": 5,
+        "health_check_timeout_s": 30,
+    }
+    routing = deployment.replica_routing or profile.replica_routing
+    if routing.policy == "prefix_affinity":  # power_of_two: Serve's default router
+        serve_options["request_router_config"] = {
+            "request_router_class": ROUTER_CLASS,
+            "request_router_kwargs": {
+                "config": routing.model_dump(),
+                "tier_enabled": bool(profile.kv_tier.enabled and redis_url)}}
     return LLMConfig(
         model_loading_config={
             "model_id": model.name,
@@ -95,12 +109,7 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         placement_group_config={"bundles": [
             dict(b) for b in deployment.placement_bundles or profile.placement_bundles]},
         runtime_env={"env_vars": env} if env else None,
-        deployment_config={
-            "ray_actor_options": actor_options,
-            "autoscaling_config": autoscaling,
-            "health_check_period_s": 5,
-            "health_check_timeout_s": 30,
-        },
+        deployment_config=serve_options,
         experimental_configs={
             "stream_batching_interval_ms": profile.stream_batching_interval_ms,
         },

@@ -37,7 +37,7 @@ def test_a_prefix_computed_by_one_replica_is_loaded_by_the_other(http) -> None:
     origin = first.headers["x-sluice-replica"]
     assert first.json()["usage"]["prompt_tokens"] > 256
     other = None
-    for _ in range(8):  # two at once: Serve's router spreads them over both replicas
+    for _ in range(8):  # two at once: the prefix is in the tier, so the second goes to the idle replica
         with ThreadPoolExecutor(2) as pool:
             pair = list(pool.map(lambda _: ask(), range(2)))
         other = next((r for r in pair if r.headers["x-sluice-replica"] != origin), None)
