@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic loadtest plan models redis-server clean help
+.PHONY: setup serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -21,6 +21,8 @@ help:
 	@echo "make bench-cascade  - latency of each cascade path (direct, judged, escalated)"
 	@echo "make bench-kv-tier  - TTFT: cold replica recomputing vs loading the prefix from Redis"
 	@echo "make bench-semantic - semantic cache false-hit rate on real question pairs"
+	@echo "make bench-prefix-routing - prefix-affinity vs power-of-two routing, shared prefixes"
+	@echo "make bench-autoscale-sim  - simulated fleet: SLO policy vs Serve's stock policy"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
 	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
 
@@ -64,6 +66,12 @@ bench-kv-tier: setup
 
 bench-semantic: setup
 	$(BIN)/python -m loadtests.semantic_eval --out bench-results/semantic
+
+bench-prefix-routing: setup
+	$(BIN)/python -m loadtests.prefix_routing_bench --out bench-results/prefix-routing
+
+bench-autoscale-sim: setup
+	$(BIN)/python -m loadtests.autoscale_sim --out bench-results/autoscale-sim
 
 URL ?= http://127.0.0.1:8000
 MODEL ?= small

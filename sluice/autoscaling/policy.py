@@ -6,10 +6,12 @@ Rules, in order:
 - stale or missing latency metrics are not evidence: without fresh ones the decision rests on
   the queue alone, and with no load figures at all it holds;
 - scale up fast when an SLO is breached or work queues: to what the load needs, at least one
-  more, at most doubling per decision, after a short cooldown;
-- scale down slowly, one replica at a time, only when both latencies are comfortably inside
-  their SLOs (a fraction `comfort` of them), nothing queues and fewer replicas would carry the
-  load, after a long cooldown since any change;
+  more, at most doubling per decision, after a short cooldown; while replicas of an earlier
+  scale-up are still starting, only to what the load needs (the breach persists until they
+  run, and adding more for it again would overshoot: found in the fleet simulation);
+- scale down in steps of at most `downscale_fraction` of the replicas (at least one), never
+  below what the load needs, only when both latencies are comfortably inside their SLOs (a
+  fraction `comfort` of them) and nothing queues, after a cooldown since any change;
 - optionally to zero after `scale_to_zero_after_s` without a request, and back to one as soon
   as one arrives;
 - always within [min_replicas, max_replicas].
@@ -34,6 +36,8 @@ class AutoscalingSettings(BaseModel):
         default=1, ge=0, description="Queued requests per replica that count as a breach.")
     upscale_cooldown_s: float = Field(default=10, ge=0)
     downscale_cooldown_s: float = Field(default=120, ge=0)
+    downscale_fraction: float = Field(default=0.25, gt=0, le=1, description="Largest share "
+                                      "of the replicas removed in one scale-down step.")
     comfort: float = Field(default=0.5, gt=0, lt=1, description="Scale down only with both "
                            "p95 latencies under this fraction of their SLO.")
     metrics_max_age_s: float = Field(default=30, gt=0, description="Older latency reports are "
@@ -57,6 +61,7 @@ class Observation:
     last_scale_up: float | None
     last_scale_down: float | None
     idle_since: float | None  # when the deployment last had no request at all
+    running: int | None = None  # replicas running now (fewer than `replicas` while starting)
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,13 @@ def decide(obs: Observation, slo: SLO, settings: AutoscalingSettings) -> Decisio
     if breach:
         if _since(obs.now, obs.last_scale_up) < settings.upscale_cooldown_s:
             return bounded(obs.replicas, f"hold: {'+'.join(breach)} breached, up cooldown")
+        reason = "+".join(breach)
+        if obs.running is not None and obs.running < obs.replicas:
+            if needed > obs.replicas:
+                return bounded(min(2 * obs.replicas, needed), f"up: {reason}, load > target")
+            return bounded(obs.replicas, f"hold: {reason} breached, replicas starting")
         target = min(2 * obs.replicas, max(obs.replicas + 1, needed))
-        return bounded(target, f"up: {'+'.join(breach)}")
+        return bounded(target, f"up: {reason}")
 
     if (settings.scale_to_zero_after_s is not None and obs.ongoing == 0 and queued == 0
             and _since(obs.now, obs.idle_since) >= settings.scale_to_zero_after_s):
@@ -112,5 +122,7 @@ def decide(obs: Observation, slo: SLO, settings: AutoscalingSettings) -> Decisio
         last_change = max(obs.last_scale_up or -math.inf, obs.last_scale_down or -math.inf)
         if obs.now - last_change < settings.downscale_cooldown_s:
             return bounded(obs.replicas, "hold: comfortable, down cooldown")
-        return bounded(obs.replicas - 1, "down: comfortable" if comfortable else "down: idle")
+        step = max(1, math.floor(settings.downscale_fraction * obs.replicas))
+        return bounded(max(needed, obs.replicas - step),
+                       "down: comfortable" if comfortable else "down: idle")
     return bounded(obs.replicas, "hold")

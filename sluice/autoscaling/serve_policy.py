@@ -49,7 +49,7 @@ def observe(ctx: Any) -> Observation:
         max_replicas=int(ctx.capacity_adjusted_max_replicas),
         ongoing=ongoing, queued=queued, ttft_p95_s=ttft, tpot_p95_s=tpot, metrics_age_s=age,
         last_scale_up=ctx.last_scale_up_time, last_scale_down=ctx.last_scale_down_time,
-        idle_since=state.get("idle_since"))
+        idle_since=state.get("idle_since"), running=int(ctx.current_num_replicas))
 
 
 class SLOPolicy:

@@ -46,6 +46,24 @@ def test_up_cooldown_holds_a_fresh_breach() -> None:
     assert out.replicas == 2 and "cooldown" in out.reason
 
 
+def test_a_breach_while_replicas_start_waits_for_them_unless_load_needs_more() -> None:
+    # target 4, two running: the breach is the capacity not having arrived yet
+    starting = {"replicas": 4, "running": 2, "ttft_p95_s": 3.0}
+    held = d(**starting, ongoing=20)  # 20 in flight needs 3 (of 8 each): the 4 will do
+    assert held.replicas == 4 and "starting" in held.reason
+    more = d(**starting, ongoing=50)  # needs 7: the load outgrew the target
+    assert more.replicas == 6 and more.reason == "up: ttft, load > target"  # max_replicas
+    assert d(**{**starting, "running": 4}, ongoing=20).replicas == 5  # all running: +1 again
+
+
+def test_scale_down_steps_are_proportional_and_never_below_need() -> None:
+    big = AutoscalingSettings(target_ongoing_per_replica=8, downscale_fraction=0.25)
+    calm = replace(BASE, replicas=40, max_replicas=100, ttft_p95_s=0.3, tpot_p95_s=0.02)
+    assert decide(replace(calm, ongoing=8), SLO_, big).replicas == 30  # a quarter at once
+    assert decide(replace(calm, ongoing=280), SLO_, big).replicas == 35  # needs 35
+    assert decide(replace(calm, replicas=3, ongoing=0), SLO_, big).replicas == 2  # >= 1 step
+
+
 def test_missing_or_stale_metrics_never_scale() -> None:
     assert d(ongoing=None).reason == "hold: no load figures"
     stale = d(ttft_p95_s=9.9, metrics_age_s=300)  # an old breach is not evidence
