@@ -2,9 +2,8 @@
 decision to add it until it is RUNNING (actor, vLLM engine, weights). The autoscaling
 simulation (`python -m loadtests.autoscale_sim --startup-s ...`) takes this figure.
 
-The stack starts with one `small` replica; each repetition redeploys with two (a replica-count
-change, which Serve applies without restarting the running replica), times the second one to
-RUNNING, then goes back to one.
+Beside a running stack, each repetition deploys `small` again as an application of its own
+(one replica, the same LLMConfig the platform uses), times it to RUNNING, and deletes it.
 
     python -m loadtests.replica_startup --out bench-results/replica-startup
 """
@@ -35,6 +34,9 @@ def _config(replicas: int) -> Any:
     return base.model_copy(update={"profile": profile})
 
 
+PROBE_APP = "startup-probe"
+
+
 def _running(app: str) -> int:
     from ray import serve
 
@@ -44,21 +46,22 @@ def _running(app: str) -> int:
     return int(status.deployments[DEPLOYMENT].replica_states.get("RUNNING", 0))
 
 
-def _scale(stack: Any, replicas: int, timeout_s: float) -> float:
-    """Redeploy with `replicas` small replicas; seconds until exactly that many run."""
+def _start_one(stack: Any, timeout_s: float) -> float:
+    """Deploy one `small` replica as its own application; seconds until it is RUNNING."""
     from ray import serve
 
-    from sluice.deployments.app import build_app
-    from sluice.deployments.local_stack import APP_NAME
+    from sluice.deployments.llm_server import build_llm_deployments
 
+    app = build_llm_deployments(stack.config, stack.redis_url)["small"]
     started = time.monotonic()
-    serve.run(build_app(_config(replicas), stack.redis_url), name=APP_NAME, route_prefix="/",
-              blocking=False)
+    serve.run(app, name=PROBE_APP, route_prefix=None, blocking=False)
     while time.monotonic() - started < timeout_s:
-        if _running(APP_NAME) == replicas:
-            return time.monotonic() - started
+        if _running(PROBE_APP) == 1:
+            elapsed = time.monotonic() - started
+            serve.delete(PROBE_APP)
+            return elapsed
         time.sleep(0.25)
-    raise TimeoutError(f"{replicas} replicas not running after {timeout_s:.0f} s")
+    raise TimeoutError(f"the replica was not running after {timeout_s:.0f} s")
 
 
 def main() -> int:
@@ -74,10 +77,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sluice-startup-") as tmp, \
             LocalStack(_config(1), Path(tmp), redis_port=6406) as stack:
         for rep in range(args.reps):
-            times.append(_scale(stack, 2, 600))
-            print(f"[startup] repetition {rep + 1}/{args.reps}: second replica running after "
+            times.append(_start_one(stack, 600))
+            print(f"[startup] repetition {rep + 1}/{args.reps}: replica running after "
                   f"{times[-1]:.1f} s", flush=True)
-            _scale(stack, 1, 300)
     result = {"deployment": DEPLOYMENT, "startup_s": [round(t, 1) for t in times],
               "median_s": round(statistics.median(times), 1)}
     (args.out / "startup.json").write_text(json.dumps(result, indent=2))

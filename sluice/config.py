@@ -13,12 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sluice.cache_tier.kv_tier import KVTierConfig
 from sluice.autoscaling.policy import AutoscalingSettings
-from sluice.capacity.analysis import SLO
+from sluice.cache_tier.kv_tier import KVTierConfig
 from sluice.cache_tier.redis_target import validate_url
 from sluice.cache_tier.response_cache import ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCacheConfig
+from sluice.capacity.analysis import SLO
 from sluice.router.config import RoutingConfig
 from sluice.router.replica_affinity import ReplicaRoutingConfig
 

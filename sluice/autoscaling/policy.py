@@ -9,6 +9,9 @@ Rules, in order:
   more, at most doubling per decision, after a short cooldown; while replicas of an earlier
   scale-up are still starting, only to what the load needs (the breach persists until they
   run, and adding more for it again would overshoot: found in the fleet simulation);
+- scale up ahead of a breach when more requests are in flight than `target_ongoing_per_replica`
+  per replica: to what the load needs, at most doubling (a breach only shows once users
+  waited, and a new replica takes a minute to start: found in the fleet simulation);
 - scale down in steps of at most `downscale_fraction` of the replicas (at least one), never
   below what the load needs, only when both latencies are comfortably inside their SLOs (a
   fraction `comfort` of them) and nothing queues, after a cooldown since any change;
@@ -110,6 +113,11 @@ def decide(obs: Observation, slo: SLO, settings: AutoscalingSettings) -> Decisio
             return bounded(obs.replicas, f"hold: {reason} breached, replicas starting")
         target = min(2 * obs.replicas, max(obs.replicas + 1, needed))
         return bounded(target, f"up: {reason}")
+
+    if needed > obs.replicas:  # more in flight than the replicas carry comfortably
+        if _since(obs.now, obs.last_scale_up) < settings.upscale_cooldown_s:
+            return bounded(obs.replicas, "hold: load above target, up cooldown")
+        return bounded(min(2 * obs.replicas, needed), "up: load")
 
     if (settings.scale_to_zero_after_s is not None and obs.ongoing == 0 and queued == 0
             and _since(obs.now, obs.idle_since) >= settings.scale_to_zero_after_s):

@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.response_cache import (
     BYPASS,
     CacheLookup,
@@ -31,7 +32,6 @@ from sluice.cache_tier.response_cache import (
     ResponseCacheConfig,
     cache_policy,
 )
-from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig, wants_semantic
 from sluice.config import PlatformConfig
 from sluice.deployments.buffered_sse import sse_events

@@ -41,6 +41,13 @@ def test_scale_up_goes_to_what_load_needs_but_at_most_doubles_and_stays_bounded(
     assert d(ttft_p95_s=3.0, ongoing=200, replicas=5).replicas == 6  # max_replicas
 
 
+def test_load_above_target_scales_up_before_any_breach() -> None:
+    out = d(ongoing=30)  # 2 replicas x 8 carry 16; within SLO so far
+    assert out.replicas == 4 and out.reason == "up: load"
+    assert d(ongoing=100).replicas == 4  # at most doubling
+    assert d(ongoing=30, last_scale_up=995.0).replicas == 2  # cooldown
+
+
 def test_up_cooldown_holds_a_fresh_breach() -> None:
     out = d(ttft_p95_s=3.0, last_scale_up=995.0)
     assert out.replicas == 2 and "cooldown" in out.reason
