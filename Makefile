@@ -71,7 +71,7 @@ bench-prefix-routing: setup
 	$(BIN)/python -m loadtests.prefix_routing_bench --out bench-results/prefix-routing
 
 bench-autoscale-sim: setup
-	$(BIN)/python -m loadtests.autoscale_sim --out bench-results/autoscale-sim
+	$(BIN)/python -m loadtests.autoscale_sim --startup-s 41.3 --ray-targets 2,8,24 --out bench-results/autoscale-sim
 
 URL ?= http://127.0.0.1:8000
 MODEL ?= small
