@@ -27,7 +27,10 @@ def _config(replicas: int) -> Any:
 
     base = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = base.profile.model_copy(update={
-        "ingress": base.profile.ingress.model_copy(update={"port": 8796, "transport": "proxy"}),
+        # Serve's proxy: with direct ingress the probe application's replica would need an
+        # HTTP port of its own, and the profile's port range has none to spare
+        "ingress": base.profile.ingress.model_copy(update={"port": 8796,
+                                                           "transport": "proxy"}),
         "semantic_cache": base.profile.semantic_cache.model_copy(update={"enabled": False}),
         "models": {**base.profile.models, "small": base.profile.models["small"].model_copy(
             update={"min_replicas": replicas, "max_replicas": replicas})}})
