@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim loadtest plan models redis-server clean help
+.PHONY: setup observability-tools serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -43,16 +43,38 @@ redis-server:
 	  echo "[setup] installing redis-server (Debian package)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
+# Checkers of platform/observability/ (tests/unit/test_observability_assets.py runs them):
+# promtool for the alert rules and the dashboard's PromQL (Debian's prometheus package, the
+# only one that ships it; where systemd runs, the server it brings is stopped and disabled:
+# only the tool is wanted), and Grafana's published dashboard schema (@grafana/schema) with
+# the TypeScript compiler that checks the dashboard JSON against it (npm, pinned).
+GRAFANA_SCHEMA_DIR := .cache/grafana-schema
+GRAFANA_SCHEMA_PKGS := @grafana/schema@13.2.3 typescript@5.9.3
+observability-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "[setup] installing promtool (Debian package prometheus)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus && \
+	  if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus.service || true; fi; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "[setup] installing Node.js and npm (Debian packages)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm; }
+	@stamp="$(GRAFANA_SCHEMA_DIR)/.installed-$$(echo $(GRAFANA_SCHEMA_PKGS) | tr ' /@' '_._')"; \
+	test -f "$$stamp" || { \
+	  echo "[setup] installing $(GRAFANA_SCHEMA_PKGS) (npm) into $(GRAFANA_SCHEMA_DIR)"; \
+	  mkdir -p $(GRAFANA_SCHEMA_DIR) && \
+	  npm install --prefix $(GRAFANA_SCHEMA_DIR) --no-save --no-package-lock --ignore-scripts \
+	    --no-audit --no-fund $(GRAFANA_SCHEMA_PKGS) && touch "$$stamp"; }
+
 models: $(STAMP)
 	$(BIN)/sluice models build-demo
 
 serve: setup
 	$(BIN)/sluice serve
 
-test: setup
+test: setup observability-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) observability-tools
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 bench-overhead: setup
@@ -75,7 +97,7 @@ bench-autoscale-sim: setup
 
 URL ?= http://127.0.0.1:8000
 MODEL ?= small
-loadtest: setup
+loadtest: setup observability-tools
 	mkdir -p bench-results/locust
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(URL) --model $(MODEL) \
 		-u 8 -r 2 -t 60s --csv bench-results/locust/run --html bench-results/locust/run.html

@@ -46,6 +46,8 @@ from sluice.deployments.protocol import (
 from sluice.deployments.relay import REPLICA_HEADER, EngineStream, call_engine
 from sluice.deployments.routing_setup import build_runners, lazy_embedder
 from sluice.errors import NotFound, SluiceError, Unavailable
+from sluice.observability.metrics import CONTENT_TYPE, Metrics
+from sluice.observability.request_meter import RequestMeter
 from sluice.router.features import Embedder
 from sluice.router.static import RouteDecision, StaticRouter
 
@@ -148,21 +150,36 @@ class SluiceIngress:
                                          embedder)
         self._background: set[asyncio.Task[None]] = set()
         self._runners = build_runners(self._config, self._call, self._off_hot_path, embedder)
+        self._metrics = Metrics(caches=self._cache_counters, routes=self._route_snapshots)
 
     # ---- inference -------------------------------------------------------------------
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Response:
-        return await self._generate("chat", request)
+        return await self._metered("chat", request)
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        return await self._generate("completions", request)
+        return await self._metered("completions", request)
 
-    async def _generate(self, endpoint: Endpoint, request: Request) -> Response:
+    async def _metered(self, endpoint: Endpoint, request: Request) -> Response:
+        meter = RequestMeter(self._metrics)
+        try:
+            response = await self._generate(endpoint, request, meter)
+        except BaseException as exc:
+            # 499: the client went away (cancelled); anything else unexpected leaves as 503
+            meter.failed(exc.status if isinstance(exc, SluiceError)
+                         else 503 if isinstance(exc, Exception) else 499)
+            raise
+        return meter.attach(response)
+
+    async def _generate(self, endpoint: Endpoint, request: Request,
+                        meter: RequestMeter) -> Response:
         body = decode_json(await request.body())
         llm_request = parse_request(endpoint, body, self._limits)
         llm_request.request_id = _request_id(request)
+        if llm_request.model in self._runners or llm_request.model in self._handles:
+            meter.routed(llm_request.model)  # (unknown names would grow the label set)
         runner = self._runners.get(llm_request.model)
         if runner is not None:
             return await self._cascade(endpoint, llm_request, body, request, runner)
@@ -288,6 +305,18 @@ class SluiceIngress:
             "semantic_cache": dict(self._semantic.counters) if self._semantic else None,
             "semantic_index_entries": len(self._semantic) if self._semantic else 0,
         }
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus exposition of this ingress replica's metrics."""
+        return Response(self._metrics.render(), media_type=CONTENT_TYPE)
+
+    def _cache_counters(self) -> dict[str, dict[str, int] | None]:
+        return {"response": dict(self._cache.counters) if self._cache else None,
+                "semantic": dict(self._semantic.counters) if self._semantic else None}
+
+    def _route_snapshots(self) -> dict[str, dict[str, Any]]:
+        return {name: r.policy.snapshot() for name, r in self._runners.items()}
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -12,8 +12,10 @@ margin and then spills to the next least-loaded one, which from then on holds it
 
 With the shared KV tier on, a prefix another replica has computed is in Redis and any replica
 can load it at a fraction of the cost of computing it, so the margin shrinks to
-`tier_imbalance_threshold` (0 by default: the least-loaded replica wins and affinity only
-breaks ties). Prompts with no remembered prefix go to the least-loaded replica, ties broken by
+`tier_imbalance_threshold` (1 by default: the least-loaded replica wins unless the one
+holding the prefix has at most one request more; not 0, because Serve's in-flight count of a
+request that just finished can lag its answer by a moment, and a back-to-back request from the
+same client would then be sent away from its prefix for nothing). Prompts with no remembered prefix go to the least-loaded replica, ties broken by
 rendezvous hashing of their first block, so ingress replicas with separate memories still
 agree on where a new prefix goes.
 
@@ -49,9 +51,10 @@ class ReplicaRoutingConfig(BaseModel):
     imbalance_threshold: int = Field(default=4, ge=0, description="Extra requests in flight "
                                      "a replica may carry over the least-loaded one and still "
                                      "be preferred for its prefix.")
-    tier_imbalance_threshold: int = Field(default=0, ge=0, description="The same margin when "
+    tier_imbalance_threshold: int = Field(default=1, ge=0, description="The same margin when "
                                           "the KV tier is on and the prefix was already "
-                                          "computed (so it is in Redis).")
+                                          "computed (so it is in Redis). 1, not 0: Serve's "
+                                          "count of a finished request can lag its answer.")
     min_match_fraction: float = Field(default=0.1, ge=0, le=1, description="A remembered "
                                       "prefix shorter than this fraction of the prompt "
                                       "counts as no match.")

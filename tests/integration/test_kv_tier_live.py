@@ -37,9 +37,10 @@ def test_a_prefix_computed_by_one_replica_is_loaded_by_the_other(http) -> None:
     origin = first.headers["x-sluice-replica"]
     assert first.json()["usage"]["prompt_tokens"] > 256
     other = None
-    for _ in range(8):  # two at once: the prefix is in the tier, so the second goes to the idle replica
-        with ThreadPoolExecutor(2) as pool:
-            pair = list(pool.map(lambda _: ask(), range(2)))
+    for _ in range(8):  # three at once: the prefix is in the tier, so once its replica has
+        # more than one request over the other (the tier margin), the next goes to the other
+        with ThreadPoolExecutor(3) as pool:
+            pair = list(pool.map(lambda _: ask(), range(3)))
         other = next((r for r in pair if r.headers["x-sluice-replica"] != origin), None)
         if other is not None:
             break

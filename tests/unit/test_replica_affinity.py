@@ -14,7 +14,7 @@ from sluice.router.replica_affinity import (
     rank,
 )
 
-CFG = ReplicaRoutingConfig(block_chars=16, imbalance_threshold=2, tier_imbalance_threshold=0)
+CFG = ReplicaRoutingConfig(block_chars=16, imbalance_threshold=2, tier_imbalance_threshold=1)
 DOC = "the river mill stood by the weir " * 20  # 660 chars: 41 blocks of 16
 
 
@@ -95,8 +95,13 @@ def test_with_the_kv_tier_a_computed_prefix_goes_to_the_least_loaded_replica() -
     router = Router(tier=True)
     home = router.route(DOC + "q", {"r1": 0, "r2": 0}).order[0]
     other = "r2" if home == "r1" else "r1"
-    assert router.route(DOC + "q2", {home: 0, other: 0}).order[0] == home  # ties: affinity
-    assert router.route(DOC + "q3", {home: 1, other: 0}).order[0] == other
+    assert router.route(DOC + "q2", {home: 1, other: 0}).order[0] == home  # within 1
+    assert router.route(DOC + "q3", {home: 2, other: 0}).order[0] == other
+    # without the tier the margin is imbalance_threshold (2 here): the same load keeps it home
+    plain = Router()
+    home = plain.route(DOC + "q", {"r1": 0, "r2": 0}).order[0]
+    other = "r2" if home == "r1" else "r1"
+    assert plain.route(DOC + "q2", {home: 2, other: 0}).order[0] == home
 
 
 def test_new_prefixes_go_to_the_least_loaded_and_ties_agree_across_routers() -> None:
