@@ -37,7 +37,8 @@ def test_metrics_follow_the_requests(http) -> None:
 
     assert delta("gen_ai_server_time_to_first_token_seconds_count", model="small") >= 1
     assert delta("gen_ai_server_request_duration_seconds_count", model="small") >= 2
-    assert delta("sluice_requests_total", model="small", route="direct", status="200") >= 1
+    # route: the x-sluice-route header, here the model itself (no cascade)
+    assert delta("sluice_requests_total", model="small", route="small", status="200") >= 1
     # rejected before a model was chosen: one label for all such requests
     assert delta("sluice_requests_total", model="unrouted", route="error", status="400") >= 1
     assert delta("sluice_tokens_total", model="small", type="input") > 0
