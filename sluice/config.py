@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluice.accounting.cost import Pricing
 from sluice.autoscaling.policy import AutoscalingSettings
 from sluice.cache_tier.kv_tier import KVTierConfig
 from sluice.cache_tier.redis_target import validate_url
@@ -44,6 +45,8 @@ class CatalogModel(Frozen):
     description: str = Field(default="", description="Shown in /v1/models metadata.")
     slo: SLO = Field(default_factory=SLO, description="Latency objectives (capacity planning, "
                      "autoscaling).")
+    pricing: Pricing | None = Field(default=None, description="What an answer costs: token "
+                                    "prices or GPU time (sluice.accounting.cost).")
 
 
 class Catalog(Frozen):

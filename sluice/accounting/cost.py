@@ -1,0 +1,85 @@
+"""What one request cost, from its token usage and the model's price in the catalog.
+
+Two ways to price a model (`pricing:` in platform/catalog.yaml):
+- `tokens`: dollars per million input, cached-input and output tokens, as API providers bill;
+- `gpu_time`: a replica's hourly rate spread over the tokens it processes. The replica time
+  attributed to a request is its processed tokens (uncached input + output) over the
+  replica's throughput at its sustainable load (`tokens_per_s`, from `make plan`), so
+  cost = hourly_usd / 3600 × (uncached input + output) / tokens_per_s. Idle replica time is
+  not attributed to anyone here; it shows as the gap between this and the bill.
+Cached input tokens cost nothing under `gpu_time`: no prefill ran for them.
+A response-cache hit ran no engine at all and costs zero under both.
+
+Pure: no I/O. Amounts are floats in US dollars, rounded to 1e-9 for reporting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TokenPrices(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_per_1m: float = Field(ge=0, description="USD per 1M uncached input tokens.")
+    cached_input_per_1m: float | None = Field(
+        default=None, ge=0, description="USD per 1M cached input tokens (input price if unset).")
+    output_per_1m: float = Field(ge=0, description="USD per 1M output tokens.")
+
+
+class GpuTime(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hourly_usd: float = Field(gt=0, description="What one replica costs per hour.")
+    tokens_per_s: float = Field(gt=0, description="Tokens (uncached input + output) one "
+                                "replica processes per second at its sustainable load.")
+
+
+class Pricing(BaseModel):
+    """How a catalog model is priced: exactly one of the two ways."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["tokens", "gpu_time"] = Field(description="Which price applies.")
+    tokens: TokenPrices | None = Field(default=None, description="For mode `tokens`.")
+    gpu_time: GpuTime | None = Field(default=None, description="For mode `gpu_time`.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Pricing:
+        if getattr(self, self.mode) is None:
+            raise ValueError(f"pricing mode '{self.mode}' needs its `{self.mode}:` block")
+        return self
+
+
+def _tokens(usage: Mapping[str, Any]) -> tuple[int, int, int]:
+    prompt = int(usage.get("prompt_tokens") or 0)
+    details = usage.get("prompt_tokens_details") or {}
+    cached = min(prompt, int(details.get("cached_tokens") or 0))
+    return prompt - cached, cached, int(usage.get("completion_tokens") or 0)
+
+
+def cost_usd(usage: Mapping[str, Any] | None, pricing: Pricing | None) -> float:
+    """The engine cost of one answer (0 without usage or without a price)."""
+    if not usage or pricing is None:
+        return 0.0
+    uncached, cached, output = _tokens(usage)
+    if pricing.mode == "tokens":
+        p = pricing.tokens
+        assert p is not None
+        cached_price = p.input_per_1m if p.cached_input_per_1m is None else p.cached_input_per_1m
+        total = (uncached * p.input_per_1m + cached * cached_price
+                 + output * p.output_per_1m) / 1e6
+    else:
+        g = pricing.gpu_time
+        assert g is not None
+        total = g.hourly_usd / 3600 * (uncached + output) / g.tokens_per_s
+    return round(total, 9)
+
+
+def cost_block(engine_usd: float, *, cache_hit: bool) -> dict[str, Any]:
+    """The `cost` object added to a response's `usage`."""
+    return {"total_usd": 0.0 if cache_hit else engine_usd, "currency": "USD",
+            "source": "response_cache" if cache_hit else "engine"}
