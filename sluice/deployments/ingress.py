@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sluice.accounting.response_cost import ResponsePricer
 from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.response_cache import (
     BYPASS,
@@ -151,6 +152,9 @@ class SluiceIngress:
         self._background: set[asyncio.Task[None]] = set()
         self._runners = build_runners(self._config, self._call, self._off_hot_path, embedder)
         self._metrics = Metrics(caches=self._cache_counters, routes=self._route_snapshots)
+        self._pricer = ResponsePricer(
+            {m.name: m.pricing for m in self._config.catalog.models},
+            on_cost=lambda model, usd: self._metrics.cost.labels(model).inc(usd))
 
     # ---- inference -------------------------------------------------------------------
 
@@ -171,7 +175,7 @@ class SluiceIngress:
             meter.failed(exc.status if isinstance(exc, SluiceError)
                          else 503 if isinstance(exc, Exception) else 499)
             raise
-        return meter.attach(response)
+        return meter.attach(self._pricer.price(response))
 
     async def _generate(self, endpoint: Endpoint, request: Request,
                         meter: RequestMeter) -> Response:

@@ -13,6 +13,7 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - sluice_requests_total{model, route, status}                 counter (status: HTTP code)
 - sluice_tokens_total{model, type}                            counter (input|output|cached_input)
 - sluice_in_flight_requests{model}                            gauge (queue depth at the ingress)
+- sluice_cost_usd_total{model}                                counter (the answering model)
 - sluice_cache_lookups_total{cache, result}                   counter (response|semantic)
 - sluice_cascade_requests_total{route, path}                  counter (small|large|small>large|..)
 - sluice_cascade_escalation_rate{route}                       gauge
@@ -97,6 +98,8 @@ class Metrics:
                                 "HTTP status.", ["model", "route", "status"], registry=r)
         self.tokens = Counter("sluice_tokens", "Tokens by model and type (input, output, "
                               "cached_input).", ["model", "type"], registry=r)
+        self.cost = Counter("sluice_cost_usd", "Cost of the answers, by the model that "
+                            "answered (sluice.accounting.cost).", ["model"], registry=r)
         self.in_flight = Gauge("sluice_in_flight_requests", "Requests in flight at this "
                                "ingress replica.", ["model"], registry=r)
         if caches is not None or routes is not None:
