@@ -11,6 +11,12 @@ pytestmark = pytest.mark.integration
 URL = "/v1/chat/completions"
 
 
+def _uncosted(answer: dict) -> dict:
+    """The answer without its cost block (a cache hit reports 0 and its source)."""
+    usage = {k: v for k, v in answer.get("usage", {}).items() if k != "cost"}
+    return {**answer, "usage": usage}
+
+
 def _body(**extra) -> dict:
     # a unique prompt per call site, so tests never see each other's entries
     content = f"cache test {uuid.uuid4().hex[:8]}"
@@ -39,7 +45,9 @@ def test_deterministic_request_misses_then_hits_with_the_same_answer(http) -> No
     first = http.post(URL, json=body)
     assert first.status_code == 200 and first.headers["x-sluice-cache"] == "miss"
     hit = _until(lambda: _hit(http, body), 10, "a cache hit")
-    assert hit.json() == first.json()
+    # the same answer; only its cost differs: a hit ran no engine
+    assert _uncosted(hit.json()) == _uncosted(first.json())
+    assert hit.json()["usage"]["cost"]["source"] == "response_cache"
     assert hit.headers["x-sluice-model"] == "small"
     # `auto` is a cascade with an entry of its own: whatever route answered is replayed
     auto = body | {"model": "auto"}

@@ -12,6 +12,12 @@ URL = "/v1/chat/completions"
 OPT_IN = {"x-sluice-semantic-cache": "allow"}
 
 
+def _uncosted(answer: dict) -> dict:
+    """The answer without its cost block (a cache hit reports 0 and its source)."""
+    usage = {k: v for k, v in answer.get("usage", {}).items() if k != "cost"}
+    return {**answer, "usage": usage}
+
+
 def _ask(http, text: str, headers: dict | None = None, system: str = ""):
     body = {"model": "small", "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "system", "content": system},
@@ -46,7 +52,9 @@ def test_paraphrase_hits_and_guarded_or_unrelated_questions_miss(http) -> None:
     hit = _ask(http, "At sea level, what's the boiling point of water?", OPT_IN, system)
     assert hit.headers["x-sluice-cache"] == "hit", http.get("/v1/cache/stats").json()
     assert float(hit.headers["x-sluice-cache-similarity"]) >= 0.9
-    assert hit.json() == first.json()
+    # the same answer; only its cost differs: a hit ran no engine
+    assert _uncosted(hit.json()) == _uncosted(first.json())
+    assert hit.json()["usage"]["cost"]["source"] == "response_cache"
 
     guarded_before = _stats(http)["guarded"]
     numbers = _ask(http, "What is the boiling point of water at 2000 meters above sea level?",
