@@ -14,7 +14,7 @@ shrinks the load margin when the prefix can be loaded from Redis.
 
 from __future__ import annotations
 
-import logging
+import random
 from typing import Any
 
 from ray.serve._private.request_router.common import PendingRequest
@@ -29,8 +29,8 @@ from sluice.router.replica_affinity import (
     rank,
 )
 
-log = logging.getLogger(__name__)
 ROUTER_CLASS = "sluice.deployments.replica_router:PrefixAffinityRouter"
+PROBE_OTHERS = 2  # replicas probed beside the prefix's holders when Serve's cache is cold
 
 
 class PrefixAffinityRouter(RequestRouter):
@@ -48,9 +48,13 @@ class PrefixAffinityRouter(RequestRouter):
         text = prompt_text(pending_request.args[0])
         return block_hashes(text, self._config.block_chars) if text else []
 
-    async def _queue_lens(self, replicas: list[RunningReplica]) -> dict[str, int]:
-        """Requests in flight per replica: Serve's cache, probing the replicas it lacks; a
-        replica that answers no probe is left out (Serve's own ranks retry it later)."""
+    async def _queue_lens(self, replicas: list[RunningReplica], matched: dict[str, int]
+                          ) -> dict[str, int]:
+        """Requests in flight per replica, from Serve's cache. Of the replicas it lacks (its
+        entries expire after a quiet spell), only those holding the prefix and two others
+        are probed, as power-of-two choices would: probing hundreds of replicas for one
+        request would cost more than it finds. Replicas without a figure are left out of
+        the ranking (Serve tries them last)."""
         lens: dict[str, int] = {}
         missing: list[RunningReplica] = []
         for r in replicas:
@@ -60,8 +64,11 @@ class PrefixAffinityRouter(RequestRouter):
                 missing.append(r)
             else:
                 lens[r.replica_id.unique_id] = q
-        if missing:
-            for r, q in await self._probe_queue_lens(missing, 0):
+        holders = [r for r in missing if matched.get(r.replica_id.unique_id)]
+        others = [r for r in missing if not matched.get(r.replica_id.unique_id)]
+        probe = holders + random.sample(others, min(PROBE_OTHERS, len(others)))
+        if probe:
+            for r, q in await self._probe_queue_lens(probe, 0):
                 if q is not None:
                     lens[r.replica_id.unique_id] = q
         return lens
@@ -70,9 +77,10 @@ class PrefixAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None
                               ) -> list[list[RunningReplica]]:
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        lens = await self._queue_lens(candidate_replicas)
         hashes = self._hashes(pending_request)
-        ranking = rank(lens, hashes, self._table.match(hashes), self._config, self._tier_enabled)
+        matched = self._table.match(hashes)
+        lens = await self._queue_lens(candidate_replicas, matched)
+        ranking = rank(lens, hashes, matched, self._config, self._tier_enabled)
         unprobed = [r for i, r in by_id.items() if i not in lens]
         # one replica per rank: Serve tries them in order, skipping any whose queue is full
         return [[by_id[i]] for i in ranking.order if i in by_id] + (
