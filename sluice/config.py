@@ -20,6 +20,7 @@ from sluice.cache_tier.redis_target import validate_url
 from sluice.cache_tier.response_cache import ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCacheConfig
 from sluice.capacity.analysis import SLO
+from sluice.observability.tracing import TracingConfig
 from sluice.router.config import RoutingConfig
 from sluice.router.replica_affinity import ReplicaRoutingConfig
 
@@ -145,6 +146,8 @@ class Profile(Frozen):
         "redis-sentinel://host:port[,host:port]/service. Unset: `sluice serve` starts one on "
         "this machine.",
     )
+    tracing: TracingConfig = Field(default_factory=TracingConfig,
+                                   description="OpenTelemetry traces of requests.")
     replica_routing: ReplicaRoutingConfig = Field(
         default_factory=ReplicaRoutingConfig,
         description="How each request picks a replica of a model (prefix affinity vs load).")

@@ -49,6 +49,7 @@ from sluice.deployments.routing_setup import build_runners, lazy_embedder
 from sluice.errors import NotFound, SluiceError, Unavailable
 from sluice.observability.metrics import CONTENT_TYPE, Metrics
 from sluice.observability.request_meter import RequestMeter
+from sluice.observability.tracing import end_span, fail_span, set_request, start_span, tracer_for
 from sluice.router.features import Embedder
 from sluice.router.static import RouteDecision, StaticRouter
 
@@ -152,6 +153,7 @@ class SluiceIngress:
         self._background: set[asyncio.Task[None]] = set()
         self._runners = build_runners(self._config, self._call, self._off_hot_path, embedder)
         self._metrics = Metrics(caches=self._cache_counters, routes=self._route_snapshots)
+        self._tracer = tracer_for(self._config.profile.tracing)
         self._pricer = ResponsePricer(
             {m.name: m.pricing for m in self._config.catalog.models},
             on_cost=lambda model, usd: self._metrics.cost.labels(model).inc(usd))
@@ -167,21 +169,31 @@ class SluiceIngress:
         return await self._metered("completions", request)
 
     async def _metered(self, endpoint: Endpoint, request: Request) -> Response:
+        """Metered, priced and traced by wrapping the request and its response."""
         meter = RequestMeter(self._metrics)
+        span = start_span(self._tracer, endpoint, request.headers) if self._tracer else None
         try:
-            response = await self._generate(endpoint, request, meter)
+            response = await self._generate(endpoint, request, meter, span)
         except BaseException as exc:
             # 499: the client went away (cancelled); anything else unexpected leaves as 503
-            meter.failed(exc.status if isinstance(exc, SluiceError)
-                         else 503 if isinstance(exc, Exception) else 499)
+            status = (exc.status if isinstance(exc, SluiceError)
+                      else 503 if isinstance(exc, Exception) else 499)
+            meter.failed(status)
+            if span is not None:
+                fail_span(span, status, str(exc))
             raise
-        return meter.attach(self._pricer.price(response))
+        response = self._pricer.price(response)
+        if span is not None:
+            response = end_span(span, response)
+        return meter.attach(response)
 
-    async def _generate(self, endpoint: Endpoint, request: Request,
-                        meter: RequestMeter) -> Response:
+    async def _generate(self, endpoint: Endpoint, request: Request, meter: RequestMeter,
+                        span: Any = None) -> Response:
         body = decode_json(await request.body())
         llm_request = parse_request(endpoint, body, self._limits)
         llm_request.request_id = _request_id(request)
+        if span is not None:
+            set_request(span, endpoint, llm_request)
         if llm_request.model in self._runners or llm_request.model in self._handles:
             meter.routed(llm_request.model)  # (unknown names would grow the label set)
         runner = self._runners.get(llm_request.model)

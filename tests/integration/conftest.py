@@ -18,6 +18,7 @@ import yaml
 
 from sluice.config import PlatformConfig, load_platform_config, load_routing_config
 from sluice.deployments.local_stack import NODE_RESOURCE, LocalStack
+from sluice.observability.tracing import TracingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = int(os.environ.get("SLUICE_TEST_HTTP_PORT", "8765"))
@@ -73,7 +74,8 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
 def _test_config(run_dir: Path) -> PlatformConfig:
     """local-cpu, plus: the KV tier on, `small` as two replicas on two Ray nodes (one
     `sluice_node` each) so cross-replica reuse through Redis is exercised, the semantic cache
-    available per request, and a short response-cache TTL so expiry is observable."""
+    available per request, a short response-cache TTL so expiry is observable, and request
+    spans written to a file the tests read."""
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = config.profile
     ingress = profile.ingress.model_copy(update={"port": HTTP_PORT})
@@ -83,9 +85,11 @@ def _test_config(run_dir: Path) -> PlatformConfig:
     small = profile.models["small"].model_copy(update={
         "min_replicas": 2, "max_replicas": 2,
         "placement_bundles": ({"CPU": 1, NODE_RESOURCE: 1},)})
+    tracing = TracingConfig(exporter="file", file=str(run_dir / "spans.jsonl"))
     profile = profile.model_copy(update={
         "ingress": ingress, "response_cache": cache, "kv_tier": kv_tier,
-        "semantic_cache": semantic, "models": {**profile.models, "small": small}})
+        "semantic_cache": semantic, "models": {**profile.models, "small": small},
+        "tracing": tracing})
     routing = load_routing_config(_test_routes(ROOT / "platform/routing/routes.yaml", run_dir))
     return PlatformConfig(profile=profile, catalog=config.catalog, root=config.root,
                           routing=routing)
@@ -97,6 +101,12 @@ def stack() -> Iterator[LocalStack]:
     with LocalStack(_test_config(run_dir), run_dir, redis_port=REDIS_PORT, ray_nodes=2,
                     ready_timeout_s=600) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def spans_file(stack: LocalStack) -> Path:
+    """Where the ingress writes its request spans (one JSON span per line)."""
+    return Path(stack.config.profile.tracing.file or "")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,185 @@
+"""OpenTelemetry traces of requests at the ingress, in the GenAI semantic conventions.
+
+One span per request, named `{gen_ai.operation.name} {gen_ai.request.model}`, a child of the
+client's W3C `traceparent` when it sends one. Request attributes are set when the request is
+parsed; response attributes (model that answered, id, finish reasons, token usage, cached
+input tokens, cost) when its answer ends, for a stream at its last event. Cost has no
+convention, so it lives under `sluice.*`, with the route and cache result.
+
+The SDK's own TracerProvider, one per ingress (not the process-global one); exporters: `none`,
+`otlp` (HTTP, batched), or `file` (one JSON span per line, for tests and local debugging).
+Not yet: child spans for the cache lookup, the routing decision, the judge and the engine
+call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response, StreamingResponse
+
+OPERATIONS = {"chat": gen_ai.GenAiOperationNameValues.CHAT.value,
+              "completions": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value}
+PROVIDER = "sluice"
+
+
+class TracingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exporter: Literal["none", "otlp", "file"] = Field(default="none", description="Where "
+                                                      "spans go.")
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint "
+                                      "(default: the SDK's, from OTEL_EXPORTER_OTLP_*).")
+    file: str | None = Field(default=None, description="Path for the `file` exporter.")
+    service_name: str = Field(default="sluice-ingress", description="service.name resource.")
+
+
+def tracer_for(config: TracingConfig, exporter: SpanExporter | None = None) -> Tracer | None:
+    """A tracer on its own provider, or None when tracing is off. `exporter` (tests) wins."""
+    if exporter is None and config.exporter == "none":
+        return None
+    provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif config.exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
+            endpoint=config.otlp_endpoint) if config.otlp_endpoint else OTLPSpanExporter()))
+    else:
+        if not config.file:
+            raise ValueError("tracing exporter `file` needs `file:`")
+        Path(config.file).parent.mkdir(parents=True, exist_ok=True)
+        out = open(config.file, "a", buffering=1)  # noqa: SIM115 - lives as long as the provider
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(
+            out=out, formatter=_one_line)))
+    return provider.get_tracer("sluice.ingress")
+
+
+def _one_line(span: ReadableSpan) -> str:
+    return json.dumps(json.loads(span.to_json())) + "\n"
+
+
+def start_span(tracer: Tracer, endpoint: str, headers: Mapping[str, str]) -> Span:
+    """The request's span, child of the client's trace context if any."""
+    parent = TraceContextTextMapPropagator().extract(carrier=dict(headers))
+    operation = OPERATIONS.get(endpoint, endpoint)
+    span = tracer.start_span(operation, context=parent, kind=SpanKind.SERVER)
+    span.set_attribute(gen_ai.GEN_AI_OPERATION_NAME, operation)
+    span.set_attribute(gen_ai.GEN_AI_PROVIDER_NAME, PROVIDER)
+    return span
+
+
+def set_request(span: Span, endpoint: str, request: Any) -> None:
+    """Request attributes, once the body is parsed (and the span's final name)."""
+    model = getattr(request, "model", None)
+    span.update_name(f"{OPERATIONS.get(endpoint, endpoint)} {model}")
+    for key, value in ((gen_ai.GEN_AI_REQUEST_MODEL, model),
+                       (gen_ai.GEN_AI_REQUEST_MAX_TOKENS,
+                        getattr(request, "max_completion_tokens", None)
+                        or getattr(request, "max_tokens", None)),
+                       (gen_ai.GEN_AI_REQUEST_TEMPERATURE, getattr(request, "temperature", None)),
+                       (gen_ai.GEN_AI_REQUEST_TOP_P, getattr(request, "top_p", None))):
+        if value is not None:
+            span.set_attribute(key, value)
+
+
+def _set_answer(span: Span, answer: Mapping[str, Any]) -> None:
+    if answer.get("id"):
+        span.set_attribute(gen_ai.GEN_AI_RESPONSE_ID, answer["id"])
+    reasons = [str(c["finish_reason"]) for c in answer.get("choices") or []
+               if isinstance(c, dict) and c.get("finish_reason")]
+    if reasons:
+        span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, reasons)
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, usage.get("prompt_tokens") or 0)
+        span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS,
+                           usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        span.set_attribute(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+                           details.get("cached_tokens") or 0)
+        cost = usage.get("cost")
+        if isinstance(cost, dict) and cost.get("total_usd") is not None:
+            span.set_attribute("sluice.cost.usd", float(cost["total_usd"]))
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    out = []
+    for event in text.split("\n\n"):
+        event = event.strip()
+        if event.startswith("data: {"):
+            try:
+                out.append(json.loads(event[len("data: "):]))
+            except ValueError:
+                continue
+    return out
+
+
+def _merge(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer a stream's events add up to (id, finish reasons, usage)."""
+    merged: dict[str, Any] = {"choices": []}
+    for e in events:
+        merged["id"] = merged.get("id") or e.get("id")
+        merged["choices"] += [c for c in e.get("choices") or [] if c.get("finish_reason")]
+        if isinstance(e.get("usage"), dict):
+            merged["usage"] = e["usage"]
+    return merged
+
+
+def end_span(span: Span, response: Response) -> Response:
+    """Response attributes and the end of the span (for a stream: when it ends)."""
+    headers = response.headers
+    span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, headers.get("x-sluice-model", ""))
+    span.set_attribute("sluice.route", headers.get("x-sluice-route", ""))
+    span.set_attribute("sluice.cache", headers.get("x-sluice-cache", ""))
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _ending(span, response.body_iterator)
+        return response
+    text = bytes(response.body).decode(errors="replace")
+    if response.media_type == "text/event-stream":
+        _set_answer(span, _merge(_events(text)))
+    else:
+        try:
+            _set_answer(span, json.loads(text))
+        except (ValueError, AttributeError):
+            pass
+    span.end()
+    return response
+
+
+def fail_span(span: Span, status: int, message: str) -> None:
+    span.set_attribute("http.response.status_code", status)
+    span.set_attribute("error.type", str(status))
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.end()
+
+
+async def _ending(span: Span, body: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    events: list[dict[str, Any]] = []
+    try:
+        async for chunk in body:
+            text = chunk if isinstance(chunk, str) else bytes(chunk).decode(errors="replace")
+            # parsed: the first event (id), a finish reason, the usage; not every token
+            if not events or '"usage"' in text or '"finish_reason":"' in text.replace(
+                    '": "', '":"'):
+                events += _events(text)
+            yield chunk
+    finally:
+        _set_answer(span, _merge(events))
+        span.end()
