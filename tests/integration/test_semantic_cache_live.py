@@ -22,9 +22,15 @@ def _ask(http, text: str, headers: dict | None = None, system: str = ""):
     body = {"model": "small", "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "system", "content": system},
                          {"role": "user", "content": text}]}
-    resp = http.post(URL, json=body, headers=headers or {})
-    assert resp.status_code == 200, resp.text
-    return resp
+    deadline = time.monotonic() + 15
+    while True:
+        resp = http.post(URL, json=body, headers=headers or {})
+        assert resp.status_code == 200, resp.text
+        # "bypass": Redis missed its 50 ms budget on the loaded runner and the cache's circuit
+        # is open for 5 s, so the cache was not consulted: ask again once it closes (bounded)
+        if resp.headers["x-sluice-cache"] != "bypass" or time.monotonic() > deadline:
+            return resp
+        time.sleep(1)
 
 
 def _stats(http) -> dict:
