@@ -30,25 +30,33 @@ def _priced_usage(usage: dict[str, Any], pricing: Pricing | None, hit: bool
     return {**usage, "cost": block}, block["total_usd"]
 
 
-def _priced_event(event: str, pricing: Pricing | None, hit: bool) -> str:
-    """One SSE event with a cost block in its usage (unchanged if it has no usage)."""
+def _priced_event(event: str, pricing: Pricing | None, hit: bool) -> tuple[str, float | None]:
+    """One SSE event with a cost block in its usage, and that cost (unchanged, None: no
+    usage in it)."""
     if '"usage"' not in event or not event.startswith("data: {"):
-        return event
+        return event, None
     try:
         payload = json.loads(event[len("data: "):])
     except ValueError:
-        return event
+        return event, None
     usage = payload.get("usage")
     if not isinstance(usage, dict):
-        return event
-    payload["usage"], _ = _priced_usage(usage, pricing, hit)
-    return "data: " + json.dumps(payload, separators=(",", ":"))
+        return event, None
+    payload["usage"], usd = _priced_usage(usage, pricing, hit)
+    return "data: " + json.dumps(payload, separators=(",", ":")), usd
 
 
-def _priced_chunk(chunk: str, pricing: Pricing | None, hit: bool) -> str:
+def _priced_chunk(chunk: str, pricing: Pricing | None, hit: bool) -> tuple[str, float | None]:
+    """The chunk with its usage event priced, and that cost (None: no usage event)."""
     if '"usage"' not in chunk:
-        return chunk
-    return "\n\n".join(_priced_event(e, pricing, hit) for e in chunk.split("\n\n"))
+        return chunk, None
+    usd = None
+    events = []
+    for event in chunk.split("\n\n"):
+        priced, cost = _priced_event(event, pricing, hit)
+        events.append(priced)
+        usd = cost if cost is not None else usd
+    return "\n\n".join(events), usd
 
 
 class ResponsePricer:
@@ -69,8 +77,7 @@ class ResponsePricer:
             return response
         if response.media_type == "text/event-stream":  # a buffered stream (cache, judged)
             text = bytes(response.body).decode(errors="replace")
-            priced = _priced_chunk(text, pricing, hit)
-            usd = _usage_cost(priced)
+            priced, usd = _priced_chunk(text, pricing, hit)
             if usd is None:
                 return response
             self._on_cost(model, usd)
@@ -98,22 +105,9 @@ class ResponsePricer:
                              pricing: Pricing | None, hit: bool) -> AsyncIterator[Any]:
         async for chunk in body:
             text = chunk if isinstance(chunk, str) else bytes(chunk).decode(errors="replace")
-            if '"usage"' in text:
-                priced = _priced_chunk(text, pricing, hit)
-                if priced != text:
-                    usage = _usage_cost(priced)
-                    if usage is not None:
-                        self._on_cost(model, usage)
-                    yield priced
-                    continue
-            yield chunk
-
-
-def _usage_cost(chunk: str) -> float | None:
-    for event in chunk.split("\n\n"):
-        if '"cost"' in event and event.startswith("data: {"):
-            try:
-                return float(json.loads(event[len("data: "):])["usage"]["cost"]["total_usd"])
-            except (ValueError, KeyError, TypeError):
-                return None
-    return None
+            priced, usd = _priced_chunk(text, pricing, hit)
+            if usd is None:
+                yield chunk
+                continue
+            self._on_cost(model, usd)
+            yield priced

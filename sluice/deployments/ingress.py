@@ -309,16 +309,17 @@ class SluiceIngress:
     @app.get("/v1/routing/stats")
     async def routing_stats(self) -> dict[str, Any]:
         """Per cascade route: routes taken, fallbacks, escalation rate, judge reliability."""
-        return {"routes": {name: r.policy.snapshot() for name, r in self._runners.items()}}
+        return {"routes": self._route_snapshots()}
 
     @app.get("/v1/cache/stats")
     async def cache_stats(self) -> dict[str, Any]:
         """This ingress replica's response-cache and semantic-cache counters."""
         if self._semantic is not None:
             await self._semantic.sync()  # the index size includes other replicas' entries
+        counters = self._cache_counters()
         return {
-            "response_cache": dict(self._cache.counters) if self._cache else None,
-            "semantic_cache": dict(self._semantic.counters) if self._semantic else None,
+            "response_cache": counters["response"],
+            "semantic_cache": counters["semantic"],
             "semantic_index_entries": len(self._semantic) if self._semantic else 0,
         }
 

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import Response, StreamingResponse
 
 OPERATIONS = {"chat": gen_ai.GenAiOperationNameValues.CHAT.value,
@@ -48,6 +48,12 @@ class TracingConfig(BaseModel):
     file: str | None = Field(default=None, description="Path for the `file` exporter.")
     service_name: str = Field(default="sluice-ingress", description="service.name resource.")
 
+    @model_validator(mode="after")
+    def _file_named(self) -> TracingConfig:
+        if self.exporter == "file" and not self.file:
+            raise ValueError("tracing exporter `file` needs `file:` (a path)")
+        return self
+
 
 def tracer_for(config: TracingConfig, exporter: SpanExporter | None = None) -> Tracer | None:
     """A tracer on its own provider, or None when tracing is off. `exporter` (tests) wins."""
@@ -62,8 +68,7 @@ def tracer_for(config: TracingConfig, exporter: SpanExporter | None = None) -> T
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
             endpoint=config.otlp_endpoint) if config.otlp_endpoint else OTLPSpanExporter()))
     else:
-        if not config.file:
-            raise ValueError("tracing exporter `file` needs `file:`")
+        assert config.file is not None  # validated with the config
         Path(config.file).parent.mkdir(parents=True, exist_ok=True)
         out = open(config.file, "a", buffering=1)  # noqa: SIM115 - lives as long as the provider
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(

@@ -6,6 +6,7 @@ import asyncio
 import json
 from types import SimpleNamespace
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.responses import Response, StreamingResponse
@@ -34,8 +35,10 @@ def traced():
     return tracer_for(TracingConfig(), exporter=exporter), exporter
 
 
-def test_tracing_is_off_by_default() -> None:
+def test_tracing_is_off_by_default_and_a_file_exporter_needs_its_path() -> None:
     assert tracer_for(TracingConfig()) is None
+    with pytest.raises(ValueError, match="file"):
+        TracingConfig(exporter="file")
 
 
 def test_a_json_answer_gives_one_genai_span_under_the_clients_trace() -> None:
