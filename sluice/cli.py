@@ -171,6 +171,22 @@ def _cmd_route_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    """A fresh secret for the client, and the entry (its hash only) for the profile."""
+    import secrets
+
+    import yaml
+
+    from sluice.accounting.tenancy import ApiKey, key_hash
+
+    secret = "sk-sluice-" + secrets.token_urlsafe(32)
+    entry = ApiKey(id=args.id, tenant=args.tenant, sha256=key_hash(secret), admin=args.admin)
+    print(f"# give the client this key (it is not stored anywhere): {secret}")
+    print("# add under accounting.auth.keys in the profile:")
+    print(yaml.safe_dump([entry.model_dump()], sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", action="append", default=[], metavar="MODEL=N",
                        help="run N replicas of MODEL (e.g. to validate a capacity plan)")
     serve.set_defaults(func=_cmd_serve)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command",
+                                                                   required=True)
+    new_key = keys.add_parser("new", help="mint a key: print the secret and its profile entry")
+    new_key.add_argument("--id", required=True, help="key id (what reports show)")
+    new_key.add_argument("--tenant", required=True)
+    new_key.add_argument("--admin", action="store_true", help="may read every tenant's usage")
+    new_key.set_defaults(func=_cmd_keys_new)
     route = sub.add_parser("route", help="cascade routing tools").add_subparsers(
         dest="route_command", required=True
     )

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluice.accounting.config import AccountingConfig
 from sluice.accounting.cost import Pricing
 from sluice.autoscaling.policy import AutoscalingSettings
 from sluice.cache_tier.kv_tier import KVTierConfig
@@ -146,6 +147,9 @@ class Profile(Frozen):
         "redis-sentinel://host:port[,host:port]/service. Unset: `sluice serve` starts one on "
         "this machine.",
     )
+    accounting: AccountingConfig = Field(
+        default_factory=AccountingConfig,
+        description="API keys and tenants, the request ledger, budgets, the alert webhook.")
     tracing: TracingConfig = Field(default_factory=TracingConfig,
                                    description="OpenTelemetry traces of requests.")
     replica_routing: ReplicaRoutingConfig = Field(

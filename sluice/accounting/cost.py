@@ -77,9 +77,3 @@ def cost_usd(usage: Mapping[str, Any] | None, pricing: Pricing | None) -> float:
         assert g is not None
         total = g.hourly_usd / 3600 * (uncached + output) / g.tokens_per_s
     return round(total, 9)
-
-
-def cost_block(engine_usd: float, *, cache_hit: bool) -> dict[str, Any]:
-    """The `cost` object added to a response's `usage`."""
-    return {"total_usd": 0.0 if cache_hit else engine_usd, "currency": "USD",
-            "source": "response_cache" if cache_hit else "engine"}

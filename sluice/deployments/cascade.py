@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import NoOpTracer, Tracer
+
+from sluice.accounting.stage_spend import record_stage
 from sluice.deployments.protocol import Endpoint, LLMRequest
 from sluice.deployments.relay import REPLICA_HEADER, EngineStream
 from sluice.errors import ContextLengthExceeded, Unavailable
@@ -104,7 +107,7 @@ class CascadeRunner:
 
     def __init__(self, policy: CascadePolicy, call: EngineCall, spawn: Spawn,
                  pre_router: LearnedPromptRouter | None = None,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, tracer: Tracer | None = None) -> None:
         self.policy = policy
         self._route = policy.route
         self._call = call
@@ -112,6 +115,7 @@ class CascadeRunner:
         self._pre_router = pre_router
         self._judge = judge
         self._shadows_in_flight = 0
+        self._tracer = tracer or NoOpTracer()
 
     async def run(self, endpoint: Endpoint, request: LLMRequest) -> CascadeOutcome:
         prompt = prompt_text(endpoint, request)
@@ -145,9 +149,11 @@ class CascadeRunner:
         score = await self._stage(self._judge.score(seen), self._route.judge.timeout_ms,
                                   "judge")
         if score is None:
+            record_stage("draft", self._route.small, response)
             return await self._large(endpoint, request, FALLBACK, scores, "judge")
         scores["judge"] = score
         if not self.policy.accept(score):
+            record_stage("draft", self._route.small, response)  # paid for, not sent
             return await self._large(endpoint, request, ESCALATED, scores)
         self.policy.count(SMALL)
         if not _client_wants_logprobs(endpoint, request):
@@ -160,6 +166,13 @@ class CascadeRunner:
     async def _stage(self, work: Awaitable[float], timeout_ms: float, name: str
                      ) -> float | None:
         """A routing stage's score, or None when it failed or ran out of time."""
+        with self._tracer.start_as_current_span(f"sluice.{name}") as span:
+            score = await self._scored(work, timeout_ms, name)
+            span.set_attribute("sluice.score", -1.0 if score is None else score)
+            return score
+
+    async def _scored(self, work: Awaitable[float], timeout_ms: float, name: str
+                      ) -> float | None:
         try:
             return float(await asyncio.wait_for(work, timeout=timeout_ms / 1000))
         except TimeoutError:

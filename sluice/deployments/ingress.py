@@ -9,32 +9,26 @@ handler as OpenAI error JSON.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Coroutine
+from contextlib import nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry import trace
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sluice.accounting.response_cost import ResponsePricer
-from sluice.cache_tier.redis_target import async_client
-from sluice.cache_tier.response_cache import (
-    BYPASS,
-    CacheLookup,
-    CacheStatus,
-    ResponseCache,
-    ResponseCacheConfig,
-    cache_policy,
-)
-from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig, wants_semantic
+from sluice.accounting.accountant import Accountant, Admission
+from sluice.accounting.response_cost import UsagePricer
+from sluice.cache_tier.response_cache import CacheLookup
 from sluice.config import PlatformConfig
+from sluice.deployments.answer_cache import AnswerCache, cache_headers
 from sluice.deployments.buffered_sse import sse_events
 from sluice.deployments.cascade import CascadeRunner
 from sluice.deployments.protocol import (
@@ -43,37 +37,29 @@ from sluice.deployments.protocol import (
     RequestLimits,
     decode_json,
     parse_request,
+    with_usage_event,
 )
 from sluice.deployments.relay import REPLICA_HEADER, EngineStream, call_engine
 from sluice.deployments.routing_setup import build_runners, lazy_embedder
 from sluice.errors import NotFound, SluiceError, Unavailable
 from sluice.observability.metrics import CONTENT_TYPE, Metrics
 from sluice.observability.request_meter import RequestMeter
-from sluice.observability.tracing import end_span, fail_span, set_request, start_span, tracer_for
-from sluice.router.features import Embedder
+from sluice.observability.response_watch import Outcome, watch
+from sluice.observability.tracing import (
+    OPERATIONS,
+    end_span,
+    fail_span,
+    set_request,
+    start_span,
+    tracer_for,
+)
 from sluice.router.static import RouteDecision, StaticRouter
 
 log = logging.getLogger(__name__)
-CACHE_HEADER = "x-sluice-cache"
-SIMILARITY_HEADER = "x-sluice-cache-similarity"
 
 
 def _error_response(err: SluiceError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-def _response_cache(config: ResponseCacheConfig, redis_url: str | None) -> ResponseCache | None:
-    if not config.enabled or not redis_url:
-        return None
-    return ResponseCache(async_client(redis_url, config.timeout_ms / 1000), config)
-
-
-def _semantic_cache(config: SemanticCacheConfig, exact: ResponseCache | None,
-                    embedder: Callable[[], Embedder]) -> SemanticCache | None:
-    if not config.enabled or exact is None:
-        return None
-    model = embedder()  # loaded now, not on the first opted-in request
-    return SemanticCache(exact, config, lambda text: model.embed([text])[0])
 
 
 def _running_replicas() -> dict[str, int]:
@@ -87,13 +73,6 @@ def _running_replicas() -> dict[str, int]:
     return {name[len(prefix):]: int(dep.replica_states.get("RUNNING", 0))
             for app in apps.values() for name, dep in app.deployments.items()
             if name.startswith(prefix)}
-
-
-def _cache_headers(lookup: CacheLookup) -> dict[str, str]:
-    headers = {CACHE_HEADER: lookup.status.value}
-    if lookup.similarity is not None:
-        headers[SIMILARITY_HEADER] = f"{lookup.similarity:.4f}"
-    return headers
 
 
 def _route_headers(decision: RouteDecision) -> dict[str, str]:
@@ -146,17 +125,25 @@ class SluiceIngress:
         self._streams = {name: h.options(stream=True) for name, h in models.items()}
         self._first_item_timeout_s = ingress.first_token_timeout_s
         self._created = int(time.time())
-        self._cache = _response_cache(self._config.profile.response_cache, redis_url)
-        embedder = lazy_embedder()
-        self._semantic = _semantic_cache(self._config.profile.semantic_cache, self._cache,
-                                         embedder)
         self._background: set[asyncio.Task[None]] = set()
-        self._runners = build_runners(self._config, self._call, self._off_hot_path, embedder)
-        self._metrics = Metrics(caches=self._cache_counters, routes=self._route_snapshots)
         self._tracer = tracer_for(self._config.profile.tracing)
-        self._pricer = ResponsePricer(
-            {m.name: m.pricing for m in self._config.catalog.models},
-            on_cost=lambda model, usd: self._metrics.cost.labels(model).inc(usd))
+        self._spans = self._tracer or trace.NoOpTracer()  # child spans
+        embedder = lazy_embedder()
+        profile = self._config.profile
+        self._cache = AnswerCache(profile.response_cache, profile.semantic_cache, redis_url,
+                                  embedder, self._off_hot_path, self._spans)
+        self._runners = build_runners(self._config, self._call, self._off_hot_path, embedder,
+                                      tracer=self._spans)
+        self._metrics = Metrics(caches=self._cache.counters, routes=self._route_snapshots)
+        self._pricer = UsagePricer({m.name: m.pricing for m in self._config.catalog.models})
+        self._accountant = Accountant(self._config.profile.accounting, redis_url,
+                                      self._off_hot_path, self._metrics)
+
+    async def __del__(self) -> None:
+        """Serve calls this on graceful shutdown: write the ledger records still buffered."""
+        accountant = getattr(self, "_accountant", None)
+        if accountant is not None:
+            await accountant.close()
 
     # ---- inference -------------------------------------------------------------------
 
@@ -169,11 +156,18 @@ class SluiceIngress:
         return await self._metered("completions", request)
 
     async def _metered(self, endpoint: Endpoint, request: Request) -> Response:
-        """Metered, priced and traced by wrapping the request and its response."""
+        """Admitted, then metered, priced, traced and recorded from its answer's outcome."""
         meter = RequestMeter(self._metrics)
         span = start_span(self._tracer, endpoint, request.headers) if self._tracer else None
+        request_id = _request_id(request)
+        admission: Admission | None = None
+        client_usage: list[bool] = [True]
         try:
-            response = await self._generate(endpoint, request, meter, span)
+            admission = await self._accountant.admit(request.headers)
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False
+                                ) if span is not None else nullcontext():
+                response = await self._generate(endpoint, request, request_id, meter,
+                                                admission, client_usage, span)
         except BaseException as exc:
             # 499: the client went away (cancelled); anything else unexpected leaves as 503
             status = (exc.status if isinstance(exc, SluiceError)
@@ -181,28 +175,54 @@ class SluiceIngress:
             meter.failed(status)
             if span is not None:
                 fail_span(span, status, str(exc))
+            if admission is not None:
+                spent = self._pricer.price(None, "", hit=False, stages=admission.stages)
+                self._accountant.settle(admission, request_id, meter.model, status, None,
+                                        spent.total_usd)
             raise
-        response = self._pricer.price(response)
-        if span is not None:
-            response = end_span(span, response)
-        return meter.attach(response)
+        admitted = admission
 
-    async def _generate(self, endpoint: Endpoint, request: Request, meter: RequestMeter,
+        def ended(outcome: Outcome) -> None:
+            meter.finished(outcome)
+            if span is not None:
+                end_span(span, outcome)
+            self._accountant.settle(admitted, request_id, meter.model, outcome.status,
+                                    outcome, outcome.cost_usd)
+
+        return watch(response, started=meter.started, clock=time.perf_counter,
+                     client_usage=client_usage[0], on_end=ended,
+                     price=lambda usage, model, hit: self._pricer.price(
+                         usage, model, hit=hit, stages=admitted.stages))
+
+    async def _generate(self, endpoint: Endpoint, request: Request, request_id: str,
+                        meter: RequestMeter, admission: Admission, client_usage: list[bool],
                         span: Any = None) -> Response:
         body = decode_json(await request.body())
         llm_request = parse_request(endpoint, body, self._limits)
-        llm_request.request_id = _request_id(request)
+        llm_request.request_id = request_id
         if span is not None:
             set_request(span, endpoint, llm_request)
+        client_usage[0] = with_usage_event(llm_request)
         if llm_request.model in self._runners or llm_request.model in self._handles:
             meter.routed(llm_request.model)  # (unknown names would grow the label set)
+        extra: dict[str, str] = {}
+        if admission.verdict.level == "soft":
+            extra["x-sluice-budget"] = "soft"
         runner = self._runners.get(llm_request.model)
-        if runner is not None:
-            return await self._cascade(endpoint, llm_request, body, request, runner)
-        decision = self._router.decide(llm_request.model)
-        headers = _route_headers(decision)
-        cached = await self._cache_lookup(endpoint, decision.model, body, request)
-        headers.update(_cache_headers(cached))
+        if runner is not None and admission.verdict.downgrade:
+            llm_request.model = runner.policy.route.small  # the budget's soft limit
+            extra["x-sluice-route"] = "budget-downgrade"
+        elif runner is not None:
+            return await self._cascade(endpoint, llm_request, body, request, runner, extra,
+                                       admission.principal.tenant)
+        with self._spans.start_as_current_span("sluice.route") as route_span:
+            decision = self._router.decide(llm_request.model)
+            route_span.set_attributes({"sluice.route": decision.route,
+                                       "sluice.route.model": decision.model})
+        headers = {**_route_headers(decision), **extra}
+        cached = await self._cache.lookup(endpoint, decision.model, body, request.headers,
+                                        admission.principal.tenant)
+        headers.update(cache_headers(cached))
         if cached.body is not None:
             return self._cached(llm_request, cached.body, headers)
         stream = await self._call(decision.model, endpoint, llm_request)
@@ -211,15 +231,22 @@ class SluiceIngress:
         return self._relay(llm_request, stream, headers, cached)
 
     async def _cascade(self, endpoint: Endpoint, llm_request: LLMRequest, body: dict[str, Any],
-                       request: Request, runner: CascadeRunner) -> Response:
+                       request: Request, runner: CascadeRunner, extra: dict[str, str],
+                       tenant: str) -> Response:
         """A virtual model: the route's stages decide; a judged answer comes back buffered."""
-        cached = await self._cache_lookup(endpoint, llm_request.model, body, request)
+        cached = await self._cache.lookup(endpoint, llm_request.model, body, request.headers,
+                                        tenant)
         if cached.body is not None:
             headers = {"x-sluice-route": "cache", "x-sluice-model": llm_request.model,
-                       **_cache_headers(cached)}
+                       **cache_headers(cached), **extra}
             return self._cached(llm_request, cached.body, headers)
-        outcome = await runner.run(endpoint, llm_request)
-        headers = {**outcome.headers(), **_cache_headers(cached)}
+        with self._spans.start_as_current_span("sluice.route") as route_span:
+            outcome = await runner.run(endpoint, llm_request)
+            route_span.set_attributes({"sluice.route": outcome.route,
+                                       "sluice.route.model": outcome.model,
+                                       **{f"sluice.score.{k}": v
+                                          for k, v in outcome.scores.items()}})
+        headers = {**outcome.headers(), **cache_headers(cached), **extra}
         if outcome.stream is not None:
             return self._relay(llm_request, outcome.stream, headers, cached)
         assert outcome.response is not None
@@ -230,7 +257,7 @@ class SluiceIngress:
             payload, media = "".join(events), "text/event-stream"
         else:
             payload, media = json.dumps(outcome.response), "application/json"
-        self._store(cached, payload)
+        self._cache.store(cached, payload)
         return Response(payload, media_type=media, headers=headers)
 
     async def _call(self, model: str, endpoint: Endpoint, llm_request: LLMRequest
@@ -238,8 +265,16 @@ class SluiceIngress:
         """One engine call; each gets its own engine request id under the client's."""
         engine_request = llm_request.model_copy(update={
             "model": model, "request_id": f"{llm_request.request_id}.{uuid.uuid4().hex[:8]}"})
-        return await call_engine(self._streams[model], endpoint, engine_request, model,
-                                 self._first_item_timeout_s)
+        operation = OPERATIONS.get(endpoint, endpoint)
+        with self._spans.start_as_current_span(
+                f"{operation} {model}", kind=trace.SpanKind.CLIENT,
+                attributes={"gen_ai.operation.name": operation, "gen_ai.provider.name": "vllm",
+                            "gen_ai.request.model": model,
+                            "sluice.stream": bool(engine_request.stream)}) as span:
+            stream = await call_engine(self._streams[model], endpoint, engine_request, model,
+                                       self._first_item_timeout_s)
+            span.set_attribute("sluice.replica", stream.replica or "")
+        return stream
 
     @staticmethod
     def _cached(llm_request: LLMRequest, body: str, headers: dict[str, str]) -> Response:
@@ -249,46 +284,12 @@ class SluiceIngress:
     def _relay(self, llm_request: LLMRequest, stream: EngineStream, headers: dict[str, str],
                cached: CacheLookup) -> Response:
         if llm_request.stream:
-            body_iter = self._recorded(stream, cached) if cached.store_key else stream.sse()
+            body_iter = self._cache.recorded(stream, cached) if cached.store_key else stream.sse()
             return StreamingResponse(body_iter, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         payload = stream.first.model_dump_json()
-        self._store(cached, payload)
+        self._cache.store(cached, payload)
         return Response(payload, media_type="application/json", headers=headers)
-
-    async def _cache_lookup(self, endpoint: str, model: str, body: dict[str, Any],
-                            request: Request) -> CacheLookup:
-        """Exact match first; on a miss, by meaning when the model or the request opts in."""
-        if self._cache is None:
-            return BYPASS
-        exact = await self._cache.lookup(endpoint, model, body, request.headers)
-        if (exact.status is not CacheStatus.MISS or self._semantic is None
-                or not wants_semantic(self._semantic.config, model, request.headers)):
-            return exact
-        read = cache_policy(body, request.headers).read
-        found = await self._semantic.lookup(endpoint, model, body, read)
-        if found.body is not None:
-            return CacheLookup(CacheStatus.HIT, None, found.body, found.similarity)
-        return dataclasses.replace(exact, probe=found.probe)
-
-    def _store(self, cached: CacheLookup, payload: str) -> None:
-        if self._cache is not None and cached.store_key is not None:
-            self._off_hot_path(self._put(cached, payload))
-
-    async def _put(self, cached: CacheLookup, payload: str) -> None:
-        assert self._cache is not None and cached.store_key is not None
-        stored = await self._cache.put(cached.store_key, payload)
-        if stored and cached.probe is not None and self._semantic is not None:
-            await self._semantic.remember(cached.probe, cached.store_key)
-
-    async def _recorded(self, stream: EngineStream, cached: CacheLookup) -> AsyncIterator[str]:
-        """Relay the stream and store the whole SSE body once it completed cleanly."""
-        chunks: list[str] = []
-        async for chunk in stream.sse():
-            chunks.append(chunk)
-            yield chunk
-        if not stream.failed:
-            self._store(cached, "".join(chunks))
 
     def _off_hot_path(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -314,23 +315,17 @@ class SluiceIngress:
     @app.get("/v1/cache/stats")
     async def cache_stats(self) -> dict[str, Any]:
         """This ingress replica's response-cache and semantic-cache counters."""
-        if self._semantic is not None:
-            await self._semantic.sync()  # the index size includes other replicas' entries
-        counters = self._cache_counters()
-        return {
-            "response_cache": counters["response"],
-            "semantic_cache": counters["semantic"],
-            "semantic_index_entries": len(self._semantic) if self._semantic else 0,
-        }
+        return await self._cache.stats()
+
+    @app.get("/v1/usage")
+    async def usage(self, request: Request) -> dict[str, Any]:
+        """Spend and tokens from the ledger, grouped, for the caller's tenant."""
+        return await self._accountant.usage(request.headers, dict(request.query_params))
 
     @app.get("/metrics")
     async def metrics(self) -> Response:
         """Prometheus exposition of this ingress replica's metrics."""
         return Response(self._metrics.render(), media_type=CONTENT_TYPE)
-
-    def _cache_counters(self) -> dict[str, dict[str, int] | None]:
-        return {"response": dict(self._cache.counters) if self._cache else None,
-                "semantic": dict(self._semantic.counters) if self._semantic else None}
 
     def _route_snapshots(self) -> dict[str, dict[str, Any]]:
         return {name: r.policy.snapshot() for name, r in self._runners.items()}
@@ -347,8 +342,7 @@ class SluiceIngress:
         )
         models = {n: ("ready" if ok else "unavailable") for n, ok in zip(names, results)}
         ready = all(results)
-        cache = ("disabled" if self._cache is None
-                 else "ok" if await self._cache.probe() else "degraded")
+        cache = await self._cache.health()
         # the KV tier shares this Redis; engines keep serving (recomputing) without it
         kv_tier = cache if self._config.profile.kv_tier.enabled else "disabled"
         return JSONResponse(

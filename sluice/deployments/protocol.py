@@ -118,3 +118,20 @@ def _materialize_message_content(request: ChatCompletionRequest) -> None:
                         f"Invalid value for 'messages[{i}].{key}': {exc}",
                         param=f"messages[{i}].{key}",
                     ) from None
+
+
+def with_usage_event(request: LLMRequest) -> bool:
+    """Make a streamed request's engine send its usage event; True if the client asked.
+
+    The ledger needs every answer's tokens; the watch drops the event again for a client
+    that did not ask for it.
+    """
+    options = request.stream_options
+    if not request.stream or (options is not None and options.include_usage):
+        return True
+    if options is None:
+        annotation = type(request).model_fields["stream_options"].annotation
+        options_cls = next(a for a in annotation.__args__ if a is not type(None))
+        options = options_cls()
+    request.stream_options = options.model_copy(update={"include_usage": True})
+    return False

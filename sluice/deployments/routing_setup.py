@@ -11,8 +11,10 @@ import math
 import random
 from collections.abc import Callable
 
+from opentelemetry.trace import Tracer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
+from sluice.accounting.stage_spend import record_stage
 from sluice.config import PlatformConfig
 from sluice.deployments.cascade import CascadeRunner, EngineCall, Spawn
 from sluice.router.artifacts import load_scorer
@@ -58,6 +60,7 @@ def llm_grader(config: PlatformConfig, model: str, call: EngineCall) -> Grader:
             "logprobs": True, "top_logprobs": len(ids), "logprob_token_ids": ids})
         stream = await call(model, "chat", request)
         response = stream.first.model_dump(mode="json")
+        record_stage("judge", model, response)
         content = ((response["choices"][0].get("logprobs") or {}).get("content") or [])
         if not content:
             raise JudgeError("the judge model returned no log-probabilities")
@@ -94,8 +97,8 @@ def lazy_embedder() -> Callable[[], Embedder]:
 
 
 def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
-                  embedder: Callable[[], Embedder], rng: random.Random | None = None
-                  ) -> dict[str, CascadeRunner]:
+                  embedder: Callable[[], Embedder], rng: random.Random | None = None,
+                  tracer: Tracer | None = None) -> dict[str, CascadeRunner]:
     routing = config.routing
     if routing is None:
         return {}
@@ -104,10 +107,12 @@ def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
         pre_router = None
         if route.pre_router is not None:
             artifact = route.pre_router.artifact
-            pre_router = LearnedPromptRouter(load_scorer(
-                "learned-prompt", routing.artifact_path(artifact), artifact.sha256, embedder()))
+            scorer = load_scorer("learned-prompt", routing.artifact_path(artifact),
+                                 artifact.sha256, embedder())
+            scorer.score_texts(["warm-up"])  # the first inference is slow: not on a request
+            pre_router = LearnedPromptRouter(scorer)
         judge = (_judge(config, routing, route.judge, embedder, call)
                  if route.judge is not None else None)
         policy = CascadePolicy(route, rng or random.Random())
-        runners[route.name] = CascadeRunner(policy, call, spawn, pre_router, judge)
+        runners[route.name] = CascadeRunner(policy, call, spawn, pre_router, judge, tracer)
     return runners

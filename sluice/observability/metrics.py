@@ -13,7 +13,13 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - sluice_requests_total{model, route, status}                 counter (status: HTTP code)
 - sluice_tokens_total{model, type}                            counter (input|output|cached_input)
 - sluice_in_flight_requests{model}                            gauge (queue depth at the ingress)
-- sluice_cost_usd_total{model}                                counter (the answering model)
+- sluice_cost_usd_total{model}                                counter (each model that ran)
+- sluice_attributed_cost_usd_total{scope, id}                 counter (scope: key|tenant|tag)
+- sluice_budget_limit_usd / _soft_limit_usd / _spent_usd{scope, id, period}  gauges (accountant)
+- sluice_budget_decisions_total{result}                       counter (rejected|downgraded)
+- sluice_ledger_records_total{result}, sluice_ledger_write_errors_total,
+  sluice_ledger_buffered                                      ledger health (accountant)
+- sluice_alert_webhook_total{result}                          counter (sent|failed)
 - sluice_cache_lookups_total{cache, result}                   counter (response|semantic)
 - sluice_cascade_requests_total{route, path}                  counter (small|large|small>large|..)
 - sluice_cascade_escalation_rate{route}                       gauge
@@ -100,6 +106,9 @@ class Metrics:
                               "cached_input).", ["model", "type"], registry=r)
         self.cost = Counter("sluice_cost_usd", "Cost of the answers, by the model that "
                             "answered (sluice.accounting.cost).", ["model"], registry=r)
+        self.attributed_cost = Counter("sluice_attributed_cost_usd", "Cost attributed to "
+                                       "API keys, tenants and tags (scope: key|tenant|tag).",
+                                       ["scope", "id"], registry=r)
         self.in_flight = Gauge("sluice_in_flight_requests", "Requests in flight at this "
                                "ingress replica.", ["model"], registry=r)
         if caches is not None or routes is not None:

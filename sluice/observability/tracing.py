@@ -8,14 +8,16 @@ convention, so it lives under `sluice.*`, with the route and cache result.
 
 The SDK's own TracerProvider, one per ingress (not the process-global one); exporters: `none`,
 `otlp` (HTTP, batched), or `file` (one JSON span per line, for tests and local debugging).
-Not yet: child spans for the cache lookup, the routing decision, the judge and the engine
-call.
+Child spans (INTERNAL, under the request span as the current span): `sluice.cache.lookup`,
+`sluice.route` (the routing decision: a cascade's stages, or the static choice), `sluice.judge`,
+and one CLIENT span per engine call (`{operation} {model}`, until the engine's first output:
+for a non-streamed call that is the whole answer).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +33,8 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.responses import Response, StreamingResponse
+
+from sluice.observability.response_watch import Outcome
 
 OPERATIONS = {"chat": gen_ai.GenAiOperationNameValues.CHAT.value,
               "completions": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value}
@@ -104,68 +107,29 @@ def set_request(span: Span, endpoint: str, request: Any) -> None:
             span.set_attribute(key, value)
 
 
-def _set_answer(span: Span, answer: Mapping[str, Any]) -> None:
-    if answer.get("id"):
-        span.set_attribute(gen_ai.GEN_AI_RESPONSE_ID, answer["id"])
-    reasons = [str(c["finish_reason"]) for c in answer.get("choices") or []
-               if isinstance(c, dict) and c.get("finish_reason")]
-    if reasons:
-        span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, reasons)
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
+def end_span(span: Span, outcome: Outcome) -> None:
+    """Response attributes from the answer's outcome, and the end of the span."""
+    span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, outcome.model)
+    span.set_attribute("sluice.route", outcome.route)
+    span.set_attribute("sluice.cache", outcome.cache)
+    span.set_attribute("http.response.status_code", outcome.status)
+    if outcome.response_id:
+        span.set_attribute(gen_ai.GEN_AI_RESPONSE_ID, outcome.response_id)
+    if outcome.finish_reasons:
+        span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, outcome.finish_reasons)
+    usage = outcome.usage
+    if usage is not None:
         span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, usage.get("prompt_tokens") or 0)
         span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS,
                            usage.get("completion_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
         span.set_attribute(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
                            details.get("cached_tokens") or 0)
-        cost = usage.get("cost")
-        if isinstance(cost, dict) and cost.get("total_usd") is not None:
-            span.set_attribute("sluice.cost.usd", float(cost["total_usd"]))
-
-
-def _events(text: str) -> list[dict[str, Any]]:
-    out = []
-    for event in text.split("\n\n"):
-        event = event.strip()
-        if event.startswith("data: {"):
-            try:
-                out.append(json.loads(event[len("data: "):]))
-            except ValueError:
-                continue
-    return out
-
-
-def _merge(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The answer a stream's events add up to (id, finish reasons, usage)."""
-    merged: dict[str, Any] = {"choices": []}
-    for e in events:
-        merged["id"] = merged.get("id") or e.get("id")
-        merged["choices"] += [c for c in e.get("choices") or [] if c.get("finish_reason")]
-        if isinstance(e.get("usage"), dict):
-            merged["usage"] = e["usage"]
-    return merged
-
-
-def end_span(span: Span, response: Response) -> Response:
-    """Response attributes and the end of the span (for a stream: when it ends)."""
-    headers = response.headers
-    span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, headers.get("x-sluice-model", ""))
-    span.set_attribute("sluice.route", headers.get("x-sluice-route", ""))
-    span.set_attribute("sluice.cache", headers.get("x-sluice-cache", ""))
-    if isinstance(response, StreamingResponse):
-        response.body_iterator = _ending(span, response.body_iterator)
-        return response
-    text = bytes(response.body).decode(errors="replace")
-    if response.media_type == "text/event-stream":
-        _set_answer(span, _merge(_events(text)))
-    else:
-        try:
-            _set_answer(span, json.loads(text))
-        except (ValueError, AttributeError):
-            pass
+    if outcome.priced is not None:
+        span.set_attribute("sluice.cost.usd", outcome.priced.total_usd)
+    if outcome.failed:
+        span.set_status(Status(StatusCode.ERROR, "the stream ended with an error event"))
     span.end()
-    return response
 
 
 def fail_span(span: Span, status: int, message: str) -> None:
@@ -173,18 +137,3 @@ def fail_span(span: Span, status: int, message: str) -> None:
     span.set_attribute("error.type", str(status))
     span.set_status(Status(StatusCode.ERROR, message))
     span.end()
-
-
-async def _ending(span: Span, body: AsyncIterable[Any]) -> AsyncIterator[Any]:
-    events: list[dict[str, Any]] = []
-    try:
-        async for chunk in body:
-            text = chunk if isinstance(chunk, str) else bytes(chunk).decode(errors="replace")
-            # parsed: the first event (id), a finish reason, the usage; not every token
-            if not events or '"usage"' in text or '"finish_reason":"' in text.replace(
-                    '": "', '":"'):
-                events += _events(text)
-            yield chunk
-    finally:
-        _set_answer(span, _merge(events))
-        span.end()

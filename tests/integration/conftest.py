@@ -7,15 +7,21 @@ collide. Every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from sluice.accounting.config import AccountingConfig
+from sluice.accounting.tenancy import key_hash
+from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.config import PlatformConfig, load_platform_config, load_routing_config
 from sluice.deployments.local_stack import NODE_RESOURCE, LocalStack
 from sluice.observability.tracing import TracingConfig
@@ -23,10 +29,55 @@ from sluice.observability.tracing import TracingConfig
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = int(os.environ.get("SLUICE_TEST_HTTP_PORT", "8765"))
 REDIS_PORT = int(os.environ.get("SLUICE_TEST_REDIS_PORT", "6390"))
+LEDGER_REDIS_PORT = REDIS_PORT + 1  # the ledger's own Redis: its outage test stops it
 # Response-cache TTL: short so expiry is observable, longer than one tripped circuit (5 s: a
 # single Redis call past its 50 ms budget on a loaded 2-core runner bypasses Redis that long)
 TTL_S = 10
 KV_CHUNK = 64  # LMCache chunk (tokens): small enough that test prompts span several
+# API keys of the test stack (secret -> id, tenant); anything else is the anonymous key
+KEYS = {"sk-test-team-a": ("team-a-app", "team-a"), "sk-test-team-b": ("team-b-app", "team-b"),
+        "sk-test-admin": ("ops", "platform"), "sk-test-soft": ("soft-app", "t-soft"),
+        "sk-test-hard": ("hard-app", "t-hard")}
+
+
+class AlertSink:
+    """A real HTTP server on loopback that keeps every JSON body POSTed to it (the webhook)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        events = self.events
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's method name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                events.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def _accounting(webhook_url: str, ledger_url: str) -> AccountingConfig:
+    """Keys of two tenants, an admin, and two keys whose tenants have budgets: `t-soft` is
+    soft after its first cent-fraction (but never hard), `t-hard` is hard after one answer.
+    The ledger has a Redis of its own, so a test can take it down without the caches."""
+    return AccountingConfig.model_validate({
+        "ledger": {"redis_url": ledger_url, "retry_max_s": 1.0},
+        "auth": {"keys": [{"id": ident, "tenant": tenant, "sha256": key_hash(secret),
+                           "admin": ident == "ops"}
+                          for secret, (ident, tenant) in KEYS.items()]},
+        "budgets": [{"scope": "tenant", "id": "t-soft", "daily_usd": 1.0,
+                     "soft_fraction": 1e-6},
+                    {"scope": "tenant", "id": "t-hard", "daily_usd": 1e-6}],
+        "webhook": {"url": webhook_url, "timeout_s": 5}})
 
 
 def _manual(reason: str) -> dict[str, str]:
@@ -71,11 +122,11 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
     return path
 
 
-def _test_config(run_dir: Path) -> PlatformConfig:
+def _test_config(run_dir: Path, webhook_url: str, ledger_url: str) -> PlatformConfig:
     """local-cpu, plus: the KV tier on, `small` as two replicas on two Ray nodes (one
     `sluice_node` each) so cross-replica reuse through Redis is exercised, the semantic cache
     available per request, a short response-cache TTL so expiry is observable, and request
-    spans written to a file the tests read."""
+    spans written to a file the tests read; API keys, budgets and an alert webhook."""
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = config.profile
     ingress = profile.ingress.model_copy(update={"port": HTTP_PORT})
@@ -89,16 +140,31 @@ def _test_config(run_dir: Path) -> PlatformConfig:
     profile = profile.model_copy(update={
         "ingress": ingress, "response_cache": cache, "kv_tier": kv_tier,
         "semantic_cache": semantic, "models": {**profile.models, "small": small},
-        "tracing": tracing})
+        "tracing": tracing, "accounting": _accounting(webhook_url, ledger_url)})
     routing = load_routing_config(_test_routes(ROOT / "platform/routing/routes.yaml", run_dir))
     return PlatformConfig(profile=profile, catalog=config.catalog, root=config.root,
                           routing=routing)
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def alert_sink() -> Iterator[AlertSink]:
+    sink = AlertSink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture(scope="session")
+def ledger_redis() -> Iterator[LocalRedisServer]:
+    with LocalRedisServer(Path(tempfile.mkdtemp(prefix="sluice-ledger-")),
+                          port=LEDGER_REDIS_PORT) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def stack(alert_sink: AlertSink, ledger_redis: LocalRedisServer) -> Iterator[LocalStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="sluice-test-"))
-    with LocalStack(_test_config(run_dir), run_dir, redis_port=REDIS_PORT, ray_nodes=2,
+    config = _test_config(run_dir, alert_sink.url, ledger_redis.url)
+    with LocalStack(config, run_dir, redis_port=REDIS_PORT, ray_nodes=2,
                     ready_timeout_s=600) as s:
         yield s
 

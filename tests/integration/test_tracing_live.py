@@ -11,16 +11,22 @@ from pathlib import Path
 from typing import Any
 
 
+def _spans_of(path: Path, trace_id: str) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    spans = [json.loads(line) for line in path.read_text().splitlines()]
+    return [s for s in spans if s["context"]["trace_id"] == f"0x{trace_id}"]
+
+
 def _span_of(path: Path, trace_id: str, timeout_s: float = 10) -> dict[str, Any]:
+    """The request's (SERVER) span of a trace, once it has ended."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                span = json.loads(line)
-                if span["context"]["trace_id"] == f"0x{trace_id}":
-                    return span
+        for span in _spans_of(path, trace_id):
+            if span["kind"] == "SpanKind.SERVER":
+                return span
         time.sleep(0.2)
-    raise AssertionError(f"no span of trace {trace_id} in {path} after {timeout_s} s")
+    raise AssertionError(f"no request span of trace {trace_id} in {path} after {timeout_s} s")
 
 
 def test_a_request_is_one_genai_span_in_the_clients_trace(http, spans_file: Path) -> None:
@@ -57,3 +63,26 @@ def test_a_rejected_request_is_an_error_span(http, spans_file: Path) -> None:
     span = _span_of(spans_file, trace_id)
     assert span["status"]["status_code"] == "ERROR"
     assert span["attributes"]["error.type"] == "400"
+
+
+def test_cache_routing_judge_and_engine_calls_are_child_spans(http, spans_file: Path) -> None:
+    trace_id = secrets.token_hex(16)
+    body = {"model": "t-accept", "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "user", "content": f"children {uuid.uuid4().hex}"}]}
+    resp = http.post("/v1/chat/completions", json=body,
+                     headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"})
+    assert resp.status_code == 200
+    root = _span_of(spans_file, trace_id)
+    children = {s["name"]: s for s in _spans_of(spans_file, trace_id) if s is not root
+                and s["parent_id"] is not None and s["name"] != root["name"]}
+    assert {"sluice.cache.lookup", "sluice.route", "sluice.judge", "chat small"} <= set(
+        children), sorted(children)
+    assert children["sluice.cache.lookup"]["attributes"]["sluice.cache"] == "miss"
+    assert children["sluice.route"]["attributes"]["sluice.route"] == "small"
+    engine = children["chat small"]
+    assert engine["kind"] == "SpanKind.CLIENT"
+    assert engine["attributes"]["gen_ai.request.model"] == "small"
+    assert engine["attributes"]["sluice.replica"] == resp.headers["x-sluice-replica"]
+    # every child hangs under the request span or one of its children, in the same trace
+    ids = {root["context"]["span_id"]} | {s["context"]["span_id"] for s in children.values()}
+    assert all(s["parent_id"] in ids for s in children.values())

@@ -8,7 +8,7 @@
   module proxy is not reachable here, so the rules of it that matter are checked below in
   Python (datasource variable, $__rate_interval, units, descriptions, layout).
 - Every metric and label the rules and the dashboard read must be one the ingress exports:
-  compared with what sluice.observability.metrics.Metrics renders.
+  compared with what the real Metrics and accounting classes render (the `exported` fixture).
 
 `make setup` (target observability-tools) installs promtool and the schema; without them
 these tests fail rather than skip.
@@ -16,11 +16,13 @@ these tests fail rather than skip.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from sluice.accounting.accountant import Accountant, Admission
+from sluice.accounting.budgets import Verdict
+from sluice.accounting.config import AccountingConfig
+from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.response_cache import ResponseCache, ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig
 from sluice.observability.metrics import Metrics
@@ -52,15 +58,12 @@ RANGE_FUNCS = ("rate", "irate", "increase")
 # Template variables become these when the dashboard's queries are handed to promtool.
 GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
 PANEL_TYPES = {  # panel type -> (its options type, its fieldConfig.custom type) in the schema
-    "timeseries": ("TimeSeriesOptions", "TimeSeriesFieldConfig"),
-    "stat": ("StatOptions", None),
-    "text": ("TextOptions", None),
-}
+    "timeseries": ("TimeSeriesOptions", "TimeSeriesFieldConfig"), "stat": ("StatOptions", None),
+    "bargauge": ("BarGaugeOptions", None), "text": ("TextOptions", None)}
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
     "bottomk", "topk", "quantile", "limitk", "limit_ratio", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
-}
+    "group_left", "group_right", "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
 _STRING = r'"(?:[^"\\]|\\.)*"'
 _MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 
@@ -89,34 +92,37 @@ def metric_names(expr: str) -> set[str]:
     s = re.sub(r"\{[^}]*\}", " ", s)  # label matchers
     s = re.sub(r"\[[^\]]*\]", " ", s)  # range and subquery selectors
     s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    names = set()
-    for m in re.finditer(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)(\s*\()?", s):
-        word, call = m.group(1), m.group(2)
-        if not call and word.lower() not in PROMQL_WORDS:
-            names.add(word)
-    return names
+    return {m.group(1) for m in re.finditer(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)(\s*\()?", s)
+            if not m.group(2) and m.group(1).lower() not in PROMQL_WORDS}  # not calls
 
 
 def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """(metric, [(label, op, value)]) of each `metric{...}` selector."""
-    out = []
-    for m in re.finditer(r"([a-zA-Z_:][\w:]*)\s*\{((?:[^}\"]|" + _STRING + r")*)\}", expr):
-        out.append((m.group(1), _MATCHER.findall(m.group(2))))
-    return out
+    return [(m.group(1), _MATCHER.findall(m.group(2))) for m in
+            re.finditer(r"([a-zA-Z_:][\w:]*)\s*\{((?:[^}\"]|" + _STRING + r")*)\}", expr)]
 
 
 def grouping_labels(expr: str) -> set[str]:
-    s = _without_strings(expr)
-    found = re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", s)
+    found = re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", _without_strings(expr))
     return {label.strip() for group in found for label in group.split(",") if label.strip()}
 
 
 def walk_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for panel in panels:
-        out.append(panel)
-        out.extend(walk_panels(panel.get("panels") or []))
-    return out
+    return [p for panel in panels for p in (panel, *walk_panels(panel.get("panels") or []))]
+
+
+async def _accounting(metrics: Metrics) -> None:
+    """The accountant's series: a key and a tenant budget, the ledger, the webhook. One request
+    is settled as the ingress does it, in a loop (the ledger writes from a task); nothing
+    listens at 127.0.0.1:1, so its record stays buffered after a failed write."""
+    config = AccountingConfig.model_validate({
+        "budgets": [{"scope": scope, "id": ident, "daily_usd": 5.0, "monthly_usd": 100.0}
+                    for scope, ident in (("key", "k1"), ("tenant", "t1"))],
+        "ledger": {"timeout_s": 0.5}, "webhook": {"url": "http://127.0.0.1:1/"}})
+    accountant = Accountant(config, "redis://127.0.0.1:1", lambda coro: coro.close(), metrics)
+    admission = Admission(Principal("k1", "t1"), ("team-a",), time.time(), Verdict("ok"))
+    accountant.settle(admission, "req-1", "auto", 200, None, cost_usd=0.01)
+    await accountant.close()
 
 
 # ---- fixtures ---------------------------------------------------------------------------
@@ -164,6 +170,7 @@ def exported(catalog_slos: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
         metrics.in_flight.labels(model).inc()
         metrics.cost.labels(model).inc(0.001)  # as the ingress's response pricer does
     metrics.record(UNROUTED, "chat", 400, duration_s=0.01)
+    asyncio.run(_accounting(metrics))
     out: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
@@ -175,16 +182,11 @@ def exported(catalog_slos: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
 
 # ---- promtool: the rules and their unit tests ------------------------------------------
 
-def test_promtool_checks_the_alert_rules() -> None:
-    result = _run([_promtool(), "check", "rules", str(ALERTS)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
-
-
-def test_promtool_unit_tests_of_the_alerts_pass() -> None:
-    result = _run([_promtool(), "test", "rules", str(ALERT_TESTS)])
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+@pytest.mark.parametrize(("verb", "path"), [("check", ALERTS), ("test", ALERT_TESTS)],
+                         ids=["check_rules", "unit_tests"])
+def test_promtool_checks_the_rules_and_runs_their_unit_tests(verb: str, path: Path) -> None:
+    result = _run([_promtool(), verb, "rules", str(path)])
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
 def test_every_alert_is_unit_tested_and_annotated(alert_rules: list[dict[str, Any]]) -> None:
@@ -248,8 +250,8 @@ def test_dashboard_matches_grafanas_schema(dashboard: dict[str, Any], tmp_path: 
         f'import type {{ Dashboard }} from "{SCHEMA_TYPES}/index";',
         ("import type { Options as TimeSeriesOptions, FieldConfig as TimeSeriesFieldConfig }"
          f' from "{composable}/timeseries/panelcfg/x/types.gen";'),
-        f'import type {{ Options as StatOptions }} from "{composable}/stat/panelcfg/x/types.gen";',
-        f'import type {{ Options as TextOptions }} from "{composable}/text/panelcfg/x/types.gen";',
+        *(f'import type {{ Options as {options} }} from "{composable}/{kind}/panelcfg/x/types.gen";'
+          for kind, (options, _) in PANEL_TYPES.items() if kind != "timeseries"),
         ("type Lit<T> = T extends string ? `${T}` : T extends readonly (infer U)[] ? Lit<U>[]"
          " : T extends object ? { [K in keyof T]: Lit<T[K]> } : T;"),
     ])
@@ -294,7 +296,7 @@ def test_promtool_parses_every_dashboard_query(dashboard: dict[str, Any],
             expr = re.sub(r"\$\{?\w+\}?", ".*", expr)  # multi-value variables, inside =~
             rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}",
                           "expr": expr})
-    assert len(rules) >= 15
+    assert len(rules) >= 25
     path = tmp_path / "dashboard_queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = _run([_promtool(), "check", "rules", str(path)])
@@ -303,9 +305,8 @@ def test_promtool_parses_every_dashboard_query(dashboard: dict[str, Any],
 
 def test_dashboard_variables(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    ds = variables["datasource"]
+    ds, model = variables["datasource"], variables["model"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    model = variables["model"]
     assert model["type"] == "query" and model["datasource"] == DS_REF
     assert model["query"]["query"] == "label_values(sluice_requests_total, model)"
     for var in variables.values():
@@ -318,8 +319,7 @@ def test_dashboard_lint(dashboard: dict[str, Any]) -> None:
     assert 36 <= dashboard["schemaVersion"] <= 42 and dashboard["uid"] and dashboard["title"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     panels = walk_panels(dashboard["panels"])
-    ids = [p["id"] for p in panels]
-    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
     cells: set[tuple[int, int]] = set()
     for panel in panels:
         pos, where = panel["gridPos"], f"panel {panel['id']} {panel.get('title')!r}"
@@ -373,13 +373,17 @@ def test_dashboard_rows_and_what_they_show(dashboard: dict[str, Any]) -> None:
     assert all(rows[name] for name in rows)
     queries = {name: " ".join(t["expr"] for p in panels for t in p.get("targets", []))
                for name, panels in rows.items()}
-    assert "gen_ai_server_time_to_first_token_seconds_bucket" in queries["Latency"]
-    assert "sluice_tokens_total" in queries["Throughput"]
-    assert "sluice_in_flight_requests" in queries["Queue"]
-    assert "sluice_cache_lookups_total" in queries["Cache"]
-    assert 'type="cached_input"' in queries["Cache"]
-    assert "sluice_judge_reliability" in queries["Cascade"]
-    assert "sluice_cost_usd_total" in queries["Cost"]
+    for row, shown in {
+            "Latency": ["gen_ai_server_time_to_first_token_seconds_bucket"],
+            "Throughput": ["sluice_tokens_total"], "Queue": ["sluice_in_flight_requests"],
+            "Cache": ["sluice_cache_lookups_total", 'type="cached_input"'],
+            "Cascade": ["sluice_judge_reliability"],
+            "Cost": ["sluice_cost_usd_total", 'sluice_attributed_cost_usd_total{scope="tenant"}',
+                     'sluice_attributed_cost_usd_total{scope="key"}', "sluice_budget_spent_usd",
+                     "sluice_budget_limit_usd", 'sluice_ledger_records_total{result="dropped"}',
+                     "sluice_ledger_buffered", "sluice_ledger_write_errors_total"]}.items():
+        for what in shown:
+            assert what in queries[row], f"row {row} does not show {what}"
 
 
 def test_dashboard_slo_lines_are_the_catalog_objectives(
@@ -416,7 +420,7 @@ def test_every_metric_read_is_exported(
             read["grafana-dashboard.json"].add(metric)
             assert label in exported[metric], f"${var['name']}: {metric} has no {label}"
     assert "sluice_judge_reliability_pairs" in read["alerts.yaml"]  # the extraction works
-    assert len(read["grafana-dashboard.json"]) >= 10
+    assert len(read["grafana-dashboard.json"]) >= 15
     for where, names in read.items():
         missing = names - set(exported)
         assert not missing, f"{where} reads metrics /metrics does not export: {missing}"
@@ -439,4 +443,7 @@ def test_every_label_read_is_exported(
                     checked += 1
         grouping = grouping_labels(expr)
         assert grouping <= labels_of_expr, f"{grouping - labels_of_expr}: {expr}"
-    assert checked >= 10  # model, type, cache, result and path values were compared
+        # every replica exports every budget's gauges (the fleet's spend): summed, they multiply
+        budgets = re.findall(r"(max\s+by\s*\([^)]*\)\s*\(\s*)?sluice_budget_\w+_usd", expr)
+        assert all(budgets), f"budget gauges are combined with max by (...), never summed: {expr}"
+    assert checked >= 20  # model, type, result, path, scope and period values compared

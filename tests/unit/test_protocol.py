@@ -1,6 +1,6 @@
 import pytest
 
-from sluice.deployments.protocol import RequestLimits, decode_json, parse_request
+from sluice.deployments.protocol import RequestLimits, decode_json, parse_request, with_usage_event
 from sluice.errors import InvalidRequest
 
 LIMITS = RequestLimits(max_n=8, max_tokens=4096)
@@ -61,3 +61,13 @@ def test_missing_prompt_for_completions() -> None:
 def test_bodies_that_are_not_json_objects(raw: bytes) -> None:
     with pytest.raises(InvalidRequest):
         decode_json(raw)
+
+
+def test_every_stream_asks_the_engine_for_usage_and_says_if_the_client_did() -> None:
+    plain = parse_request("chat", CHAT | {"stream": True}, LIMITS)
+    assert with_usage_event(plain) is False and plain.stream_options.include_usage is True
+    asked = parse_request("chat", CHAT | {"stream": True, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": True}}, LIMITS)
+    assert with_usage_event(asked) is True and asked.stream_options.continuous_usage_stats
+    whole = parse_request("completions", {"model": "small", "prompt": "x"}, LIMITS)
+    assert with_usage_event(whole) is True and whole.stream_options is None

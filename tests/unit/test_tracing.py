@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from types import SimpleNamespace
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from starlette.responses import Response, StreamingResponse
 
+from sluice.accounting.response_cost import Priced
+from sluice.observability.response_watch import Outcome
 from sluice.observability.tracing import (
     TracingConfig,
     end_span,
@@ -27,7 +28,10 @@ REQUEST = SimpleNamespace(model="small", max_tokens=16, max_completion_tokens=No
 USAGE = {"prompt_tokens": 40, "completion_tokens": 3,
          "prompt_tokens_details": {"cached_tokens": 32},
          "cost": {"total_usd": 0.00125, "currency": "USD", "source": "engine"}}
-HEADERS = {"x-sluice-model": "small", "x-sluice-route": "small", "x-sluice-cache": "miss"}
+
+
+def outcome(**kw) -> Outcome:
+    return Outcome(status=200, model="small", route="small", cache="miss", started=0.0, **kw)
 
 
 def traced():
@@ -41,12 +45,12 @@ def test_tracing_is_off_by_default_and_a_file_exporter_needs_its_path() -> None:
         TracingConfig(exporter="file")
 
 
-def test_a_json_answer_gives_one_genai_span_under_the_clients_trace() -> None:
+def test_an_answer_gives_one_genai_span_under_the_clients_trace() -> None:
     tracer, exporter = traced()
     span = start_span(tracer, "chat", PARENT)
     set_request(span, "chat", REQUEST)
-    body = {"id": "chatcmpl-1", "choices": [{"finish_reason": "length"}], "usage": USAGE}
-    end_span(span, Response(json.dumps(body), media_type="application/json", headers=HEADERS))
+    end_span(span, outcome(response_id="chatcmpl-1", finish_reasons=["length"], usage=USAGE,
+                           priced=Priced(USAGE, 0.00125, {"small": 0.00125})))
     (done,) = exporter.get_finished_spans()
     assert done.name == "chat small" and done.kind is SpanKind.SERVER
     assert format(done.context.trace_id, "032x") == TRACE_ID  # W3C context from the client
@@ -58,34 +62,28 @@ def test_a_json_answer_gives_one_genai_span_under_the_clients_trace() -> None:
         "gen_ai.response.finish_reasons": ("length",),
         "gen_ai.usage.input_tokens": 40, "gen_ai.usage.output_tokens": 3,
         "gen_ai.usage.cache_read.input_tokens": 32, "sluice.cost.usd": 0.00125,
-        "sluice.route": "small", "sluice.cache": "miss"}
+        "sluice.route": "small", "sluice.cache": "miss", "http.response.status_code": 200}
 
 
-def test_a_stream_ends_its_span_at_its_last_event() -> None:
+def test_a_stream_that_ended_with_an_error_event_is_an_error_span() -> None:
     tracer, exporter = traced()
     span = start_span(tracer, "completions", {})
     set_request(span, "completions", REQUEST)
-    chunks = ['data: {"id":"cmpl-2","choices":[{"text":"a","finish_reason":null}]}\n\n',
-              'data: {"id":"cmpl-2","choices":[{"text":"b","finish_reason":"stop"}]}\n\n',
-              f'data: {json.dumps({"id": "cmpl-2", "choices": [], "usage": USAGE})}\n\n',
-              "data: [DONE]\n\n"]
-
-    async def body():
-        for c in chunks:
-            yield c
-
-    response = end_span(span, StreamingResponse(body(), headers=HEADERS))
-    assert exporter.get_finished_spans() == ()  # still streaming
-
-    async def drain():
-        return [c async for c in response.body_iterator]
-
-    assert asyncio.run(drain()) == chunks
+    end_span(span, outcome(failed=True))
     (done,) = exporter.get_finished_spans()
     assert done.name == "text_completion small"
-    assert done.attributes["gen_ai.response.id"] == "cmpl-2"
-    assert done.attributes["gen_ai.response.finish_reasons"] == ("stop",)
-    assert done.attributes["gen_ai.usage.output_tokens"] == 3
+    assert done.status.status_code is StatusCode.ERROR
+
+
+def test_child_spans_started_under_the_current_request_span_share_its_trace() -> None:
+    tracer, exporter = traced()
+    span = start_span(tracer, "chat", PARENT)
+    with trace.use_span(span), tracer.start_as_current_span("sluice.cache.lookup"):
+        pass
+    end_span(span, outcome())
+    child, parent = exporter.get_finished_spans()
+    assert child.name == "sluice.cache.lookup" and child.parent.span_id == parent.context.span_id
+    assert child.context.trace_id == parent.context.trace_id
 
 
 def test_a_failed_request_ends_its_span_as_an_error() -> None:
@@ -103,7 +101,7 @@ def test_the_file_exporter_writes_one_json_span_per_line(tmp_path) -> None:
     assert tracer is not None
     span = start_span(tracer, "chat", PARENT)
     set_request(span, "chat", REQUEST)
-    end_span(span, Response("{}", media_type="application/json", headers=HEADERS))
+    end_span(span, outcome())
     (line,) = path.read_text().splitlines()
     record = json.loads(line)
     assert record["name"] == "chat small"

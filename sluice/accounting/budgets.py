@@ -1,0 +1,206 @@
+"""Budgets per API key or tenant, per UTC day and month: soft limit, hard limit.
+
+Spend comes from the ledger's Redis counters (one per key/tenant and day/month, added to by
+the same script that appends each record), so every ingress replica sees the whole fleet's
+spend. Reading Redis on every request would put it on the hot path: the guard keeps each
+counter's last value for `refresh_s` and adds what this replica spent that the value does
+not hold (records still buffered, and records written since the read). The result can trail other
+replicas' spend by up to `refresh_s`, and a request admitted just under the hard limit may
+finish over it: a budget is enforced to within one refresh interval and the requests in
+flight, which is stated in the README. If the counters cannot be read, the last values are
+used: a Redis outage does not refuse every request.
+
+At `soft_fraction` of a limit the budget is `soft`: an alert (webhook and metric) and, with
+`downgrade_auto`, cascade routes (`auto`) answer with their small model. At the limit it is
+`hard`: 429 `insufficient_quota` until the period resets (Retry-After says when).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sluice.accounting.ledger import LedgerRecord, spend_key
+from sluice.accounting.tenancy import Principal
+from sluice.errors import SluiceError
+
+log = logging.getLogger(__name__)
+PERIODS = ("daily", "monthly")
+Level = Literal["ok", "soft", "hard"]
+_RANK = {"ok": 0, "soft": 1, "hard": 2}
+
+
+class BudgetExceeded(SluiceError):
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: Literal["key", "tenant"] = Field(description="What the budget limits.")
+    id: str = Field(description="The key id or tenant name.")
+    daily_usd: float | None = Field(default=None, gt=0, description="Limit per UTC day.")
+    monthly_usd: float | None = Field(default=None, gt=0, description="Limit per UTC month.")
+    soft_fraction: float = Field(default=0.8, gt=0, le=1, description="Share of a limit at "
+                                 "which the budget is soft (alert, downgrade).")
+    downgrade_auto: bool = Field(default=True, description="At the soft limit, answer "
+                                 "cascade routes (`auto`) with their small model.")
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> Budget:
+        if self.daily_usd is None and self.monthly_usd is None:
+            raise ValueError(f"budget {self.scope}:{self.id} needs daily_usd or monthly_usd")
+        return self
+
+    def limit(self, period: str) -> float | None:
+        return self.daily_usd if period == "daily" else self.monthly_usd
+
+
+def period_end(period: str, ts: float) -> float:
+    day = datetime.fromtimestamp(ts, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        return (day + timedelta(days=1)).timestamp()
+    first = day.replace(day=1)
+    return (first.replace(year=first.year + 1, month=1) if first.month == 12
+            else first.replace(month=first.month + 1)).timestamp()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: Level
+    budget: Budget | None = None
+    period: str = ""
+    spent_usd: float = 0.0
+    limit_usd: float = 0.0
+    resets_at: float = 0.0
+
+    @property
+    def downgrade(self) -> bool:
+        return self.level == "soft" and self.budget is not None and self.budget.downgrade_auto
+
+    def error(self, now: float) -> BudgetExceeded:
+        assert self.budget is not None
+        reset = datetime.fromtimestamp(self.resets_at, UTC).strftime("%Y-%m-%dT%H:%MZ")
+        return BudgetExceeded(
+            f"The {self.period} budget of {self.budget.scope} '{self.budget.id}' is spent "
+            f"(${self.spent_usd:.4f} of ${self.limit_usd:.2f}); requests are refused until "
+            f"{reset}.", headers={"Retry-After": str(max(1, int(self.resets_at - now)))})
+
+
+SpendReader = Callable[[Sequence[str]], Awaitable[Sequence[Any]]]
+Notify = Callable[[dict[str, Any]], None]
+
+
+class BudgetGuard:
+    def __init__(self, budgets: Sequence[Budget], read: SpendReader,
+                 notify: Notify | None = None, refresh_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._budgets = tuple(budgets)
+        self._read, self._refresh_s, self._clock = read, refresh_s, clock
+        self._notify = notify or (lambda event: None)
+        self._stored: dict[str, float] = {}  # counter -> last value read
+        self._read_at: dict[str, float] = {}
+        self._pending: dict[str, float] = {}  # counter -> spent here, not yet written
+        self._since: dict[str, float] = {}  # counter -> written by this replica since read
+        self._announced: set[tuple[str, str]] = set()  # (counter, level)
+        self.counters = {"rejected": 0, "downgraded": 0, "read_errors": 0}
+
+    def applicable(self, principal: Principal) -> list[Budget]:
+        return [b for b in self._budgets
+                if (b.scope, b.id) in (("key", principal.key_id), ("tenant", principal.tenant))]
+
+    def _counters(self, record: LedgerRecord) -> list[str]:
+        if record.cost_usd <= 0:
+            return []
+        return [spend_key(b.scope, b.id, period, record.ts) for b in self._budgets
+                if b.id == (record.key_id if b.scope == "key" else record.tenant)
+                for period in PERIODS]
+
+    def spent(self, record: LedgerRecord) -> None:
+        """A request's cost, as soon as it is known (before the ledger writes it)."""
+        for key in self._counters(record):
+            self._pending[key] = self._pending.get(key, 0.0) + record.cost_usd
+
+    def written(self, record: LedgerRecord) -> None:
+        """The ledger wrote the record: the stored counter has it from the next read on."""
+        for key in self._counters(record):
+            self._pending[key] = max(0.0, self._pending.get(key, 0.0) - record.cost_usd)
+            self._since[key] = self._since.get(key, 0.0) + record.cost_usd
+
+    def _estimate(self, key: str) -> float:
+        return (self._stored.get(key, 0.0) + self._pending.get(key, 0.0)
+                + self._since.get(key, 0.0))
+
+    async def check(self, principal: Principal) -> Verdict:
+        now = self._clock()
+        pairs = [(b, p, spend_key(b.scope, b.id, p, now))
+                 for b in self.applicable(principal) for p in PERIODS if b.limit(p)]
+        if not pairs:
+            return Verdict("ok")
+        await self._refresh([k for _, _, k in pairs], now)
+        worst = Verdict("ok")
+        for budget, period, key in pairs:
+            limit = budget.limit(period) or 0.0
+            spent = self._estimate(key)
+            level: Level = ("hard" if spent >= limit else
+                            "soft" if spent >= budget.soft_fraction * limit else "ok")
+            verdict = Verdict(level, budget, period, spent, limit, period_end(period, now))
+            self._announce(key, verdict)
+            if _RANK[level] > _RANK[worst.level]:
+                worst = verdict
+        if worst.level == "hard":
+            self.counters["rejected"] += 1
+        elif worst.downgrade:
+            self.counters["downgraded"] += 1
+        return worst
+
+    async def _refresh(self, keys: list[str], now: float) -> None:
+        stale = [k for k in keys if now - self._read_at.get(k, -1e18) >= self._refresh_s]
+        if not stale:
+            return
+        for k in stale:
+            self._read_at[k] = now  # concurrent checks use the current values meanwhile
+        try:
+            values = await asyncio.wait_for(self._read(stale), timeout=0.25)
+        except Exception as exc:  # noqa: BLE001 - keep the last values; never refuse for it
+            self.counters["read_errors"] += 1
+            log.warning("budget counters unreadable (%r); using the last values", exc)
+            return  # retried after refresh_s, not on every request
+        for key, value in zip(stale, values):
+            self._stored[key] = float(value or 0.0)
+            self._since.pop(key, None)  # the stored value now includes what was written
+
+    def _announce(self, key: str, verdict: Verdict) -> None:
+        if verdict.level == "ok" or (key, verdict.level) in self._announced:
+            return
+        self._announced.add((key, verdict.level))
+        assert verdict.budget is not None
+        event = {"alert": f"budget_{verdict.level}", "scope": verdict.budget.scope,
+                 "id": verdict.budget.id, "period": verdict.period,
+                 "spent_usd": round(verdict.spent_usd, 6), "limit_usd": verdict.limit_usd,
+                 "resets_at": verdict.resets_at}
+        log.warning("budget %s:%s %s limit reached: %s", verdict.budget.scope,
+                    verdict.budget.id, verdict.level, event)
+        self._notify(event)
+
+    def snapshot(self) -> list[tuple[str, str, str, float, float, float]]:
+        """(scope, id, period, limit, soft_fraction, spent) of every budget now."""
+        now = self._clock()
+        out: list[tuple[str, str, str, float, float, float]] = []
+        for b in self._budgets:
+            for period in PERIODS:
+                limit = b.limit(period)
+                if limit:
+                    key = spend_key(b.scope, b.id, period, now)
+                    out.append((b.scope, b.id, period, limit, b.soft_fraction,
+                                self._estimate(key)))
+        return out

@@ -1,0 +1,227 @@
+"""The request ledger: one record per request, in a Redis stream, written off the hot path.
+
+`record()` only appends to an in-memory buffer; a background task writes batches with one
+Lua script per record, which atomically (1) skips a record already written (its `entry_id`
+is remembered for `dedupe_ttl_s`, so a batch retried after a lost reply is not counted
+twice), (2) XADDs it to the stream and (3) adds its cost to the per-day and per-month spend
+counters of its key and tenant, which budgets read. While Redis is down the buffer holds
+records (up to `buffer_max`) and the writer retries with backoff; records that would
+overflow the buffer are dropped and counted (`dropped`), never silently.
+
+Durability is Redis's: the local Redis runs with append-only persistence (`appendonly yes`);
+point `ledger.redis_url` at a Redis without eviction (not an LRU cache) in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+STREAM = "sluice:ledger"
+_APPEND = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+  for i = 3, #KEYS do
+    redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3]))
+  end
+  return 1
+end
+return 0
+"""
+SPEND_TTL_S = 62 * 86400  # a month's counter outlives its month
+
+
+class LedgerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=True, description="Write a record per request.")
+    redis_url: str | None = Field(default=None, description="Where the ledger lives "
+                                  "(default: the profile's Redis).")
+    stream: str = Field(default=STREAM, description="Redis stream key.")
+    buffer_max: int = Field(default=100_000, ge=1, description="Records held while the "
+                            "store is unreachable; more are dropped and counted.")
+    batch: int = Field(default=256, ge=1, description="Records per write round trip.")
+    flush_interval_s: float = Field(default=0.2, gt=0, description="Longest a record waits.")
+    timeout_s: float = Field(default=2.0, gt=0, description="Per write round trip.")
+    retry_max_s: float = Field(default=5.0, gt=0, description="Longest backoff between "
+                               "retries while the store is down.")
+    dedupe_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long a written "
+                              "record's id is remembered (replays within it are no-ops).")
+
+
+class LedgerRecord(BaseModel):
+    """What one request did and cost. Strings and numbers only: it is a stream entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entry_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str
+    ts: float = Field(description="Unix time the request arrived.")
+    key_id: str
+    tenant: str
+    tags: tuple[str, ...] = ()
+    model: str = Field(description="The model the client asked for (`auto`, `small`, ...).")
+    models: tuple[str, ...] = Field(default=(), description="Models that ran for it.")
+    route: str = ""
+    status: int
+    cache: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    def fields(self) -> dict[str, str]:
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            out[name] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> LedgerRecord:
+        raw = {(k.decode() if isinstance(k, bytes) else k):
+               (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+        for name in ("tags", "models"):
+            raw[name] = tuple(x for x in raw.get(name, "").split(",") if x)
+        return cls.model_validate(raw)
+
+
+def spend_key(scope: str, ident: str, period: str, ts: float) -> str:
+    """The Redis counter of a key's or tenant's spend in the UTC day or month of `ts`."""
+    day = datetime.fromtimestamp(ts, UTC)
+    stamp = day.strftime("%Y%m%d") if period == "daily" else day.strftime("%Y%m")
+    return f"sluice:spend:{scope}:{ident}:{period}:{stamp}"
+
+
+def spend_keys(record: LedgerRecord) -> list[str]:
+    return [spend_key(scope, ident, period, record.ts)
+            for scope, ident in (("key", record.key_id), ("tenant", record.tenant))
+            for period in ("daily", "monthly")]
+
+
+class LedgerWriter:
+    """Buffers records and writes them in batches from one background task."""
+
+    def __init__(self, client: Any, config: LedgerConfig,
+                 on_written: Callable[[LedgerRecord], None] | None = None) -> None:
+        self._client = client
+        self._config = config
+        self._script = client.register_script(_APPEND)
+        self._buffer: deque[LedgerRecord] = deque()
+        self._wake = asyncio.Event()
+        self._on_written = on_written or (lambda record: None)
+        self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+        self.counters = {"written": 0, "duplicates": 0, "dropped": 0, "write_errors": 0}
+        self.healthy = True
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def record(self, record: LedgerRecord) -> bool:
+        """Queue a record; False (and counted) when the buffer is full."""
+        if len(self._buffer) >= self._config.buffer_max:
+            self.counters["dropped"] += 1
+            if self.counters["dropped"] == 1 or self.counters["dropped"] % 1000 == 0:
+                log.error("ledger buffer full (%d): %d record(s) dropped",
+                          self._config.buffer_max, self.counters["dropped"])
+            return False
+        self._buffer.append(record)
+        self._ensure_running()
+        if len(self._buffer) >= self._config.batch:
+            self._wake.set()
+        return True
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        backoff = self._config.flush_interval_s
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if await self.flush():
+                backoff = self._config.flush_interval_s
+            else:
+                backoff = min(self._config.retry_max_s, backoff * 2)
+
+    async def flush(self) -> bool:
+        """Write everything buffered now; False if the store failed (records kept)."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> bool:
+        while self._buffer:
+            batch = [self._buffer[i] for i in range(min(self._config.batch, len(self._buffer)))]
+            try:
+                written = await asyncio.wait_for(self._write(batch), self._config.timeout_s)
+            except Exception as exc:  # noqa: BLE001 - any store failure: keep and retry
+                self.counters["write_errors"] += 1
+                if self.healthy:
+                    log.warning("ledger store unreachable (%r); buffering %d record(s)",
+                                exc, len(self._buffer))
+                self.healthy = False
+                return False
+            for record, new in zip(batch, written):
+                self._buffer.popleft()
+                self.counters["written" if new else "duplicates"] += 1
+                self._on_written(record)
+            if not self.healthy:
+                log.warning("ledger store back; replayed the buffer")
+            self.healthy = True
+        return True
+
+    async def _write(self, batch: list[LedgerRecord]) -> list[bool]:
+        pipe = self._client.pipeline(transaction=False)
+        for record in batch:
+            args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s, SPEND_TTL_S]
+            for name, value in record.fields().items():
+                args += [name, value]
+            keys = [self._config.stream, f"sluice:ledger:seen:{record.entry_id}",
+                    *spend_keys(record)]
+            await self._script(keys=keys, args=args, client=pipe)
+        return [bool(r) for r in await pipe.execute()]
+
+    async def read(self, start: float, end: float, slack_s: float = 60.0
+                   ) -> list[LedgerRecord]:
+        """Records that arrived in [start, end). Entries are written after their request
+        arrived, so the scan starts at `start` (less clock slack) and runs to the stream's
+        end; a replayed record is found by its own time, not its write time."""
+        out: list[LedgerRecord] = []
+        cursor = f"{max(0, int((start - slack_s) * 1000))}-0"
+        while True:
+            entries = await self._client.xrange(self._config.stream, min=cursor, count=2000)
+            for entry_id, fields in entries:
+                record = LedgerRecord.from_fields(fields)
+                if start <= record.ts < end:
+                    out.append(record)
+            if len(entries) < 2000:
+                return out
+            last = entries[-1][0]
+            last = last.decode() if isinstance(last, bytes) else last
+            cursor = "(" + last
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            await asyncio.wait_for(self.flush(), self._config.timeout_s)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            log.warning("ledger: %d record(s) not written at shutdown", len(self._buffer))

@@ -1,0 +1,92 @@
+"""`GET /v1/usage`: spend and tokens from the ledger, grouped, over a time window.
+
+Pure aggregation over ledger records; the ingress reads them (LedgerWriter.read) and decides
+which tenant a caller may see. `model` groups by the model the client asked for (`auto`,
+`small`, ...); `served_model` by the one that answered. A request with several tags counts
+once under each, so tag groups may add up to more than the total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from sluice.accounting.ledger import LedgerRecord
+from sluice.errors import InvalidRequest
+
+GROUPS = ("key", "tenant", "model", "served_model", "tag", "route")
+MAX_WINDOW_S = 92 * 86400
+
+
+def _time(value: str, name: str) -> float:
+    """Unix seconds, or ISO 8601 (UTC unless it names its offset)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(value)
+            seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        except ValueError:
+            seconds = math.nan
+    if not math.isfinite(seconds):
+        raise InvalidRequest(f"`{name}` must be Unix seconds or an ISO 8601 time, got "
+                             f"{value[:40]!r}", param=name)
+    return seconds
+
+
+def window(params: Mapping[str, str], now: float) -> tuple[float, float]:
+    """[start, end) from `start`/`end` query parameters; the last 24 hours by default."""
+    end = _time(params["end"], "end") if params.get("end") else now
+    start = _time(params["start"], "start") if params.get("start") else end - 86400
+    if start >= end:
+        raise InvalidRequest("`start` must be before `end`", param="start")
+    if end - start > MAX_WINDOW_S:
+        raise InvalidRequest(f"the window may span at most {MAX_WINDOW_S // 86400} days",
+                             param="start")
+    return start, end
+
+
+def group_by(params: Mapping[str, str]) -> str:
+    value = params.get("group_by", "key")
+    if value not in GROUPS:
+        raise InvalidRequest(f"`group_by` must be one of {', '.join(GROUPS)}",
+                             param="group_by")
+    return value
+
+
+def _groups(record: LedgerRecord, by: str) -> Iterable[str]:
+    if by == "tag":
+        return record.tags or ("(untagged)",)
+    if by == "served_model":
+        return (record.models[-1] if record.models else "(none)",)
+    return ({"key": record.key_id, "tenant": record.tenant, "model": record.model,
+             "route": record.route}[by],)
+
+
+def _empty() -> dict[str, Any]:
+    return {"requests": 0, "errors": 0, "cache_hits": 0, "prompt_tokens": 0,
+            "cached_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+
+
+def _add(row: dict[str, Any], r: LedgerRecord) -> None:
+    row["requests"] += 1
+    row["errors"] += r.status >= 400
+    row["cache_hits"] += r.cache == "hit"
+    row["prompt_tokens"] += r.prompt_tokens
+    row["cached_tokens"] += r.cached_tokens
+    row["completion_tokens"] += r.completion_tokens
+    row["cost_usd"] += r.cost_usd
+
+
+def aggregate(records: Iterable[LedgerRecord], by: str) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    total = _empty()
+    for r in records:
+        _add(total, r)
+        for group in _groups(r, by):
+            _add(rows.setdefault(group, _empty()), r)
+    data = [{"group": g, **row, "cost_usd": round(row["cost_usd"], 9)}
+            for g, row in sorted(rows.items(), key=lambda kv: -kv[1]["cost_usd"])]
+    return {"data": data, "total": {**total, "cost_usd": round(total["cost_usd"], 9)}}

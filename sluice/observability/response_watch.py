@@ -1,0 +1,182 @@
+"""Read each answer once as it leaves the ingress: what metering, tracing, pricing and the
+ledger all need, from one pass over the response.
+
+The response says what happened: `x-sluice-model` / `x-sluice-route` / `x-sluice-cache`
+headers, the status, and the body (a JSON answer with `usage`, or SSE events). A JSON answer
+or a buffered stream (cached or judged) is read whole; a live stream is wrapped so the first
+token's time, the token events, the id, the finish reasons and the closing usage event are
+seen as they pass. Only the events that carry those are parsed, not every token.
+
+The usage is priced where it is found (`usage.cost`, and `x-sluice-cost-usd` where the
+headers are not sent yet). The ingress always asks engines for a stream's usage event, since
+a ledger needs the tokens of every answer; a client that did not ask for it
+(`stream_options.include_usage`) does not get it. When the body ends, `on_end` receives the
+Outcome.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from sluice.accounting.response_cost import COST_HEADER, Priced
+
+Price = Callable[[dict[str, Any] | None, str, bool], Priced]  # (usage, model, hit)
+
+
+@dataclass
+class Outcome:
+    status: int
+    model: str  # the model that answered ("" when none did)
+    route: str
+    cache: str
+    started: float
+    ended: float = 0.0
+    first_token_at: float | None = None
+    token_events: int = 0
+    response_id: str | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    usage: dict[str, Any] | None = None  # as sent: with its cost block
+    priced: Priced | None = None
+    failed: bool = False  # a stream that ended with an error event
+
+    @property
+    def cost_usd(self) -> float:
+        return self.priced.total_usd if self.priced else 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return self.ended - self.started
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.started
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.first_token_at is None:
+            return None
+        tokens = (self.usage or {}).get("completion_tokens") or self.token_events
+        return (self.ended - self.first_token_at) / (tokens - 1) if tokens > 1 else None
+
+
+def _compact(event: str) -> str:
+    return event.replace('": ', '":')
+
+
+class _Reader:
+    """Sees SSE events one chunk at a time; prices the usage event (or drops it)."""
+
+    def __init__(self, outcome: Outcome, price: Price, hit: bool, client_usage: bool,
+                 clock: Callable[[], float]) -> None:
+        self._o, self.price, self.hit = outcome, price, hit
+        self._client_usage, self._clock = client_usage, clock
+
+    def chunk(self, text: str) -> str:
+        if "data: {" not in text:
+            return text
+        kept = [e for e in (self._event(e) for e in text.split("\n\n")) if e is not None]
+        return "\n\n".join(kept)
+
+    def _event(self, event: str) -> str | None:
+        body = event.strip()
+        if not body.startswith("data: {"):
+            return event
+        o, compact = self._o, _compact(body)
+        payload: dict[str, Any] | None = None
+        if o.response_id is None or '"finish_reason":"' in compact or '"usage":{' in compact:
+            try:
+                payload = json.loads(body[len("data: "):])
+            except ValueError:
+                return event
+        if payload is not None and o.response_id is None and payload.get("id"):
+            o.response_id = str(payload["id"])
+        if compact.startswith('data: {"error"'):
+            o.failed = True
+            return event
+        usage_only = '"choices":[]' in compact
+        if not usage_only and '"role":' not in compact:
+            o.token_events += 1
+            if o.first_token_at is None:
+                o.first_token_at = self._clock()
+        if payload is None:
+            return event
+        o.finish_reasons += [str(c["finish_reason"]) for c in payload.get("choices") or []
+                             if isinstance(c, dict) and c.get("finish_reason")]
+        if not isinstance(payload.get("usage"), dict):
+            return event
+        o.priced = self.price(payload["usage"], o.model, self.hit)
+        o.usage = payload["usage"] = o.priced.usage
+        if usage_only and not self._client_usage:
+            return None
+        return "data: " + json.dumps(payload, separators=(",", ":"))
+
+
+def _rebuilt(response: Response, body: str, usd: float | None) -> Response:
+    headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+    if usd is not None:
+        headers[COST_HEADER] = f"{usd:.9f}"
+    return Response(body, status_code=response.status_code, media_type=response.media_type,
+                    headers=headers)
+
+
+def watch(response: Response, *, started: float, clock: Callable[[], float], price: Price,
+          client_usage: bool, on_end: Callable[[Outcome], None]) -> Response:
+    """The response, priced, whose end (now, or its stream's last event) calls `on_end`."""
+    headers = response.headers
+    hit = headers.get("x-sluice-cache") == "hit"
+    outcome = Outcome(response.status_code, headers.get("x-sluice-model", ""),
+                      headers.get("x-sluice-route", "direct"), headers.get("x-sluice-cache", ""),
+                      started)
+    reader = _Reader(outcome, price, hit, client_usage, clock)
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _watched(response.body_iterator, reader, outcome, clock,
+                                          on_end)
+        return response
+    text = bytes(response.body).decode(errors="replace")
+    if response.media_type == "text/event-stream":  # a buffered stream: cached or judged
+        text = reader.chunk(text)
+        outcome.first_token_at = None  # all at once: no first-token time to report
+    else:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            outcome.response_id = body.get("id")
+            outcome.finish_reasons = [str(c.get("finish_reason")) for c in
+                                      body.get("choices") or [] if isinstance(c, dict)
+                                      and c.get("finish_reason")]
+            usage = body.get("usage")
+            if isinstance(usage, dict):
+                outcome.priced = price(usage, outcome.model, hit)
+                outcome.usage = body["usage"] = outcome.priced.usage
+                text = json.dumps(body)
+    _settle(outcome, price, hit, clock)
+    on_end(outcome)
+    return _rebuilt(response, text, outcome.cost_usd)
+
+
+def _settle(outcome: Outcome, price: Price, hit: bool, clock: Callable[[], float]) -> None:
+    """The end: an answer without usage (a failed stream) still costs its earlier stages."""
+    outcome.ended = clock()
+    if outcome.priced is None:
+        outcome.priced = price(None, outcome.model, hit)
+
+
+async def _watched(body: AsyncIterable[Any], reader: _Reader, outcome: Outcome,
+                   clock: Callable[[], float], on_end: Callable[[Outcome], None]
+                   ) -> AsyncIterator[Any]:
+    try:
+        async for chunk in body:
+            text = chunk if isinstance(chunk, str) else bytes(chunk).decode(errors="replace")
+            out = reader.chunk(text)
+            if out:
+                yield out
+    finally:
+        _settle(outcome, reader.price, reader.hit, clock)
+        on_end(outcome)
