@@ -171,9 +171,10 @@ class _AccountingCollector(Collector):
             soft.add_metric([scope, ident, period], lim * frac)
             spent.add_metric([scope, ident, period], usd)
         decisions = CounterMetricFamily("sluice_budget_decisions", "Requests refused (429) "
-                                        "or downgraded by a budget.", labels=["result"])
-        decisions.add_metric(["rejected"], a.guard.counters["rejected"])
-        decisions.add_metric(["downgraded"], a.guard.counters["downgraded"])
+                                        "or downgraded by a budget.",
+                                        labels=["result", "scope", "id"])
+        for (result, scope, ident), n in sorted(a.guard.decisions.items()):
+            decisions.add_metric([result, scope, ident], n)
         yield from (limit, soft, spent, decisions)
         ledger = a.ledger
         if ledger is not None:

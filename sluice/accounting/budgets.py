@@ -113,6 +113,7 @@ class BudgetGuard:
         self._since: dict[str, float] = {}  # counter -> written by this replica since read
         self._announced: set[tuple[str, str]] = set()  # (counter, level)
         self.counters = {"rejected": 0, "downgraded": 0, "read_errors": 0}
+        self.decisions: dict[tuple[str, str, str], int] = {}  # (result, scope, id) -> n
 
     def applicable(self, principal: Principal) -> list[Budget]:
         return [b for b in self._budgets
@@ -157,10 +158,12 @@ class BudgetGuard:
             self._announce(key, verdict)
             if _RANK[level] > _RANK[worst.level]:
                 worst = verdict
-        if worst.level == "hard":
-            self.counters["rejected"] += 1
-        elif worst.downgrade:
-            self.counters["downgraded"] += 1
+        result = ("rejected" if worst.level == "hard" else "downgraded" if worst.downgrade
+                  else None)
+        if result is not None and worst.budget is not None:
+            self.counters[result] += 1
+            which = (result, worst.budget.scope, worst.budget.id)
+            self.decisions[which] = self.decisions.get(which, 0) + 1
         return worst
 
     async def _refresh(self, keys: list[str], now: float) -> None:

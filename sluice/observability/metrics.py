@@ -16,7 +16,7 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - sluice_cost_usd_total{model}                                counter (each model that ran)
 - sluice_attributed_cost_usd_total{scope, id}                 counter (scope: key|tenant|tag)
 - sluice_budget_limit_usd / _soft_limit_usd / _spent_usd{scope, id, period}  gauges (accountant)
-- sluice_budget_decisions_total{result}                       counter (rejected|downgraded)
+- sluice_budget_decisions_total{result, scope, id}            counter (rejected|downgraded)
 - sluice_ledger_records_total{result}, sluice_ledger_write_errors_total,
   sluice_ledger_buffered                                      ledger health (accountant)
 - sluice_alert_webhook_total{result}                          counter (sent|failed)

@@ -112,16 +112,16 @@ def walk_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def _accounting(metrics: Metrics) -> None:
-    """The accountant's series: a key and a tenant budget, the ledger, the webhook. One request
-    is settled as the ingress does it, in a loop (the ledger writes from a task); nothing
-    listens at 127.0.0.1:1, so its record stays buffered after a failed write."""
+    """The accountant's series (budgets, ledger, webhook): one request settled as the ingress
+    does, in a loop; nothing listens at 127.0.0.1:1, so its record stays buffered."""
     config = AccountingConfig.model_validate({
         "budgets": [{"scope": scope, "id": ident, "daily_usd": 5.0, "monthly_usd": 100.0}
                     for scope, ident in (("key", "k1"), ("tenant", "t1"))],
         "ledger": {"timeout_s": 0.5}, "webhook": {"url": "http://127.0.0.1:1/"}})
     accountant = Accountant(config, "redis://127.0.0.1:1", lambda coro: coro.close(), metrics)
     admission = Admission(Principal("k1", "t1"), ("team-a",), time.time(), Verdict("ok"))
-    accountant.settle(admission, "req-1", "auto", 200, None, cost_usd=0.01)
+    accountant.settle(admission, "req-1", "auto", 200, None, cost_usd=6.0)  # over 5.0/day
+    assert (await accountant.guard.check(admission.principal)).level == "hard"  # a refusal
     await accountant.close()
 
 
