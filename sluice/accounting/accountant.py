@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 from sluice.accounting.budgets import BudgetGuard, Verdict
 from sluice.accounting.config import AccountingConfig
@@ -67,28 +68,34 @@ class Accountant:
         metrics.registry.register(_AccountingCollector(self))
 
     async def _read_spend(self, keys: Any) -> Any:
-        assert self._client is not None  # budgets are refused without the ledger
-        return await self._client.mget(list(keys))
+        if self.ledger is None:  # no store: nothing spent that this replica did not see
+            return [None] * len(keys)
+        return await self.ledger.read_counters(list(keys))
 
     def _alert(self, event: dict[str, Any]) -> None:
         if self.notifier is not None:
             self._spawn(self.notifier.send(event))
 
-    def _written(self, record: LedgerRecord) -> None:
-        self.guard.written(record)
+    def _written(self, record: LedgerRecord, totals: dict[str, float] | None) -> None:
+        self.guard.written(record, totals)
 
-    async def admit(self, headers: Mapping[str, str]) -> Admission:
-        """Identify the caller and check their budget (raises 401, 400 or 429)."""
+    async def admit(self, headers: Mapping[str, str], request_id: str) -> Admission:
+        """Identify the caller and check their budget (raises 401, 400 or 429). A budget's
+        refusal is a ledger record too, so a tenant sees its 429s in its usage."""
         principal = self._auth.principal(headers)
         tags = self._auth.tags(headers)
         verdict = await self.guard.check(principal)
         now = self._clock()
+        admission = Admission(principal, tags, now, verdict, open_log())
         if verdict.level == "hard":
-            raise verdict.error(now)
-        return Admission(principal, tags, now, verdict, open_log())
+            error = verdict.error(now)
+            self.settle(admission, request_id, "", error.status, None, 0.0, route="budget")
+            raise error
+        return admission
 
     def settle(self, admission: Admission, request_id: str, model: str, status: int,
-               outcome: Outcome | None, cost_usd: float) -> LedgerRecord:
+               outcome: Outcome | None, cost_usd: float, route: str = "error"
+               ) -> LedgerRecord:
         """Record the request (its outcome, or only its status when it failed)."""
         usage = (outcome.usage if outcome is not None else None) or {}
         details = usage.get("prompt_tokens_details") or {}
@@ -98,13 +105,14 @@ class Accountant:
         record = LedgerRecord(
             request_id=request_id, ts=admission.arrived, key_id=admission.principal.key_id,
             tenant=admission.principal.tenant, tags=admission.tags, model=model,
-            models=tuple(ran), route=outcome.route if outcome else "error", status=status,
+            models=tuple(ran), route=outcome.route if outcome else route, status=status,
             cache=outcome.cache if outcome else "",
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             cached_tokens=int(details.get("cached_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=round(self._clock() - admission.arrived, 6),
-            ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9))
+            ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9),
+            estimated=bool(outcome and outcome.estimated))
         self.guard.spent(record)
         if self.ledger is not None:
             self.ledger.record(record)
@@ -137,7 +145,7 @@ class Accountant:
         await self.ledger.flush()  # this replica's own recent requests are included
         try:
             records = await self.ledger.read(start, end)
-        except Exception as exc:  # noqa: BLE001 - the store is down: retriable
+        except (RedisError, OSError, TimeoutError) as exc:  # the store is down: retriable
             raise Unavailable(f"The ledger store is unreachable ({type(exc).__name__}); "
                               "retry shortly.") from None
         if tenant is not None:

@@ -3,8 +3,9 @@
 Spend comes from the ledger's Redis counters (one per key/tenant and day/month, added to by
 the same script that appends each record), so every ingress replica sees the whole fleet's
 spend. Reading Redis on every request would put it on the hot path: the guard keeps each
-counter's last value for `refresh_s` and adds what this replica spent that the value does
-not hold (records still buffered, and records written since the read). The result can trail other
+counter's last value for `refresh_s`, raises it to the totals the ledger's own writes
+return, and adds what this replica spent that is not written yet. Reads happen between the
+ledger's batches, so a batch is never both in the value read and still pending. The result can trail other
 replicas' spend by up to `refresh_s`, and a request admitted just under the hard limit may
 finish over it: a budget is enforced to within one refresh interval and the requests in
 flight, which is stated in the README. If the counters cannot be read, the last values are
@@ -18,6 +19,7 @@ At `soft_fraction` of a limit the budget is `soft`: an alert (webhook and metric
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,10 +84,7 @@ class Verdict:
     spent_usd: float = 0.0
     limit_usd: float = 0.0
     resets_at: float = 0.0
-
-    @property
-    def downgrade(self) -> bool:
-        return self.level == "soft" and self.budget is not None and self.budget.downgrade_auto
+    downgrade: bool = False  # soft, and a soft budget asks to downgrade `auto`
 
     def error(self, now: float) -> BudgetExceeded:
         assert self.budget is not None
@@ -110,7 +109,6 @@ class BudgetGuard:
         self._stored: dict[str, float] = {}  # counter -> last value read
         self._read_at: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # counter -> spent here, not yet written
-        self._since: dict[str, float] = {}  # counter -> written by this replica since read
         self._announced: set[tuple[str, str]] = set()  # (counter, level)
         self.counters = {"rejected": 0, "downgraded": 0, "read_errors": 0}
         self.decisions: dict[tuple[str, str, str], int] = {}  # (result, scope, id) -> n
@@ -131,15 +129,16 @@ class BudgetGuard:
         for key in self._counters(record):
             self._pending[key] = self._pending.get(key, 0.0) + record.cost_usd
 
-    def written(self, record: LedgerRecord) -> None:
-        """The ledger wrote the record: the stored counter has it from the next read on."""
+    def written(self, record: LedgerRecord, totals: dict[str, float] | None) -> None:
+        """The ledger wrote the record; `totals`: its counters' values just after (None: it
+        had been written before). The counter now holds it, and is at least that total."""
         for key in self._counters(record):
             self._pending[key] = max(0.0, self._pending.get(key, 0.0) - record.cost_usd)
-            self._since[key] = self._since.get(key, 0.0) + record.cost_usd
+            if totals and key in totals:
+                self._stored[key] = max(self._stored.get(key, 0.0), totals[key])
 
     def _estimate(self, key: str) -> float:
-        return (self._stored.get(key, 0.0) + self._pending.get(key, 0.0)
-                + self._since.get(key, 0.0))
+        return self._stored.get(key, 0.0) + self._pending.get(key, 0.0)
 
     async def check(self, principal: Principal) -> Verdict:
         now = self._clock()
@@ -149,22 +148,34 @@ class BudgetGuard:
             return Verdict("ok")
         await self._refresh([k for _, _, k in pairs], now)
         worst = Verdict("ok")
+        verdicts: list[Verdict] = []
         for budget, period, key in pairs:
             limit = budget.limit(period) or 0.0
             spent = self._estimate(key)
             level: Level = ("hard" if spent >= limit else
                             "soft" if spent >= budget.soft_fraction * limit else "ok")
             verdict = Verdict(level, budget, period, spent, limit, period_end(period, now))
+            verdicts.append(verdict)
             self._announce(key, verdict)
             if _RANK[level] > _RANK[worst.level]:
                 worst = verdict
-        result = ("rejected" if worst.level == "hard" else "downgraded" if worst.downgrade
-                  else None)
-        if result is not None and worst.budget is not None:
-            self.counters[result] += 1
-            which = (result, worst.budget.scope, worst.budget.id)
-            self.decisions[which] = self.decisions.get(which, 0) + 1
+        if worst.level == "hard":
+            self._count("rejected", worst)
+        elif worst.level == "soft":  # any soft budget that asks for it downgrades
+            worst = dataclasses.replace(worst, downgrade=any(
+                v.level == "soft" and v.budget is not None and v.budget.downgrade_auto
+                for v in verdicts))
         return worst
+
+    def _count(self, result: str, verdict: Verdict) -> None:
+        assert verdict.budget is not None
+        self.counters[result] += 1
+        which = (result, verdict.budget.scope, verdict.budget.id)
+        self.decisions[which] = self.decisions.get(which, 0) + 1
+
+    def downgraded(self, verdict: Verdict) -> None:
+        """A cascade request was answered by its small model because of this verdict."""
+        self._count("downgraded", verdict)
 
     async def _refresh(self, keys: list[str], now: float) -> None:
         stale = [k for k in keys if now - self._read_at.get(k, -1e18) >= self._refresh_s]
@@ -180,7 +191,6 @@ class BudgetGuard:
             return  # retried after refresh_s, not on every request
         for key, value in zip(stale, values):
             self._stored[key] = float(value or 0.0)
-            self._since.pop(key, None)  # the stored value now includes what was written
 
     def _announce(self, key: str, verdict: Verdict) -> None:
         if verdict.level == "ok" or (key, verdict.level) in self._announced:

@@ -4,7 +4,9 @@
 Lua script per record, which atomically (1) skips a record already written (its `entry_id`
 is remembered for `dedupe_ttl_s`, so a batch retried after a lost reply is not counted
 twice), (2) XADDs it to the stream and (3) adds its cost to the per-day and per-month spend
-counters of its key and tenant, which budgets read. While Redis is down the buffer holds
+counters of its key and tenant, which budgets read (their new values come back, so a budget
+check sees them without another read). Entries older than `retention_days` are trimmed as
+new ones are added. While Redis is down the buffer holds
 records (up to `buffer_max`) and the writer retries with backoff; records that would
 overflow the buffer are dropped and counted (`dropped`), never silently.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -29,12 +32,13 @@ log = logging.getLogger(__name__)
 STREAM = "sluice:ledger"
 _APPEND = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+  redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', unpack(ARGV, 5))
+  local totals = {}
   for i = 3, #KEYS do
-    redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
+    totals[#totals + 1] = redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
     redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3]))
   end
-  return 1
+  return totals
 end
 return 0
 """
@@ -57,6 +61,12 @@ class LedgerConfig(BaseModel):
                                "retries while the store is down.")
     dedupe_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long a written "
                               "record's id is remembered (replays within it are no-ops).")
+    retention_days: int = Field(default=400, ge=1, description="Entries older than this "
+                                "are trimmed from the stream.")
+    replay_lag_s: float = Field(default=86400, gt=0, description="Latest a record is "
+                                "expected to be written after its request (an outage "
+                                "replayed later is outside /v1/usage windows that ended "
+                                "before it).")
 
 
 class LedgerRecord(BaseModel):
@@ -81,6 +91,8 @@ class LedgerRecord(BaseModel):
     latency_s: float = 0.0
     ttft_s: float | None = None
     cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    estimated: bool = Field(default=False, description="Tokens and cost are an estimate: "
+                            "the answer ended before its usage (client gone, engine failed).")
 
     def fields(self) -> dict[str, str]:
         out = {}
@@ -116,13 +128,14 @@ class LedgerWriter:
     """Buffers records and writes them in batches from one background task."""
 
     def __init__(self, client: Any, config: LedgerConfig,
-                 on_written: Callable[[LedgerRecord], None] | None = None) -> None:
+                 on_written: Callable[[LedgerRecord, dict[str, float] | None], None]
+                 | None = None) -> None:
         self._client = client
         self._config = config
         self._script = client.register_script(_APPEND)
         self._buffer: deque[LedgerRecord] = deque()
         self._wake = asyncio.Event()
-        self._on_written = on_written or (lambda record: None)
+        self._on_written = on_written or (lambda record, totals: None)
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
         self.counters = {"written": 0, "duplicates": 0, "dropped": 0, "write_errors": 0}
@@ -179,39 +192,49 @@ class LedgerWriter:
                                 exc, len(self._buffer))
                 self.healthy = False
                 return False
-            for record, new in zip(batch, written):
+            for record, totals in zip(batch, written):
                 self._buffer.popleft()
-                self.counters["written" if new else "duplicates"] += 1
-                self._on_written(record)
+                self.counters["written" if totals is not None else "duplicates"] += 1
+                self._on_written(record, totals)
             if not self.healthy:
                 log.warning("ledger store back; replayed the buffer")
             self.healthy = True
         return True
 
-    async def _write(self, batch: list[LedgerRecord]) -> list[bool]:
+    async def _write(self, batch: list[LedgerRecord]) -> list[dict[str, float] | None]:
+        """Per record: its spend counters' new totals, or None when it was already written."""
         pipe = self._client.pipeline(transaction=False)
+        min_id = f"{int((time.time() - self._config.retention_days * 86400) * 1000)}-0"
         for record in batch:
-            args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s, SPEND_TTL_S]
+            args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s, SPEND_TTL_S,
+                               min_id]
             for name, value in record.fields().items():
                 args += [name, value]
             keys = [self._config.stream, f"sluice:ledger:seen:{record.entry_id}",
                     *spend_keys(record)]
             await self._script(keys=keys, args=args, client=pipe)
-        return [bool(r) for r in await pipe.execute()]
+        return [dict(zip(spend_keys(record), map(float, r))) if isinstance(r, list) else None
+                for record, r in zip(batch, await pipe.execute())]
+
+    async def read_counters(self, keys: list[str]) -> list[Any]:
+        """Spend counters, read between this writer's batches: a batch in flight is either
+        wholly in the values or still pending, never both (budgets would count it twice)."""
+        async with self._flushing:
+            return list(await self._client.mget(keys))
 
     async def read(self, start: float, end: float, slack_s: float = 60.0
                    ) -> list[LedgerRecord]:
         """Records that arrived in [start, end). Entries are written after their request
-        arrived, so the scan starts at `start` (less clock slack) and runs to the stream's
-        end; a replayed record is found by its own time, not its write time."""
+        arrived, so the scan runs from `start` (less clock slack) to `end` plus the replay
+        lag; a replayed record is found by its own time, not its write time. Entries are
+        parsed off the event loop."""
         out: list[LedgerRecord] = []
         cursor = f"{max(0, int((start - slack_s) * 1000))}-0"
+        last_id = f"{int((end + self._config.replay_lag_s) * 1000)}-0"
         while True:
-            entries = await self._client.xrange(self._config.stream, min=cursor, count=2000)
-            for entry_id, fields in entries:
-                record = LedgerRecord.from_fields(fields)
-                if start <= record.ts < end:
-                    out.append(record)
+            entries = await self._client.xrange(self._config.stream, min=cursor, max=last_id,
+                                                count=2000)
+            out += await asyncio.to_thread(_in_window, entries, start, end)
             if len(entries) < 2000:
                 return out
             last = entries[-1][0]
@@ -225,3 +248,8 @@ class LedgerWriter:
             await asyncio.wait_for(self.flush(), self._config.timeout_s)
         except Exception:  # noqa: BLE001 - best effort at shutdown
             log.warning("ledger: %d record(s) not written at shutdown", len(self._buffer))
+
+
+def _in_window(entries: list[Any], start: float, end: float) -> list[LedgerRecord]:
+    records = (LedgerRecord.from_fields(fields) for _, fields in entries)
+    return [r for r in records if start <= r.ts < end]

@@ -8,8 +8,8 @@ once under each, so tag groups may add up to more than the total.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 import math
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from sluice.errors import InvalidRequest
 
 GROUPS = ("key", "tenant", "model", "served_model", "tag", "route")
 MAX_WINDOW_S = 92 * 86400
+LATEST = 253402300800.0  # 10000-01-01: later times are not stream ids Redis can take
 
 
 def _time(value: str, name: str) -> float:
@@ -30,7 +31,7 @@ def _time(value: str, name: str) -> float:
             seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
         except ValueError:
             seconds = math.nan
-    if not math.isfinite(seconds):
+    if not math.isfinite(seconds) or not 0 <= seconds < LATEST:
         raise InvalidRequest(f"`{name}` must be Unix seconds or an ISO 8601 time, got "
                              f"{value[:40]!r}", param=name)
     return seconds

@@ -9,6 +9,8 @@ handler as OpenAI error JSON.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import json
 import logging
 import time
@@ -77,6 +79,19 @@ def _running_replicas() -> dict[str, int]:
 
 def _route_headers(decision: RouteDecision) -> dict[str, str]:
     return {"x-sluice-model": decision.model, "x-sluice-route": decision.route}
+
+
+@dataclasses.dataclass
+class _Shape:
+    """What the watch needs to know of the request: did the client ask for the usage event,
+    and roughly how large is its prompt (for an answer that ends before its usage)."""
+
+    client_usage: bool = True
+    prompt_chars: int = 0
+
+    def estimate(self, token_events: int) -> dict[str, Any]:
+        # ~4 characters a token; each token event carries at least one token
+        return {"prompt_tokens": self.prompt_chars // 4, "completion_tokens": token_events}
 
 
 def _request_id(request: Request) -> str:
@@ -161,13 +176,13 @@ class SluiceIngress:
         span = start_span(self._tracer, endpoint, request.headers) if self._tracer else None
         request_id = _request_id(request)
         admission: Admission | None = None
-        client_usage: list[bool] = [True]
+        shape = _Shape()
         try:
-            admission = await self._accountant.admit(request.headers)
+            admission = await self._accountant.admit(request.headers, request_id)
             with trace.use_span(span, record_exception=False, set_status_on_exception=False
                                 ) if span is not None else nullcontext():
                 response = await self._generate(endpoint, request, request_id, meter,
-                                                admission, client_usage, span)
+                                                admission, shape, span)
         except BaseException as exc:
             # 499: the client went away (cancelled); anything else unexpected leaves as 503
             status = (exc.status if isinstance(exc, SluiceError)
@@ -177,6 +192,7 @@ class SluiceIngress:
                 fail_span(span, status, str(exc))
             if admission is not None:
                 spent = self._pricer.price(None, "", hit=False, stages=admission.stages)
+                meter.charged(spent)
                 self._accountant.settle(admission, request_id, meter.model, status, None,
                                         spent.total_usd)
             raise
@@ -190,19 +206,20 @@ class SluiceIngress:
                                     outcome, outcome.cost_usd)
 
         return watch(response, started=meter.started, clock=time.perf_counter,
-                     client_usage=client_usage[0], on_end=ended,
+                     client_usage=shape.client_usage, on_end=ended, estimate=shape.estimate,
                      price=lambda usage, model, hit: self._pricer.price(
                          usage, model, hit=hit, stages=admitted.stages))
 
     async def _generate(self, endpoint: Endpoint, request: Request, request_id: str,
-                        meter: RequestMeter, admission: Admission, client_usage: list[bool],
+                        meter: RequestMeter, admission: Admission, shape: _Shape,
                         span: Any = None) -> Response:
         body = decode_json(await request.body())
         llm_request = parse_request(endpoint, body, self._limits)
         llm_request.request_id = request_id
         if span is not None:
             set_request(span, endpoint, llm_request)
-        client_usage[0] = with_usage_event(llm_request)
+        shape.client_usage = with_usage_event(llm_request)
+        shape.prompt_chars = len(json.dumps(body.get("messages") or body.get("prompt") or ""))
         if llm_request.model in self._runners or llm_request.model in self._handles:
             meter.routed(llm_request.model)  # (unknown names would grow the label set)
         extra: dict[str, str] = {}
@@ -211,6 +228,7 @@ class SluiceIngress:
         runner = self._runners.get(llm_request.model)
         if runner is not None and admission.verdict.downgrade:
             llm_request.model = runner.policy.route.small  # the budget's soft limit
+            self._accountant.guard.downgraded(admission.verdict)
             extra["x-sluice-route"] = "budget-downgrade"
         elif runner is not None:
             return await self._cascade(endpoint, llm_request, body, request, runner, extra,
@@ -292,7 +310,9 @@ class SluiceIngress:
         return Response(payload, media_type="application/json", headers=headers)
 
     def _off_hot_path(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+        # a context of its own: background work (shadow calls, cache stores, alerts) is not
+        # part of the request's trace or of its bill
+        task = asyncio.create_task(work, context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sluice.accounting.response_cost import Priced
 from sluice.observability.metrics import Metrics
 from sluice.observability.response_watch import Outcome
 
@@ -48,6 +49,10 @@ class RequestMeter:
                              duration_s=outcome.duration_s, ttft_s=outcome.ttft_s,
                              tpot_s=outcome.tpot_s,
                              usage=None if outcome.cache == "hit" else outcome.usage)
-        for model, usd in (outcome.priced.by_model.items() if outcome.priced else ()):
-            if usd:
+        self.charged(outcome.priced)
+
+    def charged(self, priced: Priced | None) -> None:
+        """Cost per model that ran (also for a request that failed after earlier stages)."""
+        for model, usd in (priced.by_model.items() if priced else ()):
+            if usd and model:
                 self._metrics.cost.labels(model).inc(usd)

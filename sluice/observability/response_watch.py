@@ -26,6 +26,8 @@ from starlette.responses import Response, StreamingResponse
 from sluice.accounting.response_cost import COST_HEADER, Priced
 
 Price = Callable[[dict[str, Any] | None, str, bool], Priced]  # (usage, model, hit)
+Estimate = Callable[[int], dict[str, Any]]  # token events seen -> an estimated usage
+CLIENT_GONE = 499  # the client closed the connection before the answer ended
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Outcome:
     usage: dict[str, Any] | None = None  # as sent: with its cost block
     priced: Priced | None = None
     failed: bool = False  # a stream that ended with an error event
+    estimated: bool = False  # the usage is an estimate: the stream ended before its usage
 
     @property
     def cost_usd(self) -> float:
@@ -125,8 +128,14 @@ def _rebuilt(response: Response, body: str, usd: float | None) -> Response:
 
 
 def watch(response: Response, *, started: float, clock: Callable[[], float], price: Price,
-          client_usage: bool, on_end: Callable[[Outcome], None]) -> Response:
-    """The response, priced, whose end (now, or its stream's last event) calls `on_end`."""
+          client_usage: bool, on_end: Callable[[Outcome], None],
+          estimate: Estimate | None = None) -> Response:
+    """The response, priced, whose end (now, or its stream's end) calls `on_end` once.
+
+    A stream that ends without its usage event (the client left: status 499; the engine
+    failed mid-stream: 503) is charged an estimate from `estimate`, marked as such: the
+    engine did that work.
+    """
     headers = response.headers
     hit = headers.get("x-sluice-cache") == "hit"
     outcome = Outcome(response.status_code, headers.get("x-sluice-model", ""),
@@ -134,9 +143,9 @@ def watch(response: Response, *, started: float, clock: Callable[[], float], pri
                       started)
     reader = _Reader(outcome, price, hit, client_usage, clock)
     if isinstance(response, StreamingResponse):
-        response.body_iterator = _watched(response.body_iterator, reader, outcome, clock,
-                                          on_end)
-        return response
+        end = _Once(outcome, price, hit, clock, on_end, estimate)
+        return _SettledStream(response, _watched(response.body_iterator, reader, outcome, end),
+                              end)
     text = bytes(response.body).decode(errors="replace")
     if response.media_type == "text/event-stream":  # a buffered stream: cached or judged
         text = reader.chunk(text)
@@ -168,15 +177,59 @@ def _settle(outcome: Outcome, price: Price, hit: bool, clock: Callable[[], float
         outcome.priced = price(None, outcome.model, hit)
 
 
-async def _watched(body: AsyncIterable[Any], reader: _Reader, outcome: Outcome,
-                   clock: Callable[[], float], on_end: Callable[[Outcome], None]
+class _Once:
+    """Ends a stream's outcome exactly once, however the stream stopped."""
+
+    def __init__(self, outcome: Outcome, price: Price, hit: bool, clock: Callable[[], float],
+                 on_end: Callable[[Outcome], None], estimate: Estimate | None) -> None:
+        self._outcome, self._price, self._hit = outcome, price, hit
+        self._clock, self._on_end, self._estimate = clock, on_end, estimate
+        self.done = False
+
+    def __call__(self, gone: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        o = self._outcome
+        if o.usage is None:
+            if gone:
+                o.status = CLIENT_GONE
+            elif o.failed:
+                o.status = 503
+            if self._estimate is not None and not self._hit:
+                o.estimated = True
+                o.priced = self._price(self._estimate(o.token_events), o.model, self._hit)
+                o.usage = o.priced.usage
+        _settle(o, self._price, self._hit, self._clock)
+        self._on_end(o)
+
+
+class _SettledStream(StreamingResponse):
+    """The watched stream; ends its outcome even when the body never started (the client
+    left before the first byte, so the body generator's `finally` never ran)."""
+
+    def __init__(self, inner: StreamingResponse, body: AsyncIterator[Any], end: _Once) -> None:
+        super().__init__(body, status_code=inner.status_code, media_type=inner.media_type,
+                         background=inner.background)
+        self.raw_headers = inner.raw_headers
+        self._end = end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._end(gone=True)  # no-op when the body ended it
+
+
+async def _watched(body: AsyncIterable[Any], reader: _Reader, outcome: Outcome, end: _Once
                    ) -> AsyncIterator[Any]:
+    gone = True  # until the body is read to its end
     try:
         async for chunk in body:
             text = chunk if isinstance(chunk, str) else bytes(chunk).decode(errors="replace")
             out = reader.chunk(text)
             if out:
                 yield out
+        gone = False
     finally:
-        _settle(outcome, reader.price, reader.hit, clock)
-        on_end(outcome)
+        end(gone)

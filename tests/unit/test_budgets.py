@@ -75,8 +75,18 @@ def test_at_the_soft_fraction_the_budget_is_soft(downgrade_auto: bool) -> None:
     v = _check(guard)
     assert v.level == "soft" and v.period == "daily" and v.budget == budget
     assert v.downgrade is downgrade_auto
-    assert guard.counters["downgraded"] == int(downgrade_auto)
+    assert guard.counters["downgraded"] == 0  # counted where a request is downgraded
+    guard.downgraded(v)
+    assert guard.decisions == {("downgraded", "key", "alice"): 1}
     assert guard.counters["rejected"] == 0
+
+
+def test_any_soft_budget_that_asks_for_it_downgrades() -> None:
+    key = Budget(scope="key", id="alice", daily_usd=10.0, downgrade_auto=False)
+    tenant = Budget(scope="tenant", id="acme", daily_usd=10.0)
+    guard, *_ = _guard(key, tenant, values={_key(): 8.0, _key("acme", scope="tenant"): 8.0})
+    v = _check(guard)
+    assert v.level == "soft" and v.downgrade
 
 
 def test_at_the_limit_the_budget_is_hard_with_a_429_until_the_utc_day_ends() -> None:
@@ -130,12 +140,24 @@ def test_written_then_refresh_does_not_double_count() -> None:
     _check(guard)
     rec = _rec(3.0)
     guard.spent(rec)
-    guard.written(rec)  # the ledger wrote it; the stored value we hold does not have it yet
+    guard.written(rec, {_key(): 8.0})  # the ledger wrote it; its script returned the total
+    assert _check(guard).spent_usd == pytest.approx(8.0)
+    guard.written(_rec(0.5), None)  # a replayed duplicate: pending falls, nothing is added
     assert _check(guard).spent_usd == pytest.approx(8.0)
     reader.values[_key()] = 8.0  # the store now includes it
     clock.t += 1.0
     v = _check(guard)
     assert len(reader.calls) == 2 and v.spent_usd == pytest.approx(8.0)
+
+
+
+def test_a_write_returning_a_total_above_the_last_read_raises_the_estimate() -> None:
+    guard, *_ = _guard(values={_key(): 5.0})
+    _check(guard)
+    rec = _rec(1.0)
+    guard.spent(rec)
+    guard.written(rec, {_key(): 9.0})  # other replicas spent 3.0 since the read
+    assert _check(guard).spent_usd == pytest.approx(9.0)
 
 
 def test_zero_cost_and_other_keys_spend_do_not_count() -> None:

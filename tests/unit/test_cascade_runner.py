@@ -125,7 +125,7 @@ def test_small_model_trouble_goes_to_large_client_errors_do_not() -> None:
 
 def test_shadow_pairs_are_recorded_and_bounded() -> None:
     async def scenario() -> dict[str, Any]:
-        engines = Engines(large_delay=0.5  # the shadows outlive the 3 requests, also on a loaded box)
+        engines = Engines(large_delay=0.5)  # the shadows outlive the 3 requests when loaded
         runner, tasks = _runner(engines, threshold=0.0,
                                 shadow={"fraction": 1.0, "max_in_flight": 2, "min_samples": 1})
         for _ in range(3):

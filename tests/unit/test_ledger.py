@@ -76,10 +76,13 @@ def test_flushed_records_read_back_with_equal_fields(redis_server) -> None:
         assert len(writer) == 0 and writer.healthy
         return await writer.read(NOW - 60, NOW + 60)
 
-    out = _run(redis_server, body, on_written=seen.append)
+    totals: list = []
+    out = _run(redis_server, body,
+               on_written=lambda record, new: (seen.append(record), totals.append(new)))
     assert out == [full, bare]
     assert out[1].tags == () and out[1].models == () and out[1].ttft_s is None
     assert seen == [full, bare]
+    assert totals[0] == {k: full.cost_usd for k in spend_keys(full)}  # fresh counters
 
 
 def test_spend_counters_hold_the_sum_of_costs_per_key_tenant_day_and_month(
@@ -176,10 +179,11 @@ def test_read_finds_a_record_by_its_own_time_not_its_write_time(redis_server) ->
         writer.record(old)
         writer.record(_rec(2))
         assert await writer.flush()
-        return (await writer.read(old.ts - 10, old.ts + 10), await writer.read(NOW - 10, NOW + 10),
+        return (await writer.read(old.ts - 10, old.ts + 10),
+                await writer.read(NOW - 10, NOW + 10),
                 await writer.read(old.ts, old.ts), await writer.read(NOW + 1, NOW + 10))
 
-    around_old, around_now, empty, later = _run(redis_server, body)
+    around_old, around_now, empty, later = _run(redis_server, body, replay_lag_s=4 * 86400)
     assert around_old == [old]
     assert [r.request_id for r in around_now] == ["req-2"]
     assert empty == [] and later == []
@@ -237,3 +241,14 @@ def test_a_cost_that_is_not_a_finite_amount_is_refused_at_the_record() -> None:
         with pytest.raises(ValueError):
             LedgerRecord(request_id="r", ts=1.0, key_id="k", tenant="t", model="m",
                          status=200, cost_usd=bad)
+
+
+def test_a_record_written_later_than_the_replay_lag_is_outside_its_window(redis_server) -> None:
+    old = _rec(1, ts=NOW - 3 * 86400)
+
+    async def body(writer, client, _):
+        writer.record(old)
+        assert await writer.flush()
+        return await writer.read(old.ts - 10, old.ts + 10)
+
+    assert _run(redis_server, body, replay_lag_s=86400) == []  # the scan stops a day later

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
 from sluice.accounting.cost import Pricing
@@ -138,3 +140,54 @@ def test_a_buffered_stream_gets_the_header_and_no_first_token_time() -> None:
                                  headers={"x-sluice-model": "small"}))
     assert out.headers[COST_HEADER] == "0.002000000" and '"cost"' in out.body.decode()
     assert isinstance(o, Outcome) and o.ttft_s is None and o.finish_reasons == ["stop"]
+
+
+def estimate(events: int) -> dict:
+    return {"prompt_tokens": 1000, "completion_tokens": events}
+
+
+def test_a_stream_the_client_left_is_499_and_charged_an_estimate_once() -> None:
+    async def body():
+        for i in range(10):
+            yield event({"choices": [{"delta": {"content": f"t{i}"}}]})
+
+    pricer, ended = UsagePricer(PRICES), []
+    out = watch(StreamingResponse(body(), headers={"x-sluice-model": "small"}), started=100.0,
+                clock=Clock(), client_usage=True, on_end=ended.append, estimate=estimate,
+                price=lambda usage, model, hit: pricer.price(usage, model, hit=hit))
+
+    async def read_three_then_leave():
+        it = out.body_iterator
+        for _ in range(3):
+            await it.__anext__()
+        await it.aclose()  # as Starlette does when the client disconnects
+        out._end(gone=True)  # and the ASGI call's end: a no-op, the outcome has ended
+
+    asyncio.run(read_three_then_leave())
+    (o,) = ended
+    assert o.status == 499 and o.estimated and o.token_events == 3
+    assert o.usage["completion_tokens"] == 3 and o.cost_usd == (1000 * 1 + 3 * 2) / 1e6
+
+
+def test_a_stream_whose_client_left_before_the_first_byte_still_ends_its_outcome() -> None:
+    async def body():
+        yield event({"choices": [{"delta": {"content": "never read"}}]})
+
+    pricer, ended = UsagePricer(PRICES), []
+    out = watch(StreamingResponse(body(), headers={"x-sluice-model": "small"}), started=100.0,
+                clock=Clock(), client_usage=True, on_end=ended.append, estimate=estimate,
+                price=lambda usage, model, hit: pricer.price(usage, model, hit=hit))
+
+    async def gone(message):
+        raise OSError("connection reset")
+
+    async def disconnected():
+        return {"type": "http.disconnect"}
+
+    async def serve():
+        with pytest.raises(ClientDisconnect):  # Starlette's word for the OSError
+            await out({"type": "http", "asgi": {"spec_version": "2.4"}}, disconnected, gone)
+
+    asyncio.run(serve())
+    (o,) = ended
+    assert o.status == 499 and o.token_events == 0 and o.cost_usd == 0.001  # the prompt
