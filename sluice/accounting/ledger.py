@@ -203,18 +203,19 @@ class LedgerWriter:
 
     async def _write(self, batch: list[LedgerRecord]) -> list[dict[str, float] | None]:
         """Per record: its spend counters' new totals, or None when it was already written."""
-        pipe = self._client.pipeline(transaction=False)
         min_id = f"{int((time.time() - self._config.retention_days * 86400) * 1000)}-0"
-        for record in batch:
-            args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s, SPEND_TTL_S,
-                               min_id]
-            for name, value in record.fields().items():
-                args += [name, value]
-            keys = [self._config.stream, f"sluice:ledger:seen:{record.entry_id}",
-                    *spend_keys(record)]
-            await self._script(keys=keys, args=args, client=pipe)
+        async with self._client.pipeline(transaction=False) as pipe:  # reset even on failure
+            for record in batch:
+                args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s,
+                                   SPEND_TTL_S, min_id]
+                for name, value in record.fields().items():
+                    args += [name, value]
+                keys = [self._config.stream, f"sluice:ledger:seen:{record.entry_id}",
+                        *spend_keys(record)]
+                await self._script(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
         return [dict(zip(spend_keys(record), map(float, r))) if isinstance(r, list) else None
-                for record, r in zip(batch, await pipe.execute())]
+                for record, r in zip(batch, results)]
 
     async def read_counters(self, keys: list[str]) -> list[Any]:
         """Spend counters, read between this writer's batches: a batch in flight is either

@@ -37,22 +37,34 @@ def _stats(http) -> dict:
     return http.get("/v1/cache/stats").json()["semantic_cache"]
 
 
-def _stored(http, before: int, timeout_s: float = 15) -> None:
+def _stored(http, before: int, timeout_s: float = 15) -> bool:
     """The answer is stored off the hot path: wait (bounded) until the index has it."""
     deadline = time.monotonic() + timeout_s
     while http.get("/v1/cache/stats").json()["semantic_index_entries"] <= before:
         if time.monotonic() > deadline:
-            pytest.fail("the answer never reached the semantic index")
+            return False
         time.sleep(0.05)
+    return True
+
+
+def _ask_stored(http, text: str, system: str):
+    """A first answer, asked until the index has it (bounded): a store is best effort, and
+    one the loaded runner's Redis missed is simply not there (the next miss stores it)."""
+    for attempt in range(3):
+        entries = http.get("/v1/cache/stats").json()["semantic_index_entries"]
+        first = _ask(http, text, OPT_IN, system)
+        if attempt == 0 or first.headers["x-sluice-cache"] != "miss":
+            assert first.headers["x-sluice-cache"] == "miss", first.headers
+        if _stored(http, entries, timeout_s=10):
+            return first
+    pytest.fail(f"the answer never reached the semantic index: "
+                f"{http.get('/v1/cache/stats').json()}")
 
 
 def test_paraphrase_hits_and_guarded_or_unrelated_questions_miss(http) -> None:
     # a system prompt of its own: the context other tests' entries live under differs
     system = f"semantic test {uuid.uuid4().hex[:8]}"
-    entries = http.get("/v1/cache/stats").json()["semantic_index_entries"]
-    first = _ask(http, "What is the boiling point of water at sea level?", OPT_IN, system)
-    assert first.headers["x-sluice-cache"] == "miss"
-    _stored(http, entries)
+    first = _ask_stored(http, "What is the boiling point of water at sea level?", system)
 
     # (within the test profile's short TTL)
     hit = _ask(http, "At sea level, what's the boiling point of water?", OPT_IN, system)
