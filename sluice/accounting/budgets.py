@@ -177,6 +177,13 @@ class BudgetGuard:
         """A cascade request was answered by its small model because of this verdict."""
         self._count("downgraded", verdict)
 
+    async def refresh_all(self) -> None:
+        """Re-read every budget's current counters (if stale): a scrape then shows the
+        fleet's spend even for budgets this replica has not checked lately."""
+        now = self._clock()
+        await self._refresh([spend_key(b.scope, b.id, p, now) for b in self._budgets
+                             for p in PERIODS if b.limit(p)], now)
+
     async def _refresh(self, keys: list[str], now: float) -> None:
         stale = [k for k in keys if now - self._read_at.get(k, -1e18) >= self._refresh_s]
         if not stale:

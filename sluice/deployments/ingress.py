@@ -345,6 +345,7 @@ class SluiceIngress:
     @app.get("/metrics")
     async def metrics(self) -> Response:
         """Prometheus exposition of this ingress replica's metrics."""
+        await self._accountant.guard.refresh_all()  # budget gauges: the fleet's spend now
         return Response(self._metrics.render(), media_type=CONTENT_TYPE)
 
     def _route_snapshots(self) -> dict[str, dict[str, Any]]:

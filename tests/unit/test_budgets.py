@@ -280,3 +280,13 @@ def test_concurrent_checks_share_one_read_of_the_counters() -> None:
 
     asyncio.run(burst())
     assert len(reader.calls) == 1
+
+
+def test_refresh_all_reads_every_budget_for_the_gauges() -> None:
+    tenant = Budget(scope="tenant", id="acme", daily_usd=10.0, monthly_usd=100.0)
+    guard, reader, _, _ = _guard(tenant, values={
+        _key("acme", scope="tenant"): 4.0, _key("acme", "monthly", "tenant"): 40.0})
+    asyncio.run(guard.refresh_all())
+    assert sorted(row[-1] for row in guard.snapshot()) == [4.0, 40.0]
+    asyncio.run(guard.refresh_all())  # within refresh_s: no second read
+    assert len(reader.calls) == 1
