@@ -93,6 +93,11 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
     """
     shipped_routes = load_routing_config(shipped).portable_routes()
     auto = next(r for r in shipped_routes if r["name"] == "auto")
+    # the calibrated thresholds stay; the stage budgets (500 ms for the embedding pre-router)
+    # do not hold on a 2-core runner whose CPU three engines share: a timed-out stage falls
+    # back to large, which t-judge-timeout tests on purpose, not here
+    for stage in ("pre_router", "judge"):
+        auto[stage] = {**auto[stage], "timeout_ms": 30000}
     prompt_artifact = auto["pre_router"]["artifact"]
     judge_artifact = auto["judge"]["artifact"]
     pair = {"small": "small", "large": "large"}
