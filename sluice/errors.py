@@ -62,6 +62,26 @@ class NotFound(SluiceError):
     code = "not_found"
 
 
+class Unauthorized(SluiceError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(SluiceError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class BudgetExceeded(SluiceError):
+    """A key's or tenant's budget is spent until its period resets."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 class Unavailable(SluiceError):
     """The engine is not ready, died, or shed load. The client may retry."""
 

@@ -63,7 +63,6 @@ class Accountant:
         self.notifier = WebhookNotifier(config.webhook) if config.webhook else None
         self.guard = BudgetGuard(config.budgets, read=self._read_spend, notify=self._alert,
                                  refresh_s=config.budget_refresh_s, clock=clock)
-        self._client = client
         self._tags: set[str] = set()
         metrics.registry.register(_AccountingCollector(self))
 

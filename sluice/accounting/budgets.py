@@ -31,18 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sluice.accounting.ledger import LedgerRecord, spend_key
 from sluice.accounting.tenancy import Principal
-from sluice.errors import SluiceError
+from sluice.errors import BudgetExceeded
+
+__all__ = ["BudgetExceeded"]  # the error a spent budget answers with
 
 log = logging.getLogger(__name__)
 PERIODS = ("daily", "monthly")
 Level = Literal["ok", "soft", "hard"]
 _RANK = {"ok": 0, "soft": 1, "hard": 2}
-
-
-class BudgetExceeded(SluiceError):
-    status = 429
-    type = "insufficient_quota"
-    code = "budget_exceeded"
 
 
 class Budget(BaseModel):

@@ -22,25 +22,15 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sluice.errors import InvalidRequest, SluiceError
+from sluice.errors import Forbidden, InvalidRequest, Unauthorized
+
+__all__ = ["Forbidden", "Unauthorized"]  # the errors this module raises, for callers
 
 TAGS_HEADER = "x-sluice-tags"
 ANONYMOUS = "anonymous"
 DEFAULT_TENANT = "default"
 _TAG = re.compile(r"^[A-Za-z0-9._:=-]{1,64}$")
 _ID = r"^[A-Za-z0-9._-]{1,64}$"
-
-
-class Unauthorized(SluiceError):
-    status = 401
-    type = "invalid_request_error"
-    code = "invalid_api_key"
-
-
-class Forbidden(SluiceError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
 
 
 def key_hash(secret: str) -> str:

@@ -87,11 +87,14 @@ class _Shape:
     and roughly how large is its prompt (for an answer that ends before its usage)."""
 
     client_usage: bool = True
-    prompt_chars: int = 0
+    body: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def estimate(self, token_events: int) -> dict[str, Any]:
-        # ~4 characters a token; each token event carries at least one token
-        return {"prompt_tokens": self.prompt_chars // 4, "completion_tokens": token_events}
+        """Only for an answer cut short, so the prompt is measured then, not per request:
+        ~4 characters a token; each token event carries at least one token."""
+        prompt = self.body.get("messages") or self.body.get("prompt") or ""
+        return {"prompt_tokens": len(json.dumps(prompt)) // 4,
+                "completion_tokens": token_events}
 
 
 def _request_id(request: Request) -> str:
@@ -219,7 +222,7 @@ class SluiceIngress:
         if span is not None:
             set_request(span, endpoint, llm_request)
         shape.client_usage = with_usage_event(llm_request)
-        shape.prompt_chars = len(json.dumps(body.get("messages") or body.get("prompt") or ""))
+        shape.body = body
         if llm_request.model in self._runners or llm_request.model in self._handles:
             meter.routed(llm_request.model)  # (unknown names would grow the label set)
         extra: dict[str, str] = {}
