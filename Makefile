@@ -12,10 +12,11 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools serve test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger loadtest plan models redis-server clean help
+.PHONY: setup observability-tools serve observe test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
+	@echo "make observe - make serve plus Prometheus (:9090) scraping it, alert rules loaded"
 	@echo "make test    - install everything and run the test suite (unit + real-stack integration)"
 	@echo "make bench-overhead - Sluice vs bare vLLM server, same model, same run (BENCHMARKS.md)"
 	@echo "make bench-cascade  - latency of each cascade path (direct, judged, escalated)"
@@ -69,8 +70,14 @@ observability-tools:
 models: $(STAMP)
 	$(BIN)/sluice models build-demo
 
+# e.g. make serve SERVE_ARGS=--no-dashboard (see .venv/bin/sluice serve --help)
+SERVE_ARGS ?=
 serve: setup
-	$(BIN)/sluice serve
+	$(BIN)/sluice serve $(SERVE_ARGS)
+
+# make serve, plus a real Prometheus on :9090 scraping the ingress with the alert rules loaded
+observe: setup observability-tools
+	$(BIN)/sluice serve --observability $(SERVE_ARGS)
 
 test: setup observability-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -149,7 +149,8 @@ def main() -> int:
     base = f"http://127.0.0.1:{args.port}"
     log = (out / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", "serve", "--profile",
-                             str(profile), "--redis-port", str(args.redis_port)],
+                             str(profile), "--redis-port", str(args.redis_port),
+                             "--no-dashboard"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         print("[cascade-bench] starting sluice serve ...", file=sys.stderr, flush=True)

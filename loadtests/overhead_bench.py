@@ -45,7 +45,7 @@ def start_bare_vllm(model_dir: Path, port: int, engine_args: list[str], env: dic
 
 def start_sluice(port: int, redis_port: int, log_path: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "sluice.cli", "serve", "--port", str(port),
-           "--redis-port", str(redis_port)]
+           "--redis-port", str(redis_port), "--no-dashboard"]
     return subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -53,7 +53,7 @@ def write_config(tmp: Path, replicas: int, kv_blocks: int) -> Path:
     engine = {"num_gpu_blocks_override": kv_blocks}
     profile.update(
         name="prefix-routing-bench", catalog=str(tmp / "catalog.yaml"), routing=None,
-        ingress={"host": "127.0.0.1", "port": 8795},
+        ingress={"host": "127.0.0.1", "port": 8795}, dashboard={"enabled": False},
         response_cache={"enabled": False}, semantic_cache={"enabled": False},
         models={
             "affinity": {"min_replicas": replicas, "max_replicas": replicas,

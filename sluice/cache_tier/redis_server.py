@@ -6,15 +6,29 @@ only for the machine you are on.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 
 class RedisServerError(RuntimeError):
     pass
+
+
+PR_SET_PDEATHSIG = 1
+# loaded here, not in the forked child: the child of a threaded parent only calls into it
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent process dies (Linux only)."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalRedisServer:
@@ -40,6 +54,10 @@ class LocalRedisServer:
              "--appendonly", "yes" if self.appendonly else "no", "--save", "",
              "--protected-mode", "yes"],
             stdout=(self.run_dir / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C in a terminal reaches the whole foreground process group,
+            # and Redis must outlive the ingress's last ledger flush; stop() ends it, and it
+            # ends with its parent if that dies without calling stop()
+            start_new_session=True, preexec_fn=_end_with_parent,  # noqa: PLW1509
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

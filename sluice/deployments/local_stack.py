@@ -17,6 +17,7 @@ import httpx
 
 from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.config import PlatformConfig
+from sluice.observability.prometheus_server import LocalPrometheus
 
 log = logging.getLogger(__name__)
 APP_NAME = "sluice"
@@ -39,10 +40,13 @@ class LocalStack:
         ray_num_cpus: int | None = None,
         ray_nodes: int = 1,
         ready_timeout_s: float = 600.0,
+        prometheus_port: int | None = None,
     ) -> None:
         """ray_nodes > 1 starts Ray's own multi-node test cluster (ray.cluster_utils) on
         this machine: separate raylets and object stores, one `sluice_node` resource each,
-        which a model's placement bundles can ask for to put one replica per node."""
+        which a model's placement bundles can ask for to put one replica per node.
+        prometheus_port: also run a Prometheus there, scraping the ingress with the shipped
+        alert rules loaded (`sluice serve --observability`)."""
         self.config = config
         self.run_dir = run_dir
         self.redis = LocalRedisServer(run_dir / "redis", port=redis_port)
@@ -51,12 +55,40 @@ class LocalStack:
         self._ray_nodes = ray_nodes
         self._cluster: Any = None
         self._ray_started = False
+        self.prometheus: LocalPrometheus | None = None
+        if prometheus_port is not None:
+            self.prometheus = LocalPrometheus(run_dir / "prometheus", self.scrape_targets(),
+                                              port=prometheus_port)
 
     @property
     def base_url(self) -> str:
         ingress = self.config.profile.ingress
         host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
         return f"http://{host}:{ingress.port}"
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Ray's dashboard (also what `serve status` reads), when this stack runs one."""
+        dashboard = self.config.profile.dashboard
+        if not dashboard.enabled:
+            return None
+        host = "127.0.0.1" if dashboard.host in ("0.0.0.0", "::") else dashboard.host
+        return f"http://{host}:{dashboard.port}"
+
+    @property
+    def proxy_url(self) -> str:
+        """Serve's own HTTP proxy: a second entrance to the same app (one hop more)."""
+        ingress = self.config.profile.ingress
+        host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
+        return f"http://{host}:{ingress.serve_proxy_port}"
+
+    def scrape_targets(self) -> list[str]:
+        """Where each ingress replica's /metrics is: on one machine the direct-ingress range
+        holds one port, so one replica (with transport 'proxy', the proxy picks a replica per
+        scrape: run one ingress replica, or scrape replicas directly in a cluster)."""
+        ingress = self.config.profile.ingress
+        host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
+        return [f"{host}:{ingress.port}"]
 
     @property
     def redis_url(self) -> str:
@@ -71,6 +103,9 @@ class LocalStack:
             self._start_ray_and_serve()
             self._deploy()
             self.wait_ready()
+            if self.prometheus is not None:
+                self._progress(f"starting Prometheus on port {self.prometheus.port}")
+                self.prometheus.start()
         except BaseException:
             self.stop()
             raise
@@ -86,28 +121,32 @@ class LocalStack:
         self._progress(f"starting Ray ({self._ray_nodes} node(s), {self._ray_num_cpus} "
                        "logical CPUs each)")
         node = {"num_cpus": self._ray_num_cpus, "resources": {NODE_RESOURCE: 1}}
+        dashboard = self.config.profile.dashboard
+        head = {**node, "include_dashboard": dashboard.enabled,
+                **({"dashboard_host": dashboard.host, "dashboard_port": dashboard.port}
+                   if dashboard.enabled else {})}
         if self._ray_nodes > 1:
             from ray.cluster_utils import Cluster
 
-            self._cluster = Cluster(initialize_head=True, head_node_args=node)
+            self._cluster = Cluster(initialize_head=True, head_node_args=head)
             for _ in range(self._ray_nodes - 1):
                 self._cluster.add_node(**node)
             self._cluster.wait_for_nodes()
         ray.init(
             # "local": a new cluster even when RAY_ADDRESS is inherited from a parent's
             address=self._cluster.address if self._cluster else "local",
-            **({} if self._cluster else node),
-            include_dashboard=False,
+            **({} if self._cluster else head),
             configure_logging=True,
             logging_level=logging.WARNING,
             log_to_driver=os.environ.get("SLUICE_RAY_LOGS", "0") == "1",
         )
         self._ray_started = True
         ingress = self.config.profile.ingress
-        if ingress.transport == "direct":
-            serve.start(proxy_location="Disabled")
-        else:
-            serve.start(http_options={"host": ingress.host, "port": ingress.port})
+        # With direct ingress, Serve 2.60's controller starts one proxy on the head node
+        # whatever proxy_location says (it is the fallback entrance, forwarding to the
+        # ingress replicas); http_options is where it listens, so it gets a port of its own
+        # and the ingress replica can take the API port.
+        serve.start(http_options={"host": ingress.host, "port": ingress.serve_proxy_port})
 
     def ray_environment(self) -> dict[str, str]:
         """Environment every Ray process inherits: engine settings, Serve's switches."""
@@ -116,6 +155,10 @@ class LocalStack:
         env = {
             # Ray lowers its workers to nice 15 by default; the engines are the workload here.
             "RAY_worker_niceness": "0",
+            # A direct-ingress replica waits at least this long before it stops, for an
+            # external load balancer to notice; nothing balances a local run, so Ctrl-C
+            # (serve.shutdown, 30 s budget) does not wait out the 30 s default
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
             **profile.engine_env,
             **profile.ray_env,
         }
@@ -161,6 +204,8 @@ class LocalStack:
         raise StackError(f"not ready after {self._ready_timeout_s:.0f} s: {last}")
 
     def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
         if self._ray_started:
             import ray
             from ray import serve

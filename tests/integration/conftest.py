@@ -142,8 +142,9 @@ def _test_config(run_dir: Path, webhook_url: str, ledger_url: str) -> PlatformCo
         "min_replicas": 2, "max_replicas": 2,
         "placement_bundles": ({"CPU": 1, NODE_RESOURCE: 1},)})
     tracing = TracingConfig(exporter="file", file=str(run_dir / "spans.jsonl"))
+    dashboard = profile.dashboard.model_copy(update={"enabled": False})  # 2 cores: spare one
     profile = profile.model_copy(update={
-        "ingress": ingress, "response_cache": cache, "kv_tier": kv_tier,
+        "ingress": ingress, "dashboard": dashboard, "response_cache": cache, "kv_tier": kv_tier,
         "semantic_cache": semantic, "models": {**profile.models, "small": small},
         "tracing": tracing, "accounting": _accounting(webhook_url, ledger_url)})
     routing = load_routing_config(_test_routes(ROOT / "platform/routing/routes.yaml", run_dir))
@@ -205,6 +206,11 @@ def aoai(base_url: str):
     return AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", timeout=120, max_retries=0)
 
 
+FIRST = "test_readme_quickstart.py"  # runs `make serve` itself: before the shared stack
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that break the shared stack (killing an engine) run after all the others."""
-    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+    """The README's own commands run first, on a machine nothing else uses yet; tests that
+    break the shared stack (killing an engine) run after all the others."""
+    items.sort(key=lambda item: (0 if item.path.name == FIRST
+                                 else 2 if item.get_closest_marker("destructive") else 1))

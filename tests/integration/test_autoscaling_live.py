@@ -61,7 +61,7 @@ def test_breaching_load_scales_large_up_then_back_down(tmp_path: Path) -> None:
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(_profile(tmp_path)),
-         "--port", str(PORT), "--redis-port", str(REDIS_PORT)],
+         "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     stop = threading.Event()
     failures: list[str] = []

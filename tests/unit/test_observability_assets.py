@@ -36,16 +36,22 @@ from sluice.accounting.config import AccountingConfig
 from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.response_cache import ResponseCache, ResponseCacheConfig
 from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig
+from sluice.observability import assets
+from sluice.observability.assets import (
+    GRAFANA_BUILTINS,
+    grouping_labels,
+    metric_names,
+    selectors,
+    walk_panels,
+)
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import UNROUTED
 from sluice.router.cascade import ESCALATED, FALLBACK, LARGE, SMALL, CascadePolicy
 from sluice.router.config import RouteConfig
 
 REPO = Path(__file__).resolve().parents[2]
-OBS = REPO / "platform" / "observability"
-ALERTS = OBS / "alerts.yaml"
-ALERT_TESTS = OBS / "alerts_test.yaml"
-DASHBOARD = OBS / "grafana-dashboard.json"
+ALERTS, DASHBOARD = assets.ALERTS, assets.DASHBOARD
+ALERT_TESTS = assets.OBSERVABILITY / "alerts_test.yaml"
 CATALOG = REPO / "platform" / "catalog.yaml"
 SCHEMA_TOOLS = REPO / ".cache" / "grafana-schema" / "node_modules"  # make observability-tools
 SCHEMA_TYPES = SCHEMA_TOOLS / "@grafana" / "schema" / "dist" / "types"
@@ -55,17 +61,9 @@ INSTALL_HINT = "`make observability-tools` (part of `make setup`) installs it"
 SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 RANGE_FUNCS = ("rate", "irate", "increase")
-# Template variables become these when the dashboard's queries are handed to promtool.
-GRAFANA_BUILTINS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
 PANEL_TYPES = {  # panel type -> (its options type, its fieldConfig.custom type) in the schema
     "timeseries": ("TimeSeriesOptions", "TimeSeriesFieldConfig"), "stat": ("StatOptions", None),
     "bargauge": ("BarGaugeOptions", None), "text": ("TextOptions", None)}
-PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-    "bottomk", "topk", "quantile", "limitk", "limit_ratio", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
-_STRING = r'"(?:[^"\\]|\\.)*"'
-_MATCHER = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -80,35 +78,6 @@ def _promtool() -> str:
     if path is None:
         pytest.fail(f"promtool is not on PATH: {INSTALL_HINT} (Debian package prometheus)")
     return path
-
-
-def _without_strings(expr: str) -> str:
-    return re.sub(_STRING, '""', expr)
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression reads (not functions, keywords or label names)."""
-    s = _without_strings(expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)  # label matchers
-    s = re.sub(r"\[[^\]]*\]", " ", s)  # range and subquery selectors
-    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    return {m.group(1) for m in re.finditer(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)(\s*\()?", s)
-            if not m.group(2) and m.group(1).lower() not in PROMQL_WORDS}  # not calls
-
-
-def selectors(expr: str) -> list[tuple[str, list[tuple[str, str, str]]]]:
-    """(metric, [(label, op, value)]) of each `metric{...}` selector."""
-    return [(m.group(1), _MATCHER.findall(m.group(2))) for m in
-            re.finditer(r"([a-zA-Z_:][\w:]*)\s*\{((?:[^}\"]|" + _STRING + r")*)\}", expr)]
-
-
-def grouping_labels(expr: str) -> set[str]:
-    found = re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", _without_strings(expr))
-    return {label.strip() for group in found for label in group.split(",") if label.strip()}
-
-
-def walk_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [p for panel in panels for p in (panel, *walk_panels(panel.get("panels") or []))]
 
 
 async def _accounting(metrics: Metrics) -> None:
@@ -135,18 +104,17 @@ def catalog_slos() -> dict[str, dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def alert_rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
+    return assets.alert_rules()
 
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    return assets.dashboard()
 
 
 @pytest.fixture(scope="module")
 def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
-    return [t["expr"] for p in walk_panels(dashboard["panels"]) for t in p.get("targets", [])]
+    return [q.expr for q in assets.dashboard_queries(dashboard)]
 
 
 @pytest.fixture(scope="module")
@@ -290,10 +258,7 @@ def test_promtool_parses_every_dashboard_query(dashboard: dict[str, Any],
     rules = []
     for panel in walk_panels(dashboard["panels"]):
         for target in panel.get("targets", []):
-            expr = target["expr"]
-            for name, value in GRAFANA_BUILTINS.items():
-                expr = expr.replace("$" + name, value)
-            expr = re.sub(r"\$\{?\w+\}?", ".*", expr)  # multi-value variables, inside =~
+            expr = assets.as_sent(target["expr"])
             rules.append({"record": f"dashboard:panel_{panel['id']}_{target['refId']}",
                           "expr": expr})
     assert len(rules) >= 25
