@@ -3,6 +3,8 @@
 Every error a client can see is a ``SluiceError`` carrying its HTTP status; one handler at the
 edge renders it. Client mistakes are 4xx with the offending field in ``param``; anything the
 client may retry (engine not ready, engine died, overloaded) is 503 with ``Retry-After``.
+Anything else is a bug of ours: 500 ``internal_error``, logged with its traceback and the
+request id, and never dressed up as retriable.
 """
 
 from __future__ import annotations
@@ -97,6 +99,13 @@ class Unavailable(SluiceError):
 class InternalError(SluiceError):
     status = 500
     type = "internal_error"
+
+
+def unexpected(exc: BaseException, request_id: str | None) -> InternalError:
+    """What the client sees of a programming error: its kind and the id to report."""
+    where = f"; request id {request_id}" if request_id else ""
+    return InternalError(f"Internal error ({type(exc).__name__}){where}. This is a bug in "
+                         "the server, not something to retry.", code="internal_error")
 
 
 def from_engine_error(status: int, message: str, err_type: str | None = None,

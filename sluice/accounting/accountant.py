@@ -17,7 +17,6 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
 
 from sluice.accounting.budgets import BudgetGuard, Verdict
 from sluice.accounting.config import AccountingConfig
@@ -27,6 +26,7 @@ from sluice.accounting.stage_spend import StageSpend, open_log
 from sluice.accounting.tenancy import Authenticator, Forbidden, Principal
 from sluice.accounting.usage_report import aggregate, group_by, window
 from sluice.cache_tier.redis_target import async_client
+from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import NotFound, Unavailable
 from sluice.observability.metrics import Metrics
 from sluice.observability.response_watch import Outcome
@@ -144,7 +144,7 @@ class Accountant:
         await self.ledger.flush()  # this replica's own recent requests are included
         try:
             records = await self.ledger.read(start, end)
-        except (RedisError, OSError, TimeoutError) as exc:  # the store is down: retriable
+        except STORE_ERRORS as exc:  # the store is down: retriable
             raise Unavailable(f"The ledger store is unreachable ({type(exc).__name__}); "
                               "retry shortly.") from None
         if tenant is not None:

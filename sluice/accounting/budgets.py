@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sluice.accounting.ledger import LedgerRecord, spend_key
 from sluice.accounting.tenancy import Principal
+from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import BudgetExceeded
 
 __all__ = ["BudgetExceeded"]  # the error a spent budget answers with
@@ -188,7 +189,7 @@ class BudgetGuard:
             self._read_at[k] = now  # concurrent checks use the current values meanwhile
         try:
             values = await asyncio.wait_for(self._read(stale), timeout=0.25)
-        except Exception as exc:  # noqa: BLE001 - keep the last values; never refuse for it
+        except STORE_ERRORS as exc:  # keep the last values; never refuse for it
             self.counters["read_errors"] += 1
             log.warning("budget counters unreadable (%r); using the last values", exc)
             return  # retried after refresh_s, not on every request

@@ -27,6 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sluice.cache_tier.store_errors import STORE_ERRORS
+
 log = logging.getLogger(__name__)
 
 STREAM = "sluice:ledger"
@@ -185,7 +187,7 @@ class LedgerWriter:
             batch = [self._buffer[i] for i in range(min(self._config.batch, len(self._buffer)))]
             try:
                 written = await asyncio.wait_for(self._write(batch), self._config.timeout_s)
-            except Exception as exc:  # noqa: BLE001 - any store failure: keep and retry
+            except STORE_ERRORS as exc:  # the store failed: keep the records and retry
                 self.counters["write_errors"] += 1
                 if self.healthy:
                     log.warning("ledger store unreachable (%r); buffering %d record(s)",
@@ -247,7 +249,7 @@ class LedgerWriter:
             self._task.cancel()
         try:
             await asyncio.wait_for(self.flush(), self._config.timeout_s)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
+        except STORE_ERRORS:  # best effort at shutdown
             log.warning("ledger: %d record(s) not written at shutdown", len(self._buffer))
 
 

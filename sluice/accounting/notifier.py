@@ -34,6 +34,6 @@ class WebhookNotifier:
                                              json={"source": "sluice", **event})
                 response.raise_for_status()
             self.counters["sent"] += 1
-        except Exception as exc:  # noqa: BLE001 - an alert must never fail anything else
+        except (httpx.HTTPError, OSError) as exc:  # an alert must never fail anything else
             self.counters["failed"] += 1
             log.warning("alert webhook %s failed: %r", self._config.url, exc)

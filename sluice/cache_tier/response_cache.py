@@ -19,7 +19,8 @@ from enum import Enum
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import RedisError
+
+from sluice.cache_tier.store_errors import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -133,7 +134,7 @@ class ResponseCache:
         try:
             return await asyncio.wait_for(getattr(self._client, method)(*args, **kwargs),
                                           timeout=self._config.timeout_ms / 1000)
-        except (TimeoutError, OSError, RedisError) as exc:
+        except STORE_ERRORS as exc:
             self._trip(exc)
         return None
 
@@ -146,7 +147,7 @@ class ResponseCache:
         """Ask Redis now (for readiness), regardless of the circuit; a success closes it."""
         try:
             await asyncio.wait_for(self._client.ping(), timeout=self._config.timeout_ms / 1000)
-        except (TimeoutError, OSError, RedisError):
+        except STORE_ERRORS:
             return False
         self._open_until = 0.0
         return True

@@ -43,7 +43,7 @@ from sluice.deployments.protocol import (
 )
 from sluice.deployments.relay import REPLICA_HEADER, EngineStream, call_engine
 from sluice.deployments.routing_setup import build_runners, lazy_embedder
-from sluice.errors import NotFound, SluiceError, Unavailable
+from sluice.errors import NotFound, SluiceError, unexpected
 from sluice.observability.metrics import CONTENT_TYPE, Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.response_watch import Outcome, watch
@@ -117,9 +117,10 @@ def create_app() -> FastAPI:
         return _error_response(err)
 
     @app.exception_handler(Exception)
-    async def _last_resort(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in ingress")
-        return _error_response(Unavailable(f"Internal error ({type(exc).__name__}); retry."))
+    async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request.headers.get("x-request-id")
+        log.error("unhandled error in ingress (request id %s)", request_id, exc_info=exc)
+        return _error_response(unexpected(exc, request_id))
 
     return app
 
@@ -187,9 +188,9 @@ class SluiceIngress:
                 response = await self._generate(endpoint, request, request_id, meter,
                                                 admission, shape, span)
         except BaseException as exc:
-            # 499: the client went away (cancelled); anything else unexpected leaves as 503
+            # 499: the client went away (cancelled); anything else unexpected is our bug: 500
             status = (exc.status if isinstance(exc, SluiceError)
-                      else 503 if isinstance(exc, Exception) else 499)
+                      else 500 if isinstance(exc, Exception) else 499)
             meter.failed(status)
             if span is not None:
                 fail_span(span, status, str(exc))

@@ -33,3 +33,23 @@ def test_engine_client_errors_keep_their_status() -> None:
 
 def test_engine_503_stays_retriable() -> None:
     assert isinstance(from_engine_error(503, "overloaded"), Unavailable)
+
+
+def test_a_bug_is_a_500_with_the_request_id_never_a_retriable_503() -> None:
+    from fastapi.testclient import TestClient
+
+    from sluice.deployments.ingress import create_app
+
+    app = create_app()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise KeyError("a programming error")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/boom", headers={"x-request-id": "req-bug-1"})
+    assert resp.status_code == 500 and "retry-after" not in resp.headers
+    error = resp.json()["error"]
+    assert error["type"] == "internal_error" and error["code"] == "internal_error"
+    assert "KeyError" in error["message"] and "req-bug-1" in error["message"]
+    assert "not something to retry" in error["message"]
