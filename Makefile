@@ -85,8 +85,10 @@ test: setup observability-tools
 test-unit: $(STAMP) observability-tools
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+# our own client, then vLLM's `vllm bench serve` (a client nobody here wrote), same servers
 bench-overhead: setup
 	$(BIN)/python -m loadtests.overhead_bench --out bench-results/overhead
+	$(BIN)/python -m loadtests.vllm_bench_compare --out bench-results/overhead/vllm-bench
 
 bench-cascade: setup
 	$(BIN)/python -m loadtests.cascade_bench --out bench-results/cascade

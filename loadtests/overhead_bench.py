@@ -113,7 +113,7 @@ async def throughput(url: str, concurrency: int, duration_s: float, max_tokens: 
     return tokens / (time.perf_counter() - start), errors
 
 
-def _bare_engine_args(config) -> list[str]:
+def bare_engine_args(config) -> list[str]:
     small = config.catalog.by_tier("small")
     kw = {**config.profile.engine_kwargs, "max_model_len": small.context_length}
     args: list[str] = []
@@ -130,7 +130,7 @@ def run(out: Path, n_ttft: int, rounds: int, duration_s: float, concurrency: int
 
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     model_dir = Path(config.model_source(config.catalog.by_tier("small")))
-    bare = start_bare_vllm(model_dir, 8301, _bare_engine_args(config),
+    bare = start_bare_vllm(model_dir, 8301, bare_engine_args(config),
                            dict(config.profile.engine_env), out / "bare-vllm.log")
     sluice = start_sluice(8302, 6392, out / "sluice.log")
     targets = {"bare": "http://127.0.0.1:8301/v1/completions",

@@ -29,7 +29,7 @@ from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import NotFound, Unavailable
 from sluice.observability.metrics import Metrics
-from sluice.observability.response_watch import Outcome
+from sluice.observability.outcome import Outcome
 
 log = logging.getLogger(__name__)
 MAX_TAG_SERIES = 100  # distinct tags with their own metric series; the rest are "_other"

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from sluice.accounting.config import PERIODS, Budget
 from sluice.accounting.ledger import LedgerRecord, spend_key
 from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.store_errors import STORE_ERRORS
@@ -37,31 +36,8 @@ from sluice.errors import BudgetExceeded
 __all__ = ["BudgetExceeded"]  # the error a spent budget answers with
 
 log = logging.getLogger(__name__)
-PERIODS = ("daily", "monthly")
 Level = Literal["ok", "soft", "hard"]
 _RANK = {"ok": 0, "soft": 1, "hard": 2}
-
-
-class Budget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    scope: Literal["key", "tenant"] = Field(description="What the budget limits.")
-    id: str = Field(description="The key id or tenant name.")
-    daily_usd: float | None = Field(default=None, gt=0, description="Limit per UTC day.")
-    monthly_usd: float | None = Field(default=None, gt=0, description="Limit per UTC month.")
-    soft_fraction: float = Field(default=0.8, gt=0, le=1, description="Share of a limit at "
-                                 "which the budget is soft (alert, downgrade).")
-    downgrade_auto: bool = Field(default=True, description="At the soft limit, answer "
-                                 "cascade routes (`auto`) with their small model.")
-
-    @model_validator(mode="after")
-    def _a_limit(self) -> Budget:
-        if self.daily_usd is None and self.monthly_usd is None:
-            raise ValueError(f"budget {self.scope}:{self.id} needs daily_usd or monthly_usd")
-        return self
-
-    def limit(self, period: str) -> float | None:
-        return self.daily_usd if period == "daily" else self.monthly_usd
 
 
 def period_end(period: str, ts: float) -> float:

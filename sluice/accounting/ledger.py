@@ -27,11 +27,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sluice.accounting.config import LedgerConfig
 from sluice.cache_tier.store_errors import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
-STREAM = "sluice:ledger"
 _APPEND = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
   redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', unpack(ARGV, 5))
@@ -45,30 +45,6 @@ end
 return 0
 """
 SPEND_TTL_S = 62 * 86400  # a month's counter outlives its month
-
-
-class LedgerConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = Field(default=True, description="Write a record per request.")
-    redis_url: str | None = Field(default=None, description="Where the ledger lives "
-                                  "(default: the profile's Redis).")
-    stream: str = Field(default=STREAM, description="Redis stream key.")
-    buffer_max: int = Field(default=100_000, ge=1, description="Records held while the "
-                            "store is unreachable; more are dropped and counted.")
-    batch: int = Field(default=256, ge=1, description="Records per write round trip.")
-    flush_interval_s: float = Field(default=0.2, gt=0, description="Longest a record waits.")
-    timeout_s: float = Field(default=2.0, gt=0, description="Per write round trip.")
-    retry_max_s: float = Field(default=5.0, gt=0, description="Longest backoff between "
-                               "retries while the store is down.")
-    dedupe_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long a written "
-                              "record's id is remembered (replays within it are no-ops).")
-    retention_days: int = Field(default=400, ge=1, description="Entries older than this "
-                                "are trimmed from the stream.")
-    replay_lag_s: float = Field(default=86400, gt=0, description="Latest a record is "
-                                "expected to be written after its request (an outage "
-                                "replayed later is outside /v1/usage windows that ended "
-                                "before it).")
 
 
 class LedgerRecord(BaseModel):

@@ -10,16 +10,10 @@ import logging
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+
+from sluice.accounting.config import WebhookConfig
 
 log = logging.getLogger(__name__)
-
-
-class WebhookConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    url: str = Field(pattern=r"^https?://", description="Receives POSTed JSON alerts.")
-    timeout_s: float = Field(default=5.0, gt=0, description="Per POST.")
 
 
 class WebhookNotifier:

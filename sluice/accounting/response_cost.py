@@ -9,20 +9,11 @@ The watch (sluice.observability.response_watch) finds the usage; this module pri
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sluice.accounting.cost import Pricing, cost_usd
 from sluice.accounting.stage_spend import StageSpend
-
-COST_HEADER = "x-sluice-cost-usd"
-
-
-@dataclass(frozen=True)
-class Priced:
-    usage: dict[str, Any]  # the usage with its cost block
-    total_usd: float
-    by_model: dict[str, float]
+from sluice.observability.outcome import Priced
 
 
 class UsagePricer:

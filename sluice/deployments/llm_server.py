@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from sluice.autoscaling.latency import LatencyWindow, timed
 from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
 from sluice.config import CatalogModel, PlatformConfig
+from sluice.deployments.ray_compat import VLLMEngine
 from sluice.deployments.replica_router import ROUTER_CLASS
 
 SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
+# experimental_configs key: this model's replicas measure TTFT/TPOT for Sluice's SLO policy
+LATENCY_WINDOW = "sluice_latency_window"
 
 
 class SingleWorkerCpuEngine(VLLMEngine):
@@ -39,8 +41,9 @@ class SingleWorkerCpuEngine(VLLMEngine):
 
 
 class SluiceLLMServer(LLMServer):
-    """Ray Serve LLM's LLMServer with Sluice's engine class, reporting its recent p95 TTFT and
-    TPOT to Serve's autoscaler (custom metrics read by Sluice's SLO policy)."""
+    """Ray Serve LLM's LLMServer with Sluice's engine class; a model autoscaled by Sluice's SLO
+    policy also reports its recent p95 TTFT and TPOT to Serve's autoscaler (custom metrics).
+    Measuring reads every chunk, so models without that policy skip it."""
 
     _default_engine_cls = SingleWorkerCpuEngine
 
@@ -53,6 +56,8 @@ class SluiceLLMServer(LLMServer):
 
     async def _run_request(self, request: Any, **kwargs: Any) -> Any:
         stream = await super()._run_request(request, **kwargs)
+        if not self._llm_config.experimental_configs.get(LATENCY_WINDOW):
+            return stream
         return timed(stream, self._latency)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
@@ -112,6 +117,7 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         deployment_config=serve_options,
         experimental_configs={
             "stream_batching_interval_ms": profile.stream_batching_interval_ms,
+            LATENCY_WINDOW: deployment.autoscaling is not None,
         },
         log_engine_metrics=False,
     )

@@ -17,10 +17,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ray.serve._private.request_router.common import PendingRequest
-from ray.serve._private.request_router.replica_wrapper import RunningReplica
-from ray.serve._private.request_router.request_router import RequestRouter
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from sluice.deployments import ray_compat  # noqa: F401 - the private hooks used below, checked
 from sluice.router.replica_affinity import (
     AffinityTable,
     ReplicaRoutingConfig,
@@ -58,7 +57,7 @@ class PrefixAffinityRouter(RequestRouter):
         lens: dict[str, int] = {}
         missing: list[RunningReplica] = []
         for r in replicas:
-            q = (self._replica_queue_len_cache.get(r.replica_id)
+            q = (self.replica_queue_len_cache.get(r.replica_id)
                  if self._use_replica_queue_len_cache else None)
             if q is None:
                 missing.append(r)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sluice.accounting.response_cost import Priced
 from sluice.observability.metrics import Metrics
-from sluice.observability.response_watch import Outcome
+from sluice.observability.outcome import Outcome, Priced
 
 UNROUTED = "unrouted"  # the label of requests that failed before a model was chosen
 

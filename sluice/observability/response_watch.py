@@ -18,53 +18,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from sluice.accounting.response_cost import COST_HEADER, Priced
+from sluice.observability.outcome import COST_HEADER, Outcome, Priced
 
 Price = Callable[[dict[str, Any] | None, str, bool], Priced]  # (usage, model, hit)
 Estimate = Callable[[int], dict[str, Any]]  # token events seen -> an estimated usage
 CLIENT_GONE = 499  # the client closed the connection before the answer ended
-
-
-@dataclass
-class Outcome:
-    status: int
-    model: str  # the model that answered ("" when none did)
-    route: str
-    cache: str
-    started: float
-    ended: float = 0.0
-    first_token_at: float | None = None
-    token_events: int = 0
-    response_id: str | None = None
-    finish_reasons: list[str] = field(default_factory=list)
-    usage: dict[str, Any] | None = None  # as sent: with its cost block
-    priced: Priced | None = None
-    failed: bool = False  # a stream that ended with an error event
-    estimated: bool = False  # the usage is an estimate: the stream ended before its usage
-
-    @property
-    def cost_usd(self) -> float:
-        return self.priced.total_usd if self.priced else 0.0
-
-    @property
-    def duration_s(self) -> float:
-        return self.ended - self.started
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.started
-
-    @property
-    def tpot_s(self) -> float | None:
-        if self.first_token_at is None:
-            return None
-        tokens = (self.usage or {}).get("completion_tokens") or self.token_events
-        return (self.ended - self.first_token_at) / (tokens - 1) if tokens > 1 else None
 
 
 def _compact(event: str) -> str:

@@ -34,7 +34,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sluice.observability.response_watch import Outcome
+from sluice.observability.outcome import Outcome
 
 OPERATIONS = {"chat": gen_ai.GenAiOperationNameValues.CHAT.value,
               "completions": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value}

@@ -192,7 +192,7 @@ def test_a_deployment_with_autoscaling_settings_gets_the_slo_policy() -> None:
     from pathlib import Path
 
     from sluice.config import load_platform_config
-    from sluice.deployments.llm_server import SLO_POLICY, llm_config_for
+    from sluice.deployments.llm_server import LATENCY_WINDOW, SLO_POLICY, llm_config_for
 
     root = Path(__file__).resolve().parents[2]
     config = load_platform_config(root / "platform/profiles/local-cpu.yaml", root=root)
@@ -209,6 +209,9 @@ def test_a_deployment_with_autoscaling_settings_gets_the_slo_policy() -> None:
     assert auto["policy"]["policy_kwargs"]["slo"] == small.slo.model_dump()
     assert auto["policy"]["policy_kwargs"]["settings"]["upscale_cooldown_s"] == 5
     assert auto["max_replicas"] == 3 and auto["downscale_delay_s"] == 0
+    # only the autoscaled model's replicas read every chunk to measure TTFT/TPOT
+    assert scaled.experimental_configs[LATENCY_WINDOW] is True
+    assert llm_config_for(config, small).experimental_configs[LATENCY_WINDOW] is False
     from ray.serve.config import AutoscalingConfig
 
     AutoscalingConfig(**auto)  # Serve accepts it

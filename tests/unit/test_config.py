@@ -68,3 +68,24 @@ def test_local_sources_resolve_against_root_and_hub_ids_pass_through() -> None:
     assert config.model_source(small) == str((ROOT / "models/demo/small").resolve())
     hub = small.model_copy(update={"source": "meta-llama/Llama-3.1-8B-Instruct"})
     assert config.model_source(hub) == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_serve_proxy_port_is_apart_from_the_api_port() -> None:
+    from sluice.config import IngressSettings
+
+    assert IngressSettings(port=8000).serve_proxy_port == 8001  # direct: a port of its own
+    assert IngressSettings(port=9000, proxy_port=9100).serve_proxy_port == 9100
+    assert IngressSettings(port=8000, transport="proxy").serve_proxy_port == 8000
+    with pytest.raises(ValueError, match="port of its own"):
+        IngressSettings(port=8000, proxy_port=8000)
+
+
+def test_sluice_serve_port_override_is_validated(tmp_path) -> None:
+    from sluice.cli import main
+
+    profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
+    profile["ingress"]["proxy_port"] = 8100
+    profile["catalog"] = str(ROOT / "platform/catalog.yaml")
+    profile["routing"] = str(ROOT / "platform/routing/routes.yaml")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(profile))
+    assert main(["serve", "--profile", str(tmp_path / "p.yaml"), "--port", "8100"]) == 2

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from sluice.accounting.config import STREAM
 from sluice.accounting.ledger import (
-    STREAM,
     LedgerConfig,
     LedgerRecord,
     LedgerWriter,

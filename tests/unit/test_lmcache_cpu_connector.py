@@ -51,7 +51,7 @@ def test_factory_returns_the_cpu_connector_on_cpu() -> None:
 
 def test_round_trip_matches_vllm_kernel_including_partial_blocks() -> None:
     torch.manual_seed(0)
-    conn = cpu_connector.VLLMPagedMemCPUConnector(L, NH, HS, DT)
+    conn = cpu_connector.VLLMPagedMemCPUConnector(L, NH, HS, DT, isa="vec")
     tokens = 200
     k = torch.randn(L, tokens, NH, HS).to(DT)
     v = torch.randn(L, tokens, NH, HS).to(DT)
@@ -75,3 +75,13 @@ def test_round_trip_matches_vllm_kernel_including_partial_blocks() -> None:
     expected = [torch.zeros_like(c) for c in caches]
     _write_with_vllm_kernel(expected, k[:, :144], v[:, :144], new_slots)
     assert all(torch.equal(a, b) for a, b in zip(loaded, expected))
+
+
+def test_a_layout_it_cannot_read_is_refused_by_name() -> None:
+    """vLLM picks its CPU attention ISA per machine (AMX CPUs: 'amx' for bf16 with large
+    blocks); the connector reads the 'vec'/'vec16' layouts only, and says so."""
+    conn = cpu_connector.VLLMPagedMemCPUConnector(L, NH, HS, DT, isa="amx")
+    caches = [torch.zeros(NB, NH, BS, 2 * HS, dtype=DT) for _ in range(L)]
+    with pytest.raises(NotImplementedError, match="'amx' layout not supported"):
+        conn.batched_from_gpu([_memobj(16)], [0], [16], kvcaches=caches,
+                              slot_mapping=_slots([0], 16), offset=0)

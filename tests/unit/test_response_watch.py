@@ -12,9 +12,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 
 from sluice.accounting.cost import Pricing
-from sluice.accounting.response_cost import COST_HEADER, UsagePricer
+from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.stage_spend import StageSpend
-from sluice.observability.response_watch import Outcome, watch
+from sluice.observability.outcome import COST_HEADER, Outcome
+from sluice.observability.response_watch import watch
 
 PRICES = {"small": Pricing.model_validate({"mode": "tokens", "tokens": {
     "input_per_1m": 1.0, "output_per_1m": 2.0}}), "large": Pricing.model_validate(

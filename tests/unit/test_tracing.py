@@ -10,8 +10,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sluice.accounting.response_cost import Priced
-from sluice.observability.response_watch import Outcome
+from sluice.observability.outcome import Outcome, Priced
 from sluice.observability.tracing import (
     TracingConfig,
     end_span,
