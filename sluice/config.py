@@ -123,6 +123,10 @@ class IngressSettings(Frozen):
         description="Where `auto` goes until the cascade is configured (said in x-sluice-route).",
     )
     num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024,
+        description="Largest request body; a larger one is refused with 413 before it is "
+        "read whole (by its Content-Length, or as it streams in).")
     transport: Literal["direct", "proxy"] = Field(
         default="direct",
         description="'direct': the ingress replica serves HTTP on `port` itself (Ray Serve's "

@@ -52,6 +52,11 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
 class ModelNotFound(SluiceError):
     status = 404
     type = "invalid_request_error"

@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Coroutine
@@ -39,6 +40,7 @@ from sluice.deployments.protocol import (
     RequestLimits,
     decode_json,
     parse_request,
+    read_body,
     with_usage_event,
 )
 from sluice.deployments.relay import REPLICA_HEADER, EngineStream, call_engine
@@ -97,9 +99,14 @@ class _Shape:
                 "completion_tokens": token_events}
 
 
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def _request_id(request: Request) -> str:
-    """Serve's proxy guarantees the header (echoing the client's id or minting one)."""
-    return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex}"
+    """The client's x-request-id when it is a sane id (Serve mints one otherwise); a long or
+    odd one is not carried into response ids, the ledger or logs: a fresh id is used."""
+    given = request.headers.get("x-request-id") or ""
+    return given if _CLIENT_ID.fullmatch(given) else f"req-{uuid.uuid4().hex}"
 
 
 def create_app() -> FastAPI:
@@ -138,6 +145,7 @@ class SluiceIngress:
         self._config = PlatformConfig.model_validate(config)
         ingress = self._config.profile.ingress
         self._limits = RequestLimits(max_n=ingress.max_n, max_tokens=ingress.max_tokens_limit)
+        self._max_body_bytes = ingress.max_body_bytes
         routes = self._config.routing.routes if self._config.routing else ()
         self._router = StaticRouter(self._config.catalog, ingress.auto_route, routes)
         self._handles = models
@@ -217,7 +225,8 @@ class SluiceIngress:
     async def _generate(self, endpoint: Endpoint, request: Request, request_id: str,
                         meter: RequestMeter, admission: Admission, shape: _Shape,
                         span: Any = None) -> Response:
-        body = decode_json(await request.body())
+        body = decode_json(await read_body(request.stream(), request.headers.get(
+            "content-length"), self._max_body_bytes))
         llm_request = parse_request(endpoint, body, self._limits)
         llm_request.request_id = request_id
         if span is not None:

@@ -9,13 +9,15 @@ gets a 400 naming the field rather than an engine error or a wasted generation.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pydantic
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from vllm.exceptions import VLLMClientError
 
-from sluice.errors import InvalidRequest
+from sluice.errors import InvalidRequest, PayloadTooLarge
 
 Endpoint = Literal["chat", "completions"]
 LLMRequest = ChatCompletionRequest | CompletionRequest
@@ -31,12 +33,30 @@ class RequestLimits:
     max_tokens: int
 
 
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The body, refused with 413 once it is known to exceed `limit`: by its declared
+    Content-Length before a byte is read, or as it streams in (chunked uploads)."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of "
+                              f"{limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def decode_json(raw: bytes) -> dict[str, Any]:
     """Decode a JSON object body; anything else is the client's mistake."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's C decoder recurses per nesting level
+        raise InvalidRequest("Request body is nested too deeply to be a request.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return body
@@ -94,6 +114,12 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any], limits: RequestLimit
         raise InvalidRequest(
             f"Invalid value for '{field}': {first['msg']}", param=field
         ) from None
+    except VLLMClientError as exc:  # vLLM's own request checks (e.g. stream_options
+        # without stream), raised from its model validators past pydantic's wrapping
+        param = getattr(exc, "parameter", None)
+        raise InvalidRequest(str(exc.args[0]) if exc.args else str(exc), param=param) from None
+    except RecursionError:
+        raise InvalidRequest("Request body is nested too deeply to be a request.") from None
     if isinstance(request, ChatCompletionRequest):
         _materialize_message_content(request)
     return request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import openai
 import pytest
 
@@ -32,6 +34,33 @@ def test_malformed_json_is_400(http) -> None:
     resp = http.post("/v1/chat/completions", content=b'{"model": "small", ',
                      headers={"content-type": "application/json"})
     assert "JSON" in _assert_error(resp, 400)["message"]
+
+
+def test_hostile_bodies_are_client_errors_not_server_errors(http) -> None:
+    deep = b'{"model": "small", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    resp = http.post("/v1/chat/completions", content=deep,
+                     headers={"content-type": "application/json"})
+    assert "nested too deeply" in _assert_error(resp, 400)["message"]
+    resp = http.post("/v1/chat/completions", json={
+        "model": "small", "messages": MSG, "stream_options": {"include_usage": True}})
+    _assert_error(resp, 400, "stream_options")
+    long_id = "r" * 5000  # not carried into the answer's id (nor the ledger, nor logs)
+    resp = http.post("/v1/chat/completions", headers={"x-request-id": long_id},
+                     json={"model": "small", "messages": MSG, "max_tokens": 2})
+    assert resp.status_code == 200 and long_id not in resp.json()["id"]
+    # 20 MB declared, a few bytes sent: the answer comes before the body is read
+    host, port = http.base_url.host, http.base_url.port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 20971520\r\n\r\n{\"model\"")
+        answer = b""
+        while b"\r\n\r\n" not in answer or b"request_too_large" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"request_too_large" in answer
 
 
 @pytest.mark.parametrize(

@@ -71,3 +71,47 @@ def test_every_stream_asks_the_engine_for_usage_and_says_if_the_client_did() -> 
     assert with_usage_event(asked) is True and asked.stream_options.continuous_usage_stats
     whole = parse_request("completions", {"model": "small", "prompt": "x"}, LIMITS)
     assert with_usage_event(whole) is True and whole.stream_options is None
+
+
+def test_a_deeply_nested_body_is_a_client_error() -> None:
+    from sluice.deployments.protocol import decode_json
+
+    raw = b'{"model": "small", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        decode_json(raw)
+
+
+def test_vllms_own_request_checks_are_client_errors_naming_the_field() -> None:
+    body = {"model": "small", "messages": [{"role": "user", "content": "hi"}],
+            "stream_options": {"include_usage": True}}  # without stream: true
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request("chat", body, LIMITS)
+    assert caught.value.status == 400 and caught.value.param == "stream_options"
+    assert "stream" in caught.value.message
+
+
+async def _chunks(*parts: bytes):
+    for part in parts:
+        yield part
+
+
+def test_an_oversized_body_is_413_before_it_is_read() -> None:
+    import asyncio
+
+    from sluice.deployments.protocol import read_body
+    from sluice.errors import PayloadTooLarge
+
+    read: list[bytes] = []
+
+    async def tracked():
+        async for part in _chunks(b"x" * 10):
+            read.append(part)
+            yield part
+
+    with pytest.raises(PayloadTooLarge) as caught:  # declared too large: nothing read
+        asyncio.run(read_body(tracked(), str(20 * 1024 * 1024), 8 * 1024 * 1024))
+    assert caught.value.status == 413 and caught.value.code == "request_too_large"
+    assert read == []
+    with pytest.raises(PayloadTooLarge):  # chunked, no length: refused as it streams in
+        asyncio.run(read_body(_chunks(b"a" * 600, b"b" * 600), None, 1024))
+    assert asyncio.run(read_body(_chunks(b'{"a":', b"1}"), "6", 1024)) == b'{"a":1}'
