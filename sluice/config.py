@@ -138,6 +138,12 @@ class IngressSettings(Frozen):
         default=300, gt=0,
         description="Longest wait for an engine's first output before answering 503.",
     )
+    engine_attempts: int = Field(
+        default=3, ge=1, le=10,
+        description="Engine calls per request before giving up: a replica that fails before "
+        "its first output (engine dead, replica gone, overloaded) is retried on another "
+        "replica, within first_token_timeout_s. 1: no retry.",
+    )
 
     @model_validator(mode="after")
     def _ports_apart(self) -> IngressSettings:

@@ -151,6 +151,7 @@ class SluiceIngress:
         self._handles = models
         self._streams = {name: h.options(stream=True) for name, h in models.items()}
         self._first_item_timeout_s = ingress.first_token_timeout_s
+        self._engine_attempts = ingress.engine_attempts
         self._created = int(time.time())
         self._background: set[asyncio.Task[None]] = set()
         self._tracer = tracer_for(self._config.profile.tracing)
@@ -303,7 +304,7 @@ class SluiceIngress:
                             "gen_ai.request.model": model,
                             "sluice.stream": bool(engine_request.stream)}) as span:
             stream = await call_engine(self._streams[model], endpoint, engine_request, model,
-                                       self._first_item_timeout_s)
+                                       self._first_item_timeout_s, self._engine_attempts)
             span.set_attribute("sluice.replica", stream.replica or "")
         return stream
 

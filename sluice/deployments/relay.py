@@ -24,6 +24,9 @@ from sluice.errors import SluiceError, Unavailable, from_engine_error
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "x-sluice-replica"
+# Set on the engine request for a retry: the replicas that just failed it, which Sluice's
+# replica router ranks last (an extra field; vLLM's request models ignore extras)
+AVOID_ATTR = "sluice_avoid_replicas"
 _SSE_ERROR_PREFIX = 'data: {"error"'
 _RETRIABLE = (
     serve_exceptions.BackPressureError,
@@ -93,35 +96,61 @@ class EngineStream:
 
 
 async def call_engine(
-    handle: DeploymentHandle, method: str, request: Any, model: str, first_item_timeout_s: float
+    handle: DeploymentHandle, method: str, request: Any, model: str, first_item_timeout_s: float,
+    attempts: int = 1, backoff_s: float = 0.05,
 ) -> EngineStream:
     """Start the call and wait (bounded) for its first item; raise SluiceError on failure.
 
     The replica is chosen by the deployment's request router first and the call dispatched to
     it (Serve's choose_replica/dispatch), so the response can name the replica that served it.
+    A replica that fails before the first item (its engine died, it went away, it is
+    overloaded) is retried on another, up to `attempts` calls in all and within the same
+    first-item deadline: nothing has reached the client yet, so a retry is invisible to it.
+    A timeout is not retried (a slow engine given more work gets slower).
     """
     bound = getattr(handle, method)
-    started: list[Any] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + first_item_timeout_s
+    failed: list[str] = []
+    last: BaseException | None = None
+    for attempt in range(max(1, attempts)):
+        if failed:
+            setattr(request, AVOID_ATTR, list(failed))
+        started: list[Any] = []
+        chosen: list[str] = []
 
-    async def start() -> tuple[Any, str]:
-        async with bound.choose_replica(request) as selection:
-            gen = bound.dispatch(selection, request)
-            started.append(gen)
-            return await gen.__anext__(), selection.replica_id
+        async def start() -> tuple[Any, str]:
+            async with bound.choose_replica(request) as selection:
+                chosen.append(selection.replica_id)
+                gen = bound.dispatch(selection, request)
+                started.append(gen)
+                return await gen.__anext__(), selection.replica_id
 
-    try:
-        first, replica = await asyncio.wait_for(start(), timeout=first_item_timeout_s)
-    except StopAsyncIteration:
-        raise _unavailable(model, RuntimeError("engine returned nothing")) from None
-    except TimeoutError:
-        for gen in started:
-            gen.cancel()
-        raise Unavailable(
-            f"Model '{model}' did not start answering within {first_item_timeout_s:.0f} s."
-        ) from None
-    except _RETRIABLE as exc:
-        raise _unavailable(model, exc) from None
-    error = _as_error(first, "messages" if method == "chat" else "prompt")
-    if error is not None:
-        raise error
-    return EngineStream(model, first, started[0], replica)
+        try:
+            first, replica = await asyncio.wait_for(start(), timeout=deadline - loop.time())
+        except StopAsyncIteration:
+            raise _unavailable(model, RuntimeError("engine returned nothing")) from None
+        except TimeoutError:
+            for gen in started:
+                gen.cancel()
+            raise Unavailable(
+                f"Model '{model}' did not start answering within {first_item_timeout_s:.0f} s."
+            ) from None
+        except _RETRIABLE as exc:
+            last = exc
+            failed += chosen
+            log.warning("model %s: replica %s failed before answering (%r); attempt %d/%d",
+                        model, chosen[0] if chosen else "?", exc, attempt + 1, attempts)
+            await asyncio.sleep(min(backoff_s * 2 ** attempt, max(0.0, deadline - loop.time())))
+            continue
+        error = _as_error(first, "messages" if method == "chat" else "prompt")
+        if isinstance(error, Unavailable) and attempt + 1 < attempts:
+            last = error  # the engine itself said "not now": another replica may answer
+            failed.append(replica)
+            continue
+        if error is not None:
+            raise error
+        return EngineStream(model, first, started[0], replica)
+    if isinstance(last, SluiceError):
+        raise last
+    raise _unavailable(model, last or RuntimeError("no attempt made")) from None

@@ -20,6 +20,7 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from sluice.deployments import ray_compat  # noqa: F401 - the private hooks used below, checked
+from sluice.deployments.relay import AVOID_ATTR
 from sluice.router.replica_affinity import (
     AffinityTable,
     ReplicaRoutingConfig,
@@ -75,6 +76,12 @@ class PrefixAffinityRouter(RequestRouter):
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None
                               ) -> list[list[RunningReplica]]:
+        avoid = set(getattr(pending_request.args[0], AVOID_ATTR, None) or ()
+                    ) if pending_request is not None and pending_request.args else set()
+        if avoid:  # a retry: the replicas that just failed this request go last
+            kept = [r for r in candidate_replicas if r.replica_id.unique_id not in avoid]
+            if kept:
+                return [kept, [r for r in candidate_replicas if r not in kept]]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         hashes = self._hashes(pending_request)
         matched = self._table.match(hashes)

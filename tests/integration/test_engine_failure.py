@@ -65,3 +65,31 @@ def test_dead_engine_gives_503_then_recovers(http) -> None:
     _wait_for(lambda: http.get("/readyz").status_code == 200
               and http.post("/v1/chat/completions", json=BODY).status_code == 200,
               300, "the large model to recover")
+
+
+def test_a_dead_engine_beside_a_healthy_replica_costs_no_request(http) -> None:
+    """`small` runs two replicas: with one engine killed, every request is answered by the
+    other (a replica that fails before its first output is retried on another), streams
+    and plain answers alike, including prompts whose prefix the dead replica held."""
+    engines = _engine_processes("small")
+    assert len(engines) >= 2, "the test stack runs small as two replicas"
+    prompt = "the same prefix every time, so affinity keeps choosing one replica"
+    body = {"model": "small", "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 2}
+    for _ in range(3):  # the prefix lives on some replica; kill that one's engine
+        http.post("/v1/chat/completions", json=body, headers={"cache-control": "no-store"})
+    os.kill(engines[0].pid, signal.SIGKILL)
+    statuses: list[tuple[bool, int, str]] = []
+    deadline = time.monotonic() + 20
+    i = 0
+    while time.monotonic() < deadline:
+        stream = i % 2 == 1
+        resp = http.post("/v1/chat/completions", headers={"cache-control": "no-store"},
+                         json=body | ({"stream": True} if stream else {}) | (
+                             {} if i % 3 else {"messages": [{"role": "user",
+                                                             "content": f"{prompt} {i}"}]}))
+        failed = resp.status_code != 200 or (stream and 'data: {"error"' in resp.text)
+        statuses.append((stream, resp.status_code, resp.text[:200] if failed else ""))
+        i += 1
+    bad = [s for s in statuses if s[1] != 200 or s[2]]
+    assert len(statuses) >= 10 and not bad, f"{len(bad)} of {len(statuses)} failed: {bad[:3]}"

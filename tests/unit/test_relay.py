@@ -50,8 +50,8 @@ import contextlib
 import pytest
 from ray import exceptions as ray_exceptions
 
-from sluice.deployments.relay import EngineStream, call_engine
-from sluice.errors import Unavailable
+from sluice.deployments.relay import AVOID_ATTR, EngineStream, call_engine
+from sluice.errors import SluiceError, Unavailable
 
 
 class _Gen:
@@ -144,3 +144,88 @@ def test_mid_stream_failure_ends_with_error_event_and_done() -> None:
 def test_first_item_and_the_serving_replica_are_returned() -> None:
     stream = _call(_Gen(items=['data: {"id": 1}\n\n', "data: [DONE]\n\n"]))
     assert stream.first == 'data: {"id": 1}\n\n' and stream.replica == "r-1"
+
+
+class _Replicas:
+    """A handle over several replicas: the first `dead` fail before answering, the next
+    answers; records what each choose_replica call saw of the request."""
+
+    def __init__(self, dead: int, exc: BaseException) -> None:
+        self.dead, self.exc, self.calls = dead, exc, 0
+        self.avoided: list[list[str]] = []
+
+    @property
+    def chat(self):
+        handle = self
+
+        class _Method:
+            @staticmethod
+            @contextlib.asynccontextmanager
+            async def choose_replica(request):
+                handle.avoided.append(list(getattr(request, AVOID_ATTR, [])))
+                selection = _Selection()
+                selection.replica_id = f"r-{handle.calls}"
+                handle.calls += 1
+                yield selection
+
+            @staticmethod
+            def dispatch(selection, _request):
+                if int(selection.replica_id[2:]) < handle.dead:
+                    return _Gen(exc=handle.exc)
+                return _Gen(items=['data: {"id": 1}\n\n', "data: [DONE]\n\n"])
+
+        return _Method
+
+
+class _Request:
+    pass
+
+
+def test_a_replica_failing_before_its_first_item_is_retried_on_another() -> None:
+    handle = _Replicas(dead=1, exc=ray_exceptions.ActorDiedError())
+    stream = asyncio.run(call_engine(handle, "chat", _Request(), "small", 5, attempts=3,
+                                     backoff_s=0))
+    assert stream.replica == "r-1" and stream.first == 'data: {"id": 1}\n\n'
+    assert handle.avoided == [[], ["r-0"]]  # the retry told the router whom to avoid
+
+
+def test_retries_are_bounded_and_end_in_a_retriable_503() -> None:
+    handle = _Replicas(dead=10, exc=ray_exceptions.ActorDiedError())
+    with pytest.raises(Unavailable) as info:
+        asyncio.run(call_engine(handle, "chat", _Request(), "small", 5, attempts=3,
+                                backoff_s=0))
+    assert handle.calls == 3 and info.value.status == 503
+    assert handle.avoided[-1] == ["r-0", "r-1"]
+
+
+def test_an_engine_saying_not_now_is_retried_but_a_client_error_is_not() -> None:
+    class _Err:
+        def __init__(self, code: int, message: str) -> None:
+            self.error = type("E", (), {"code": code, "message": message, "type": "x",
+                                        "param": None})()
+
+    class _Answers(_Replicas):
+        def __init__(self, first) -> None:
+            super().__init__(dead=0, exc=RuntimeError())
+            self.first = first
+
+        @property
+        def chat(self):
+            handle, method = self, super().chat
+
+            class _Method(method):
+                @staticmethod
+                def dispatch(selection, _request):
+                    if selection.replica_id == "r-0":
+                        return _Gen(items=[handle.first])
+                    return _Gen(items=['data: {"id": 2}\n\n'])
+
+            return _Method
+
+    busy = _Answers(_Err(503, "overloaded"))
+    assert asyncio.run(call_engine(busy, "chat", _Request(), "small", 5, attempts=2,
+                                   backoff_s=0)).replica == "r-1"
+    bad = _Answers(_Err(400, "bad prompt"))
+    with pytest.raises(SluiceError) as info:
+        asyncio.run(call_engine(bad, "chat", _Request(), "small", 5, attempts=2, backoff_s=0))
+    assert info.value.status == 400 and bad.calls == 1
