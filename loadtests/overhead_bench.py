@@ -114,8 +114,14 @@ async def throughput(url: str, concurrency: int, duration_s: float, max_tokens: 
 
 
 def bare_engine_args(config) -> list[str]:
+    """The profile's engine arguments, and the executor Sluice's CPU engines use: vLLM's
+    in-process one (SingleWorkerCpuEngine). vLLM's server would otherwise start its
+    multiprocessing executor, whose worker busy-polls and, beside another server on 2
+    cores, starved bare vLLM's own API process (whole streams delivered in one burst)."""
     small = config.catalog.by_tier("small")
     kw = {**config.profile.engine_kwargs, "max_model_len": small.context_length}
+    if config.profile.device == "cpu":
+        kw["distributed_executor_backend"] = "uni"
     args: list[str] = []
     for key, value in kw.items():
         flag = "--" + key.replace("_", "-")

@@ -29,7 +29,7 @@ from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import NotFound, Unavailable
 from sluice.observability.metrics import Metrics
-from sluice.observability.outcome import Outcome
+from sluice.observability.outcome import Outcome, Tokens
 
 log = logging.getLogger(__name__)
 MAX_TAG_SERIES = 100  # distinct tags with their own metric series; the rest are "_other"
@@ -96,8 +96,7 @@ class Accountant:
                outcome: Outcome | None, cost_usd: float, route: str = "error"
                ) -> LedgerRecord:
         """Record the request (its outcome, or only its status when it failed)."""
-        usage = (outcome.usage if outcome is not None else None) or {}
-        details = usage.get("prompt_tokens_details") or {}
+        tokens = Tokens.of(outcome.usage if outcome is not None else None)
         ran = [s.model for s in admission.stages]
         if outcome is not None and outcome.model and outcome.cache != "hit":
             ran.append(outcome.model)
@@ -106,9 +105,8 @@ class Accountant:
             tenant=admission.principal.tenant, tags=admission.tags, model=model,
             models=tuple(ran), route=outcome.route if outcome else route, status=status,
             cache=outcome.cache if outcome else "",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=tokens.prompt, cached_tokens=tokens.cached,
+            completion_tokens=tokens.completion,
             latency_s=round(self._clock() - admission.arrived, 6),
             ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9),
             estimated=bool(outcome and outcome.estimated))

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sluice.observability.outcome import Tokens
+
 
 class TokenPrices(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,10 +57,8 @@ class Pricing(BaseModel):
 
 
 def _tokens(usage: Mapping[str, Any]) -> tuple[int, int, int]:
-    prompt = int(usage.get("prompt_tokens") or 0)
-    details = usage.get("prompt_tokens_details") or {}
-    cached = min(prompt, int(details.get("cached_tokens") or 0))
-    return prompt - cached, cached, int(usage.get("completion_tokens") or 0)
+    tokens = Tokens.of(usage)
+    return tokens.uncached_prompt, tokens.cached, tokens.completion
 
 
 def cost_usd(usage: Mapping[str, Any] | None, pricing: Pricing | None) -> float:

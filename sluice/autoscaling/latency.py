@@ -7,7 +7,6 @@ first token; content chunks of a stream, or the usage of a whole response, = tok
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from sluice import sse
 from sluice.autoscaling.serve_policy import AGE_METRIC, TPOT_METRIC, TTFT_METRIC
 
 
@@ -54,11 +54,8 @@ def _tokens(item: Any) -> int:
     chunks = item if isinstance(item, list) else [item]
     count = 0
     for chunk in chunks:
-        if not isinstance(chunk, str) or not chunk.startswith("data: {"):
-            continue
-        try:
-            body = json.loads(chunk[len("data: "):])
-        except ValueError:
+        body = sse.payload(chunk) if isinstance(chunk, str) else None
+        if body is None:
             continue
         for choice in body.get("choices") or []:
             if (choice.get("delta") or {}).get("content") or choice.get("text"):
@@ -69,7 +66,7 @@ def _tokens(item: Any) -> int:
 def _is_error(item: Any) -> bool:
     head = item[0] if isinstance(item, list) and item else item
     return getattr(head, "error", None) is not None or (
-        isinstance(head, str) and head.startswith('data: {"error"'))
+        isinstance(head, str) and sse.is_error(head))
 
 
 async def timed(stream: AsyncIterator[Any], window: LatencyWindow,

@@ -8,13 +8,12 @@ and `[DONE]`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
+from sluice import sse
 
-def _event(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+_event = sse.encode
 
 
 def chat_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
@@ -33,7 +32,7 @@ def chat_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
                                            "finish_reason": choice.get("finish_reason")}]})
     if include_usage:
         yield _event({**head, "choices": [], "usage": response.get("usage")})
-    yield "data: [DONE]\n\n"
+    yield sse.DONE
 
 
 def completion_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
@@ -45,7 +44,7 @@ def completion_events(response: dict[str, Any], include_usage: bool) -> Iterator
                                            "finish_reason": choice.get("finish_reason")}]})
     if include_usage:
         yield _event({**head, "choices": [], "usage": response.get("usage")})
-    yield "data: [DONE]\n\n"
+    yield sse.DONE
 
 
 def sse_events(endpoint: str, response: dict[str, Any], include_usage: bool) -> Iterator[str]:

@@ -10,7 +10,6 @@ sent as an SSE error event (the status line is already out).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +18,7 @@ from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 from ray.serve.handle import DeploymentHandle
 
+from sluice import sse
 from sluice.errors import SluiceError, Unavailable, from_engine_error
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,6 @@ REPLICA_HEADER = "x-sluice-replica"
 # Set on the engine request for a retry: the replicas that just failed it, which Sluice's
 # replica router ranks last (an extra field; vLLM's request models ignore extras)
 AVOID_ATTR = "sluice_avoid_replicas"
-_SSE_ERROR_PREFIX = 'data: {"error"'
 _RETRIABLE = (
     serve_exceptions.BackPressureError,
     serve_exceptions.DeploymentUnavailableError,
@@ -47,13 +46,13 @@ def _as_error(item: Any, prompt_field: str) -> SluiceError | None:
         # public one, so match on shape rather than on class).
         return from_engine_error(int(e.code), e.message, e.type, getattr(e, "param", None),
                                  prompt_field)
-    if isinstance(item, str) and item.startswith(_SSE_ERROR_PREFIX):
+    if isinstance(item, str) and sse.is_error(item):
         # A streaming request the engine rejected before generating: one SSE error event.
+        e = (sse.payload(item) or {}).get("error")
         try:
-            e = json.loads(item[len("data: "):])["error"]
             return from_engine_error(int(e.get("code") or 500), e["message"], e.get("type"),
                                      e.get("param"), prompt_field)
-        except (ValueError, KeyError, TypeError):
+        except (AttributeError, ValueError, KeyError, TypeError):
             return None
     return None
 
@@ -82,7 +81,7 @@ class EngineStream:
             item: Any = self.first
             while True:
                 chunk = "".join(item) if isinstance(item, list) else str(item)
-                done = done or chunk.rstrip().endswith("data: [DONE]")
+                done = done or sse.ends(chunk)
                 yield chunk
                 item = await self._rest.__anext__()
         except StopAsyncIteration:
@@ -90,9 +89,9 @@ class EngineStream:
         except _RETRIABLE as exc:
             self.failed = True
             err = _unavailable(self.model, exc)
-            yield f"data: {json.dumps(err.body())}\n\n"
+            yield sse.encode(err.body())
         if not done:
-            yield "data: [DONE]\n\n"
+            yield sse.DONE
 
 
 async def call_engine(

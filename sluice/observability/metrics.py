@@ -37,6 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sluice.observability.outcome import Tokens
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # OpenTelemetry GenAI semantic conventions, explicit bucket boundaries
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -128,7 +130,7 @@ class Metrics:
         if tpot_s is not None:
             self.tpot.labels(model).observe(tpot_s)
         if usage:
-            self.tokens.labels(model, "input").inc(usage.get("prompt_tokens") or 0)
-            self.tokens.labels(model, "output").inc(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details") or {}
-            self.tokens.labels(model, "cached_input").inc(details.get("cached_tokens") or 0)
+            tokens = Tokens.of(usage)
+            self.tokens.labels(model, "input").inc(tokens.prompt)
+            self.tokens.labels(model, "output").inc(tokens.completion)
+            self.tokens.labels(model, "cached_input").inc(tokens.cached)

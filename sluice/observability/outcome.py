@@ -5,10 +5,34 @@ it, neither imports the other for it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 COST_HEADER = "x-sluice-cost-usd"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """An OpenAI usage object's token counts, read in one place: the price, the metrics,
+    the trace and the ledger all count the same tokens."""
+
+    prompt: int = 0
+    cached: int = 0  # prompt tokens a prefix cache held (never more than the prompt)
+    completion: int = 0
+
+    @classmethod
+    def of(cls, usage: Mapping[str, Any] | None) -> Tokens:
+        if not usage:
+            return cls()
+        prompt = int(usage.get("prompt_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        cached = min(prompt, int(details.get("cached_tokens") or 0))
+        return cls(prompt, cached, int(usage.get("completion_tokens") or 0))
+
+    @property
+    def uncached_prompt(self) -> int:
+        return self.prompt - self.cached
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from sluice import sse
 from sluice.observability.outcome import COST_HEADER, Outcome, Priced
 
 Price = Callable[[dict[str, Any] | None, str, bool], Priced]  # (usage, model, hit)
@@ -54,13 +55,12 @@ class _Reader:
         o, compact = self._o, _compact(body)
         payload: dict[str, Any] | None = None
         if o.response_id is None or '"finish_reason":"' in compact or '"usage":{' in compact:
-            try:
-                payload = json.loads(body[len("data: "):])
-            except ValueError:
+            payload = sse.payload(body)
+            if payload is None:
                 return event
         if payload is not None and o.response_id is None and payload.get("id"):
             o.response_id = str(payload["id"])
-        if compact.startswith('data: {"error"'):
+        if sse.is_error(compact):
             o.failed = True
             return event
         usage_only = '"choices":[]' in compact
@@ -78,7 +78,7 @@ class _Reader:
         o.usage = payload["usage"] = o.priced.usage
         if usage_only and not self._client_usage:
             return None
-        return "data: " + json.dumps(payload, separators=(",", ":"))
+        return sse.encode(payload, end="")
 
 
 def _rebuilt(response: Response, body: str, usd: float | None) -> Response:

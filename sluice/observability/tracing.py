@@ -34,7 +34,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sluice.observability.outcome import Outcome
+from sluice.observability.outcome import Outcome, Tokens
 
 OPERATIONS = {"chat": gen_ai.GenAiOperationNameValues.CHAT.value,
               "completions": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value}
@@ -117,14 +117,11 @@ def end_span(span: Span, outcome: Outcome) -> None:
         span.set_attribute(gen_ai.GEN_AI_RESPONSE_ID, outcome.response_id)
     if outcome.finish_reasons:
         span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, outcome.finish_reasons)
-    usage = outcome.usage
-    if usage is not None:
-        span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, usage.get("prompt_tokens") or 0)
-        span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS,
-                           usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or {}
-        span.set_attribute(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
-                           details.get("cached_tokens") or 0)
+    if outcome.usage is not None:
+        tokens = Tokens.of(outcome.usage)
+        span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, tokens.prompt)
+        span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, tokens.completion)
+        span.set_attribute(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, tokens.cached)
     if outcome.priced is not None:
         span.set_attribute("sluice.cost.usd", outcome.priced.total_usd)
     if outcome.failed:

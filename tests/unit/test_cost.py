@@ -49,3 +49,13 @@ def test_cached_tokens_never_exceed_the_prompt() -> None:
 def test_pricing_rejects_incomplete_or_negative_prices(bad) -> None:
     with pytest.raises(ValueError):
         Pricing.model_validate(bad)
+
+
+def test_usage_tokens_are_read_in_one_place() -> None:
+    from sluice.observability.outcome import Tokens
+
+    usage = {"prompt_tokens": 10, "completion_tokens": 4,
+             "prompt_tokens_details": {"cached_tokens": 12}}  # cached never beyond prompt
+    assert Tokens.of(usage) == Tokens(prompt=10, cached=10, completion=4)
+    assert Tokens.of(usage).uncached_prompt == 0
+    assert Tokens.of(None) == Tokens() and Tokens.of({"prompt_tokens_details": None}) == Tokens()
