@@ -113,6 +113,11 @@ def unexpected(exc: BaseException, request_id: str | None) -> InternalError:
                          "the server, not something to retry.", code="internal_error")
 
 
+# vLLM's EngineDeadError (vllm/v1/engine/exceptions.py): the engine process is gone, the
+# replica will be replaced; as an error response it arrives as a 500 with this message
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue"
+
+
 def from_engine_error(status: int, message: str, err_type: str | None = None,
                       param: str | None = None, prompt_field: str = "messages") -> SluiceError:
     """Map an error the engine returned (vLLM's ErrorResponse fields) into the hierarchy."""
@@ -123,6 +128,6 @@ def from_engine_error(status: int, message: str, err_type: str | None = None,
         err = InvalidRequest(message, param=param)
         err.status = status
         return err
-    if status == 503:
-        return Unavailable(message)
+    if status == 503 or (status >= 500 and ENGINE_DEAD_MESSAGE in message):
+        return Unavailable(message)  # retriable: another replica, or this one once replaced
     return InternalError(message, code=err_type)

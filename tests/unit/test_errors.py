@@ -53,3 +53,10 @@ def test_a_bug_is_a_500_with_the_request_id_never_a_retriable_503() -> None:
     assert error["type"] == "internal_error" and error["code"] == "internal_error"
     assert "KeyError" in error["message"] and "req-bug-1" in error["message"]
     assert "not something to retry" in error["message"]
+
+
+def test_a_dead_engine_reported_as_500_is_retriable() -> None:
+    err = from_engine_error(500, "EngineCore encountered an issue. See stack trace (above) "
+                            "for the root cause.", "InternalServerError")
+    assert isinstance(err, Unavailable) and err.status == 503
+    assert not isinstance(from_engine_error(500, "some other failure"), Unavailable)
