@@ -24,18 +24,9 @@ from typing import Any
 
 import psutil
 
-from loadtests.overhead_bench import (
-    ROOT,
-    bare_engine_args,
-    log,
-    start_bare_vllm,
-    start_sluice,
-    stop,
-    wait_http,
-)
-from loadtests.vllm_bench_compare import TARGETS, bench_argv, run_cell
+from loadtests.overhead_bench import ROOT, log
+from loadtests.vllm_bench_compare import TARGETS, bench_argv, both_servers, run_cell
 
-BARE_PORT, SLUICE_PORT, SLUICE_REDIS = 8311, 8312, 6393
 ROLES = (  # (role, substring of the command line), first match wins
     ("sluice: ingress replica", "ServeReplica:sluice:SluiceIngress"),
     ("sluice: LLMServer small", "SluiceLLMServer:small"),
@@ -133,19 +124,10 @@ def main() -> int:
     parser.add_argument("--py-spy", action="store_true", help="also sample Sluice's stacks")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    from sluice.config import load_platform_config
-
-    config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
-    model_dir = Path(config.model_source(config.catalog.by_tier("small")))
-    bare = start_bare_vllm(model_dir, BARE_PORT, bare_engine_args(config),
-                           dict(config.profile.engine_env), args.out / "bare-vllm.log")
-    sluice = start_sluice(SLUICE_PORT, SLUICE_REDIS, args.out / "sluice.log")
     per_role: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     throughput: dict[str, list[float]] = defaultdict(list)
     profiles: dict[str, Any] = {}
-    try:
-        wait_http(f"{TARGETS['bare']}/health", bare, 600, "bare vLLM")
-        wait_http(f"{TARGETS['sluice']}/readyz", sluice, 600, "Sluice")
+    with both_servers(args.out) as (model_dir, bare, sluice):
         procs = processes(bare, sluice)
         for r in range(args.rounds):
             order = list(TARGETS) if r % 2 == 0 else list(reversed(TARGETS))
@@ -178,9 +160,6 @@ def main() -> int:
                 log(f"{name}: {data['output_throughput']:.0f} out tok/s; CPU s per 1k tokens: "
                     + ", ".join(f"{k} {v / ktok:.3f}" for k, v in sorted(used.items())
                                 if k.startswith(server)))
-    finally:
-        stop(sluice)
-        stop(bare)
     result = {"throughput": throughput,
               "cpu_s_per_1k_tokens": {role: {s: sorted(v) for s, v in d.items()}
                                       for role, d in per_role.items()},

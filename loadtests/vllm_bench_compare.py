@@ -15,10 +15,12 @@ as the median of rounds; writes every run's JSON, a summary and a plot.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,28 @@ def bench_argv(base_url: str, tokenizer: Path, dataset: str, concurrency: int, p
             "--header", "Cache-Control=no-store", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--disable-tqdm", "--save-result", "--result-dir", str(result_dir),
             "--result-filename", f"{name}.json"]
+
+
+@contextlib.contextmanager
+def both_servers(out: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes],
+                                              subprocess.Popen[bytes]]]:
+    """Bare vLLM and Sluice up at once with the same model and engine arguments, ready;
+    yields (model dir, bare process, sluice process) and stops both after."""
+    from sluice.config import load_platform_config
+
+    config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
+    model_dir = Path(config.model_source(config.catalog.by_tier("small")))
+    bare = start_bare_vllm(model_dir, BARE_PORT, bare_engine_args(config),
+                           dict(config.profile.engine_env), out / "bare-vllm.log")
+    sluice = start_sluice(SLUICE_PORT, SLUICE_REDIS, out / "sluice.log")
+    try:
+        log(f"starting bare vLLM ({BARE_PORT}) and Sluice ({SLUICE_PORT}) ...")
+        wait_http(f"{TARGETS['bare']}/health", bare, 600, "bare vLLM")
+        wait_http(f"{TARGETS['sluice']}/readyz", sluice, 600, "Sluice")
+        yield model_dir, bare, sluice
+    finally:
+        stop(sluice)
+        stop(bare)
 
 
 def run_cell(argv: list[str], result: Path, timeout_s: float) -> dict[str, Any]:
@@ -159,22 +183,9 @@ def main() -> int:
                         help="prompts per concurrent stream in a throughput cell")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    from sluice.config import load_platform_config
-
-    config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
-    model_dir = Path(config.model_source(config.catalog.by_tier("small")))
-    bare = start_bare_vllm(model_dir, BARE_PORT, bare_engine_args(config),
-                           dict(config.profile.engine_env), args.out / "bare-vllm.log")
-    sluice = start_sluice(SLUICE_PORT, SLUICE_REDIS, args.out / "sluice.log")
-    try:
-        log(f"starting bare vLLM ({BARE_PORT}) and Sluice ({SLUICE_PORT}) ...")
-        wait_http(f"{TARGETS['bare']}/health", bare, 600, "bare vLLM")
-        wait_http(f"{TARGETS['sluice']}/readyz", sluice, 600, "Sluice")
+    with both_servers(args.out) as (model_dir, _, _):
         rows = measure(args.out, model_dir, [int(c) for c in args.concurrency.split(",")],
                        args.rounds, args.prompts_per_stream)
-    finally:
-        stop(sluice)
-        stop(bare)
     table = ratios(rows)
     example = " ".join(bench_argv(TARGETS["sluice"], model_dir, "random", 16, 64,
                                   args.out / "runs", "NAME"))

@@ -18,13 +18,8 @@ ERROR_PREFIX = 'data: {"error"'
 
 def encode(payload: dict[str, Any], end: str = "\n\n") -> str:
     """One event, compact JSON (as vLLM writes them); `end=""` for an event that goes back
-    among others split by `events`."""
+    among others split on their blank lines."""
     return f"{DATA}{json.dumps(payload, separators=(',', ':'))}{end}"
-
-
-def events(chunk: str) -> list[str]:
-    """The events of a chunk, each without its trailing blank line."""
-    return [e for e in chunk.split("\n\n") if e.strip()]
 
 
 def payload(event: str) -> dict[str, Any] | None:

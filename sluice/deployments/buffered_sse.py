@@ -13,8 +13,6 @@ from typing import Any
 
 from sluice import sse
 
-_event = sse.encode
-
 
 def chat_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
     head = {"id": response["id"], "object": "chat.completion.chunk",
@@ -24,14 +22,14 @@ def chat_events(response: dict[str, Any], include_usage: bool) -> Iterator[str]:
         delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
         if message.get("reasoning_content"):
             delta["reasoning_content"] = message["reasoning_content"]
-        yield _event({**head, "choices": [{"index": choice["index"], "delta": delta,
+        yield sse.encode({**head, "choices": [{"index": choice["index"], "delta": delta,
                                            "logprobs": choice.get("logprobs"),
                                            "finish_reason": None}]})
-        yield _event({**head, "choices": [{"index": choice["index"], "delta": {},
+        yield sse.encode({**head, "choices": [{"index": choice["index"], "delta": {},
                                            "logprobs": None,
                                            "finish_reason": choice.get("finish_reason")}]})
     if include_usage:
-        yield _event({**head, "choices": [], "usage": response.get("usage")})
+        yield sse.encode({**head, "choices": [], "usage": response.get("usage")})
     yield sse.DONE
 
 
@@ -39,11 +37,11 @@ def completion_events(response: dict[str, Any], include_usage: bool) -> Iterator
     head = {"id": response["id"], "object": "text_completion",
             "created": response["created"], "model": response["model"]}
     for choice in response["choices"]:
-        yield _event({**head, "choices": [{"index": choice["index"], "text": choice["text"],
+        yield sse.encode({**head, "choices": [{"index": choice["index"], "text": choice["text"],
                                            "logprobs": choice.get("logprobs"),
                                            "finish_reason": choice.get("finish_reason")}]})
     if include_usage:
-        yield _event({**head, "choices": [], "usage": response.get("usage")})
+        yield sse.encode({**head, "choices": [], "usage": response.get("usage")})
     yield sse.DONE
 
 

@@ -102,11 +102,15 @@ class _Shape:
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def _request_id(request: Request) -> str:
+def _client_id(request: Request) -> str | None:
     """The client's x-request-id when it is a sane id (Serve mints one otherwise); a long or
-    odd one is not carried into response ids, the ledger or logs: a fresh id is used."""
+    odd one is not carried into response ids, error messages, the ledger or logs."""
     given = request.headers.get("x-request-id") or ""
-    return given if _CLIENT_ID.fullmatch(given) else f"req-{uuid.uuid4().hex}"
+    return given if _CLIENT_ID.fullmatch(given) else None
+
+
+def _request_id(request: Request) -> str:
+    return _client_id(request) or f"req-{uuid.uuid4().hex}"
 
 
 def create_app() -> FastAPI:
@@ -125,7 +129,7 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.headers.get("x-request-id")
+        request_id = _client_id(request)
         log.error("unhandled error in ingress (request id %s)", request_id, exc_info=exc)
         return _error_response(unexpected(exc, request_id))
 

@@ -28,6 +28,11 @@ class StackError(RuntimeError):
     pass
 
 
+def _reachable(host: str) -> str:
+    """Where a local client reaches a server bound to `host` (a wildcard: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
 class LocalStack:
     """Owns every process it starts, and stops them all in stop()."""
 
@@ -63,8 +68,7 @@ class LocalStack:
     @property
     def base_url(self) -> str:
         ingress = self.config.profile.ingress
-        host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
-        return f"http://{host}:{ingress.port}"
+        return f"http://{_reachable(ingress.host)}:{ingress.port}"
 
     @property
     def dashboard_url(self) -> str | None:
@@ -72,23 +76,14 @@ class LocalStack:
         dashboard = self.config.profile.dashboard
         if not dashboard.enabled:
             return None
-        host = "127.0.0.1" if dashboard.host in ("0.0.0.0", "::") else dashboard.host
-        return f"http://{host}:{dashboard.port}"
-
-    @property
-    def proxy_url(self) -> str:
-        """Serve's own HTTP proxy: a second entrance to the same app (one hop more)."""
-        ingress = self.config.profile.ingress
-        host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
-        return f"http://{host}:{ingress.serve_proxy_port}"
+        return f"http://{_reachable(dashboard.host)}:{dashboard.port}"
 
     def scrape_targets(self) -> list[str]:
         """Where each ingress replica's /metrics is: on one machine the direct-ingress range
         holds one port, so one replica (with transport 'proxy', the proxy picks a replica per
         scrape: run one ingress replica, or scrape replicas directly in a cluster)."""
         ingress = self.config.profile.ingress
-        host = "127.0.0.1" if ingress.host in ("0.0.0.0", "::") else ingress.host
-        return [f"{host}:{ingress.port}"]
+        return [f"{_reachable(ingress.host)}:{ingress.port}"]
 
     @property
     def redis_url(self) -> str:

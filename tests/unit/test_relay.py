@@ -80,6 +80,21 @@ class _Selection:
     replica_id = "r-1"
 
 
+def _method(choose, send):
+    """A handle method as Serve has it: choose_replica (a context manager yielding the
+    selection) and dispatch(selection, request) returning the replica's generator."""
+
+    class _Method:
+        @staticmethod
+        @contextlib.asynccontextmanager
+        async def choose_replica(request):
+            yield choose(request)
+
+        dispatch = staticmethod(send)
+
+    return _Method
+
+
 class _Handle:
     """Serve's choose_replica/dispatch pair, over one canned generator."""
 
@@ -88,19 +103,7 @@ class _Handle:
 
     @property
     def chat(self):
-        handle = self
-
-        class _Method:
-            @staticmethod
-            @contextlib.asynccontextmanager
-            async def choose_replica(_request):
-                yield _Selection()
-
-            @staticmethod
-            def dispatch(_selection, _request):
-                return handle.gen
-
-        return _Method
+        return _method(lambda _request: _Selection(), lambda _sel, _request: self.gen)
 
 
 def _call(gen: _Gen, timeout_s: float = 5):
@@ -154,27 +157,21 @@ class _Replicas:
         self.dead, self.exc, self.calls = dead, exc, 0
         self.avoided: list[list[str]] = []
 
+    def choose(self, request) -> _Selection:
+        self.avoided.append(list(getattr(request, AVOID_ATTR, [])))
+        selection = _Selection()
+        selection.replica_id = f"r-{self.calls}"
+        self.calls += 1
+        return selection
+
+    def dispatch(self, selection, _request) -> _Gen:
+        if int(selection.replica_id[2:]) < self.dead:
+            return _Gen(exc=self.exc)
+        return _Gen(items=['data: {"id": 1}\n\n', "data: [DONE]\n\n"])
+
     @property
     def chat(self):
-        handle = self
-
-        class _Method:
-            @staticmethod
-            @contextlib.asynccontextmanager
-            async def choose_replica(request):
-                handle.avoided.append(list(getattr(request, AVOID_ATTR, [])))
-                selection = _Selection()
-                selection.replica_id = f"r-{handle.calls}"
-                handle.calls += 1
-                yield selection
-
-            @staticmethod
-            def dispatch(selection, _request):
-                if int(selection.replica_id[2:]) < handle.dead:
-                    return _Gen(exc=handle.exc)
-                return _Gen(items=['data: {"id": 1}\n\n', "data: [DONE]\n\n"])
-
-        return _Method
+        return _method(self.choose, self.dispatch)
 
 
 class _Request:
@@ -209,18 +206,10 @@ def test_an_engine_saying_not_now_is_retried_but_a_client_error_is_not() -> None
             super().__init__(dead=0, exc=RuntimeError())
             self.first = first
 
-        @property
-        def chat(self):
-            handle, method = self, super().chat
-
-            class _Method(method):
-                @staticmethod
-                def dispatch(selection, _request):
-                    if selection.replica_id == "r-0":
-                        return _Gen(items=[handle.first])
-                    return _Gen(items=['data: {"id": 2}\n\n'])
-
-            return _Method
+        def dispatch(self, selection, _request) -> _Gen:
+            if selection.replica_id == "r-0":
+                return _Gen(items=[self.first])
+            return _Gen(items=['data: {"id": 2}\n\n'])
 
     busy = _Answers(_Err(503, "overloaded"))
     assert asyncio.run(call_engine(busy, "chat", _Request(), "small", 5, attempts=2,
