@@ -6,9 +6,9 @@
    profile runs it). The ledger's idempotent Lua append (dedupe key + XADD + four spend
    counters per record) against the plain alternative, a pipelined XADD of the same fields
    with no dedupe and no counters. Same records, same batch size, rounds alternating.
-2. Hot-path cost per request, in-process: reading a JSON answer and a 64-event stream with
-   the response watch (price, outcome) plus `Accountant.settle` (ledger record buffered,
-   budget and metric updates), against relaying the same response untouched.
+2. Hot-path cost per request, in-process: settling a JSON answer and a 64-event stream
+   (sluice.pipeline.settlement: price, outcome, meter, `Accountant.settle` with the ledger
+   record buffered) and rendering it, against rendering the same body untouched.
 Prints progress per round; writes results.json and a bar plot.
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from sluice import sse
 from sluice.accounting.accountant import Accountant, Admission
 from sluice.accounting.budgets import Verdict
 from sluice.accounting.config import AccountingConfig
@@ -36,8 +37,12 @@ from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.cache_tier.redis_target import async_client
+from sluice.deployments.http import render
 from sluice.observability.metrics import Metrics
-from sluice.observability.response_watch import watch
+from sluice.observability.request_meter import RequestMeter
+from sluice.pipeline.answer import Answer
+from sluice.pipeline.request import RequestLimits, parsed
+from sluice.pipeline.settlement import Settlement
 
 USAGE = {"prompt_tokens": 812, "completion_tokens": 64,
          "prompt_tokens_details": {"cached_tokens": 512}}
@@ -88,49 +93,57 @@ async def _plain_rate(url: str, n: int, batch: int, tag: str) -> float:
 
 
 def _hot_path(n: int) -> dict[str, float]:
-    """Microseconds per request: watch + settle vs untouched, JSON and 64-event stream."""
+    """Microseconds per request: settlement + render vs rendering the same body untouched,
+    JSON and 64-event stream. Settlement is the ingress's own (sluice.pipeline.settlement)
+    with a real Accountant whose ledger buffers records without writing them."""
     price = Pricing.model_validate({"mode": "tokens", "tokens": {"input_per_1m": 0.5,
                                                                  "output_per_1m": 1.5}})
     pricer = UsagePricer({"small": price})
-    body = json.dumps({"id": "c", "choices": [{"index": 0, "message": {
+    whole = {"id": "c", "choices": [{"index": 0, "message": {
         "role": "assistant", "content": "word " * 64}, "finish_reason": "stop"}],
-        "usage": USAGE})
+        "usage": USAGE}
     events = [f'data: {{"id":"s","choices":[{{"index":0,"delta":{{"content":"w{i} "}}}}]}}\n\n'
               for i in range(64)]
     events += [f'data: {json.dumps({"id": "s", "choices": [], "usage": USAGE})}\n\n',
                "data: [DONE]\n\n"]
-    headers = {"x-sluice-model": "small", "x-sluice-route": "small", "x-sluice-cache": "miss"}
+    body = {"model": "small", "prompt": "p" * 3000}
 
     async def run() -> dict[str, float]:
         accountant = Accountant(AccountingConfig(), "redis://127.0.0.1:1",
                                 lambda coro: coro.close(), Metrics())
         assert accountant.ledger is not None
         accountant.ledger._ensure_running = lambda: None  # type: ignore[method-assign]
+        metrics = Metrics()
 
-        def one(response: Response) -> Response:
-            admission = Admission(Principal("k", "t"), ("a",), time.time(), Verdict("ok"))
-            return watch(response, started=time.perf_counter(), clock=time.perf_counter,
-                         client_usage=True,
-                         on_end=lambda o: accountant.settle(admission, "r", "small",
-                                                            o.status, o, o.cost_usd),
-                         price=lambda u, m, hit: pricer.price(u, m, hit=hit))
+        async def engine_events() -> Any:
+            for i, e in enumerate(events):
+                yield sse.read(e, parse_first=i == 0)
 
-        async def chunks() -> Any:
+        async def texts() -> Any:
             for e in events:
                 yield e
 
+        async def accounted(stream: bool) -> Response:
+            settlement = Settlement(RequestMeter(metrics), None, accountant, pricer, "r")
+            settlement.admitted(Admission(Principal("k", "t"), ("a",), time.time(),
+                                          Verdict("ok")))
+            settlement.parsed(parsed("completions", {**body, "stream": stream},
+                                     RequestLimits(8, 4096), "r", {}), known_model=True)
+            answer = (Answer("small", "small", "miss", events=engine_events()) if stream
+                      else Answer("small", "small", "miss", whole=dict(whole)))
+            return render(await settlement.settle(answer))
+
         out: dict[str, float] = {}
-        for name, make, wrap in (
-                ("json_plain", lambda: Response(body, media_type="application/json",
-                                                headers=headers), False),
-                ("json_accounted", lambda: Response(body, media_type="application/json",
-                                                    headers=headers), True),
-                ("stream_plain", lambda: StreamingResponse(chunks(), headers=headers), False),
-                ("stream_accounted", lambda: StreamingResponse(chunks(), headers=headers),
-                 True)):
+        for name, make in (
+                ("json_plain", lambda: _ready(Response(json.dumps(whole),
+                                                       media_type="application/json"))),
+                ("json_accounted", lambda: accounted(False)),
+                ("stream_plain", lambda: _ready(StreamingResponse(
+                    texts(), media_type="text/event-stream"))),
+                ("stream_accounted", lambda: accounted(True))):
             started = time.perf_counter()
             for _ in range(n):
-                response = one(make()) if wrap else make()
+                response = await make()
                 if isinstance(response, StreamingResponse):
                     async for _chunk in response.body_iterator:
                         pass
@@ -139,6 +152,10 @@ def _hot_path(n: int) -> dict[str, float]:
         return out
 
     return asyncio.run(run())
+
+
+async def _ready(response: Response) -> Response:
+    return response
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

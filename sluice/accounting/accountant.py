@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,7 +22,7 @@ from sluice.accounting.budgets import BudgetGuard, Verdict
 from sluice.accounting.config import AccountingConfig
 from sluice.accounting.ledger import LedgerRecord, LedgerWriter
 from sluice.accounting.notifier import WebhookNotifier
-from sluice.accounting.stage_spend import StageSpend, open_log
+from sluice.accounting.stage_spend import StageSpend
 from sluice.accounting.tenancy import Authenticator, Forbidden, Principal
 from sluice.accounting.usage_report import aggregate, group_by, window
 from sluice.cache_tier.redis_target import async_client
@@ -38,13 +38,12 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 @dataclass
 class Admission:
-    """A request let in: who it is for, and what it spent before its answer."""
+    """A request let in: who it is for, when it came, what its budget said."""
 
     principal: Principal
     tags: tuple[str, ...]
     arrived: float
     verdict: Verdict
-    stages: list[StageSpend] = field(default_factory=list)
 
 
 class Accountant:
@@ -85,7 +84,7 @@ class Accountant:
         tags = self._auth.tags(headers)
         verdict = await self.guard.check(principal)
         now = self._clock()
-        admission = Admission(principal, tags, now, verdict, open_log())
+        admission = Admission(principal, tags, now, verdict)
         if verdict.level == "hard":
             error = verdict.error(now)
             self.settle(admission, request_id, "", error.status, None, 0.0, route="budget")
@@ -93,11 +92,12 @@ class Accountant:
         return admission
 
     def settle(self, admission: Admission, request_id: str, model: str, status: int,
-               outcome: Outcome | None, cost_usd: float, route: str = "error"
-               ) -> LedgerRecord:
-        """Record the request (its outcome, or only its status when it failed)."""
+               outcome: Outcome | None, cost_usd: float, route: str = "error",
+               stages: Sequence[StageSpend] = ()) -> LedgerRecord:
+        """Record the request (its outcome, or only its status when it failed); `stages`:
+        the engine work it paid for besides its answer (a cascade's draft, judge)."""
         tokens = Tokens.of(outcome.usage if outcome is not None else None)
-        ran = [s.model for s in admission.stages]
+        ran = [s.model for s in stages]
         if outcome is not None and outcome.model and outcome.cache != "hit":
             ran.append(outcome.model)
         record = LedgerRecord(

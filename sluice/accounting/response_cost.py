@@ -3,7 +3,7 @@
 `x-sluice-cost-usd` (when the headers are not yet sent) and `usage.cost` carry the total;
 `usage.cost.stages` itemizes it when more than the answering model ran (a cascade's rejected
 draft, its LLM judge). A response-cache hit ran no engine: cost 0, source `response_cache`.
-The watch (sluice.observability.response_watch) finds the usage; this module prices it.
+Settlement (sluice.pipeline.settlement) finds the usage; this module prices it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from sluice.deployments import ray_compat  # noqa: F401 - the private hooks used below, checked
-from sluice.deployments.relay import AVOID_ATTR
+from sluice.pipeline.engines import AVOID_ATTR
 from sluice.router.replica_affinity import (
     AffinityTable,
     ReplicaRoutingConfig,

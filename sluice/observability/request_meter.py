@@ -1,4 +1,4 @@
-"""Meter one request at the ingress from its Outcome (sluice.observability.response_watch).
+"""Meter one request at the ingress from its Outcome (sluice.pipeline.settlement).
 
 A request counts as in flight from the moment its model is known until its answer's last
 byte. A response-cache hit did no engine work: it counts as a request, never as tokens.

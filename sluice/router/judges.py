@@ -11,9 +11,12 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from sluice.router.scorers import LogisticScorer
+
+if TYPE_CHECKING:
+    from sluice.accounting.stage_spend import StageLog
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,8 @@ class Judge(Protocol):
     name: str
     needs_logprobs: bool
 
-    async def score(self, candidate: Candidate) -> float: ...
+    async def score(self, candidate: Candidate, spend: StageLog | None = None) -> float:
+        """`spend`: the request's stage log, for a judge whose scoring costs engine work."""
 
 
 class LogprobJudge:
@@ -55,7 +59,7 @@ class LogprobJudge:
         value = sum(finite) / len(finite) if self._reduce == "mean" else min(finite)
         return math.exp(value)
 
-    async def score(self, candidate: Candidate) -> float:
+    async def score(self, candidate: Candidate, spend: StageLog | None = None) -> float:
         if not candidate.token_logprobs:
             raise JudgeError("the small model returned no log-probabilities")
         return min(self.confidence(lps) for lps in candidate.token_logprobs)
@@ -70,7 +74,7 @@ class ScorerJudge:
         self.name = name
         self._scorer = scorer
 
-    async def score(self, candidate: Candidate) -> float:
+    async def score(self, candidate: Candidate, spend: StageLog | None = None) -> float:
         prompts = [candidate.prompt] * len(candidate.answers)
         scores = await asyncio.to_thread(self._scorer.score_texts, prompts,
                                          list(candidate.answers))
@@ -89,8 +93,9 @@ def grading_messages(prompt: str, answer: str) -> list[dict[str, str]]:
     ]
 
 
-# (messages) -> (log P(Yes), log P(No)) for the judge model's next token
-Grader = Callable[[list[dict[str, str]]], Awaitable[tuple[float, float]]]
+# (messages, the request's stage log) -> (log P(Yes), log P(No)) for the judge model's
+# next token; the grading call's usage goes into the log
+Grader = Callable[[list[dict[str, str]], "StageLog | None"], Awaitable[tuple[float, float]]]
 
 
 class LLMJudge:
@@ -106,10 +111,10 @@ class LLMJudge:
     def __init__(self, grade: Grader) -> None:
         self._grade = grade
 
-    async def score(self, candidate: Candidate) -> float:
+    async def score(self, candidate: Candidate, spend: StageLog | None = None) -> float:
         scores = []
         for answer in candidate.answers:
-            lp_yes, lp_no = await self._grade(grading_messages(candidate.prompt, answer))
+            lp_yes, lp_no = await self._grade(grading_messages(candidate.prompt, answer), spend)
             if not (math.isfinite(lp_yes) or math.isfinite(lp_no)):
                 raise JudgeError("the judge model gave neither label any probability")
             scores.append(1.0 / (1.0 + math.exp(min(700.0, lp_no - lp_yes))))

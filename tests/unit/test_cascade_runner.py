@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-from sluice.deployments.buffered_sse import sse_events
-from sluice.deployments.cascade import CascadeRunner
+from sluice.accounting.stage_spend import StageLog
 from sluice.errors import ContextLengthExceeded, InvalidRequest, Unavailable
+from sluice.pipeline.cascade_runner import CascadeRunner
+from sluice.pipeline.replay import sse_events
 from sluice.router.cascade import CascadePolicy
 from sluice.router.config import RouteConfig
 from sluice.router.judges import Candidate, LogprobJudge
@@ -37,6 +38,9 @@ class FakeStream:
         self.first = first
         self.replica = replica
 
+    def whole(self) -> dict[str, Any]:
+        return self.first.model_dump(mode="json")
+
 
 class Engines:
     def __init__(self, small_error: Exception | None = None, small_logprob: float = -0.1,
@@ -46,7 +50,7 @@ class Engines:
         self._small_logprob = small_logprob
         self._large_delay = large_delay
 
-    async def __call__(self, model: str, endpoint: str, request: Any) -> FakeStream:
+    async def call(self, model: str, endpoint: str, request: Any) -> FakeStream:
         self.calls.append((model, request.stream, request.logprobs))
         if model == "small" and self._small_error is not None:
             raise self._small_error
@@ -76,30 +80,33 @@ def _request(**over: Any) -> ChatCompletionRequest:
 def test_accepted_answer_is_buffered_and_logprobs_not_leaked() -> None:
     engines = Engines(small_logprob=math.log(0.9))
     runner, _ = _runner(engines)
-    out = asyncio.run(runner.run("chat", _request(stream=True)))
+    out = asyncio.run(runner.run("chat", _request(stream=True), StageLog()))
     assert (out.route, out.model, out.stream) == ("small", "small", None)
     assert engines.calls == [("small", False, True)]  # buffered, logprobs asked for the judge
     assert out.response["choices"][0]["logprobs"] is None
-    assert out.headers()["x-sluice-judge-score"] == "0.9000"
+    assert out.scores == {"judge": pytest.approx(0.9)} and out.replica == "replica-1"
 
 
-def test_low_score_escalates_with_the_clients_own_request() -> None:
+def test_low_score_escalates_with_the_clients_own_request_and_logs_the_draft() -> None:
     engines = Engines(small_logprob=math.log(0.2))
     runner, _ = _runner(engines)
-    out = asyncio.run(runner.run("chat", _request(stream=True)))
+    spend = StageLog()
+    out = asyncio.run(runner.run("chat", _request(stream=True), spend))
     assert (out.route, out.model) == ("small>large", "large")
     assert engines.calls[1] == ("large", True, False)  # streamed, as the client asked
+    assert [(s.stage, s.model, s.usage["prompt_tokens"]) for s in spend.stages] == [
+        ("draft", "small", 3)]  # paid for, not sent
 
 
 class BrokenJudge:
     name, needs_logprobs = "broken", False
 
-    async def score(self, candidate: Candidate) -> float:
+    async def score(self, candidate: Candidate, spend=None) -> float:
         raise RuntimeError("judge crashed")
 
 
 class SlowJudge(BrokenJudge):
-    async def score(self, candidate: Candidate) -> float:
+    async def score(self, candidate: Candidate, spend=None) -> float:
         await asyncio.sleep(1)
         return 1.0
 
@@ -107,20 +114,20 @@ class SlowJudge(BrokenJudge):
 @pytest.mark.parametrize("judge", [BrokenJudge(), SlowJudge()])
 def test_failing_or_slow_judge_falls_back_to_large_and_counts(judge) -> None:
     runner, _ = _runner(Engines(), judge=judge)
-    out = asyncio.run(runner.run("chat", _request()))
+    out = asyncio.run(runner.run("chat", _request(), StageLog()))
     assert (out.route, out.model, out.fallback) == ("large:fallback", "large", "judge")
     assert runner.policy.snapshot()["fallbacks"] == {"judge": 1}
 
 
 def test_small_model_trouble_goes_to_large_client_errors_do_not() -> None:
     runner, _ = _runner(Engines(small_error=ContextLengthExceeded("too long")))
-    out = asyncio.run(runner.run("chat", _request()))
+    out = asyncio.run(runner.run("chat", _request(), StageLog()))
     assert (out.route, out.fallback) == ("small>large", "small-context")
     runner, _ = _runner(Engines(small_error=Unavailable("engine down")))
-    assert asyncio.run(runner.run("chat", _request())).fallback == "small-unavailable"
+    assert asyncio.run(runner.run("chat", _request(), StageLog())).fallback == "small-unavailable"
     runner, _ = _runner(Engines(small_error=InvalidRequest("bad", param="x")))
     with pytest.raises(InvalidRequest):
-        asyncio.run(runner.run("chat", _request()))
+        asyncio.run(runner.run("chat", _request(), StageLog()))
 
 
 def test_shadow_pairs_are_recorded_and_bounded() -> None:
@@ -129,7 +136,7 @@ def test_shadow_pairs_are_recorded_and_bounded() -> None:
         runner, tasks = _runner(engines, threshold=0.0,
                                 shadow={"fraction": 1.0, "max_in_flight": 2, "min_samples": 1})
         for _ in range(3):
-            await runner.run("chat", _request())
+            await runner.run("chat", _request(), StageLog())
         await asyncio.gather(*tasks)
         return runner.policy.reliability.snapshot()
 

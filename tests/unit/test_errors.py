@@ -38,7 +38,7 @@ def test_engine_503_stays_retriable() -> None:
 def test_a_bug_is_a_500_with_the_request_id_never_a_retriable_503() -> None:
     from fastapi.testclient import TestClient
 
-    from sluice.deployments.ingress import create_app
+    from sluice.deployments.http import create_app
 
     app = create_app()
 

@@ -36,7 +36,7 @@ def test_logprob_judge_geometric_mean_and_min() -> None:
 def test_llm_judge_reads_yes_no_probabilities() -> None:
     seen = []
 
-    async def grade(messages):
+    async def grade(messages, spend):
         seen.append(messages)
         return math.log(0.6), math.log(0.2)
 
@@ -44,12 +44,12 @@ def test_llm_judge_reads_yes_no_probabilities() -> None:
     assert score == pytest.approx(0.75)
     assert "2+2?" in seen[0][1]["content"] and "4" in seen[0][1]["content"]
 
-    async def no_yes(messages):
+    async def no_yes(messages, spend):
         return -math.inf, math.log(0.3)
 
     assert asyncio.run(LLMJudge(no_yes).score(Candidate("q", ("a",)))) == pytest.approx(0.0)
 
-    async def neither(messages):
+    async def neither(messages, spend):
         return -math.inf, -math.inf
 
     with pytest.raises(JudgeError):

@@ -6,13 +6,19 @@ import asyncio
 import json
 
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.responses import Response, StreamingResponse
 
+from sluice import sse
+from sluice.accounting.accountant import Admission
+from sluice.accounting.budgets import Verdict
 from sluice.accounting.cost import Pricing
 from sluice.accounting.response_cost import UsagePricer
+from sluice.accounting.tenancy import Principal
+from sluice.deployments.http import render
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
-from sluice.observability.response_watch import watch
+from sluice.pipeline.answer import Answer
+from sluice.pipeline.request import RequestLimits, parsed
+from sluice.pipeline.settlement import Settlement
 
 PRICE = Pricing.model_validate({"mode": "tokens", "tokens": {"input_per_1m": 1.0,
                                                              "output_per_1m": 1.0}})
@@ -46,11 +52,29 @@ USAGE = {"prompt_tokens": 40, "completion_tokens": 3,
          "prompt_tokens_details": {"cached_tokens": 32}}
 
 
-def metered(meter: RequestMeter, response: Response, clock: Clock) -> Response:
+class NoLedger:
+    def settle(self, *args, **kwargs) -> None:
+        pass
+
+
+def metered(meter: RequestMeter, answer: Answer, clock: Clock) -> list[str]:
+    """Settle the answer with this meter and send it; the chunks sent (streams)."""
     pricer = UsagePricer({"small": PRICE, "large": PRICE})
-    return watch(response, started=meter.started, clock=clock, client_usage=True,
-                 on_end=meter.finished,
-                 price=lambda usage, model, hit: pricer.price(usage, model, hit=hit))
+    settlement = Settlement(meter, None, NoLedger(), pricer, "r", clock)  # type: ignore[arg-type]
+    settlement.admitted(Admission(Principal("k", "t"), (), 0.0, Verdict("ok")))
+    body: dict = {"model": meter.model, "prompt": "p", "stream": answer.events is not None}
+    if answer.events is not None:
+        body["stream_options"] = {"include_usage": True}
+    settlement.parsed(parsed("completions", body, RequestLimits(8, 4096), "r", {}),
+                      known_model=False)  # the tests mark it routed themselves
+    response = render(asyncio.run(settlement.settle(answer)))
+    if answer.events is None:
+        return []
+
+    async def drain() -> list[str]:
+        return [c async for c in response.body_iterator]
+
+    return asyncio.run(drain())
 
 
 def test_a_streamed_answer_records_ttft_tpot_tokens_cost_and_in_flight() -> None:
@@ -67,15 +91,10 @@ def test_a_streamed_answer_records_ttft_tpot_tokens_cost_and_in_flight() -> None
     async def body():
         for i, chunk in enumerate(chunks):
             clock.t = 100.0 + [0.0, 0.25, 0.35, 0.45, 0.46, 0.46][i]
-            yield chunk
+            yield sse.read(chunk, parse_first=i == 0)
 
-    response = metered(meter, StreamingResponse(body(), headers={
-        "x-sluice-route": "direct", "x-sluice-model": "small"}), clock)
-
-    async def drain():
-        return [c async for c in response.body_iterator]
-
-    assert len(asyncio.run(drain())) == len(chunks)
+    sent = metered(meter, Answer("small", "direct", "bypass", events=body()), clock)
+    assert len(sent) == len(chunks)
     assert value(metrics, "gen_ai_server_time_to_first_token_seconds_sum", model="small") == 0.25
     # 3 tokens: 2 gaps over 0.46 - 0.25 s
     assert abs(value(metrics, "gen_ai_server_time_per_output_token_seconds_sum",
@@ -92,13 +111,13 @@ def test_a_json_answer_counts_its_usage_and_a_cache_hit_counts_no_tokens() -> No
     metrics, clock = Metrics(), Clock()
     meter = RequestMeter(metrics, clock)
     meter.routed("large")
-    body = json.dumps({"choices": [{"message": {"content": "x"}}], "usage": USAGE})
-    metered(meter, Response(body, media_type="application/json", headers={
-        "x-sluice-route": "direct", "x-sluice-model": "large"}), clock)
+    def body() -> dict:
+        return {"choices": [{"message": {"content": "x"}}], "usage": dict(USAGE)}
+
+    metered(meter, Answer("large", "direct", "miss", whole=body()), clock)
     hit = RequestMeter(metrics, clock)
     hit.routed("large")
-    metered(hit, Response(body, media_type="application/json", headers={
-        "x-sluice-route": "cache", "x-sluice-cache": "hit", "x-sluice-model": "large"}), clock)
+    metered(hit, Answer("large", "cache", "hit", whole=body()), clock)
     assert value(metrics, "sluice_tokens_total", model="large", type="output") == 3
     assert value(metrics, "sluice_requests_total", model="large", route="cache",
                  status="200") == 1

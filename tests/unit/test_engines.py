@@ -9,8 +9,8 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ErrorResponse as EngineErrorResponse,
 )
 
-from sluice.deployments.relay import _as_error
 from sluice.errors import ContextLengthExceeded, InvalidRequest
+from sluice.pipeline.engines import _as_error
 
 CTX = "This model's maximum context length is 2048 tokens. However, your prompt contains 2049"
 
@@ -50,8 +50,8 @@ import contextlib
 import pytest
 from ray import exceptions as ray_exceptions
 
-from sluice.deployments.relay import AVOID_ATTR, EngineStream, call_engine
 from sluice.errors import SluiceError, Unavailable
+from sluice.pipeline.engines import AVOID_ATTR, EngineStream, call_engine
 
 
 class _Gen:
@@ -136,12 +136,12 @@ def test_mid_stream_failure_ends_with_error_event_and_done() -> None:
     stream = EngineStream("small", ['data: {"id": 1}\n\n'], _Failing())
 
     async def collect() -> list[str]:
-        return [chunk async for chunk in stream.sse()]
+        return [event async for chunk in stream.events() for event in chunk]
 
-    chunks = asyncio.run(collect())
-    assert chunks[0] == 'data: {"id": 1}\n\n'
-    assert json.loads(chunks[1][6:])["error"]["code"] == "engine_unavailable"
-    assert chunks[-1] == "data: [DONE]\n\n"
+    first, error, done = asyncio.run(collect())
+    assert first.text == 'data: {"id": 1}\n\n' and first.payload == {"id": 1}
+    assert error.kind == "error" and error.payload["error"]["code"] == "engine_unavailable"
+    assert done.kind == "done" and done.text == "data: [DONE]\n\n"
 
 
 def test_first_item_and_the_serving_replica_are_returned() -> None:

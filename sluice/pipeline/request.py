@@ -9,7 +9,7 @@ gets a 400 naming the field rather than an engine error or a wasted generation.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,10 +146,43 @@ def _materialize_message_content(request: ChatCompletionRequest) -> None:
                     ) from None
 
 
+@dataclass
+class ParsedRequest:
+    """A request as the pipeline takes it: the client's body and its typed engine request."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]  # as sent (cache keys and policies read it)
+    llm: LLMRequest  # validated; the engine's own request type
+    request_id: str
+    headers: Mapping[str, str]
+    client_usage: bool = True  # a stream's usage event goes to the client (it asked)
+
+    @property
+    def prompt_field(self) -> str:
+        return "messages" if self.endpoint == "chat" else "prompt"
+
+    def estimate(self, token_events: int) -> dict[str, Any]:
+        """The usage of an answer cut short (it never sent its own), so the prompt is
+        measured only then: ~4 characters a token; each token event is at least a token."""
+        prompt = self.body.get("messages") or self.body.get("prompt") or ""
+        return {"prompt_tokens": len(json.dumps(prompt)) // 4,
+                "completion_tokens": token_events}
+
+
+def parsed(endpoint: Endpoint, body: dict[str, Any], limits: RequestLimits, request_id: str,
+           headers: Mapping[str, str]) -> ParsedRequest:
+    """The body validated (400 names the field), with its engine request id and the usage
+    event a stream's ledger record needs."""
+    llm = parse_request(endpoint, body, limits)
+    llm.request_id = request_id
+    client_usage = with_usage_event(llm)
+    return ParsedRequest(endpoint, body, llm, request_id, headers, client_usage)
+
+
 def with_usage_event(request: LLMRequest) -> bool:
     """Make a streamed request's engine send its usage event; True if the client asked.
 
-    The ledger needs every answer's tokens; the watch drops the event again for a client
+    The ledger needs every answer's tokens; settlement drops the event again for a client
     that did not ask for it.
     """
     options = request.stream_options

@@ -1,4 +1,4 @@
-"""Call an LLMServer deployment through its handle and relay what it yields to HTTP.
+"""Call an LLMServer deployment through its handle and read what it yields.
 
 The LLMServer yields, for a streaming request, lists of ready SSE strings; for a non-streaming
 one, a single response object; for an engine-side rejection, an ErrorResponse (possibly inside
@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Tracer
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 from ray.serve.handle import DeploymentHandle
 
 from sluice import sse
 from sluice.errors import SluiceError, Unavailable, from_engine_error
+from sluice.observability.tracing import OPERATIONS
 
 log = logging.getLogger(__name__)
 
-REPLICA_HEADER = "x-sluice-replica"
 # Set on the engine request for a retry: the replicas that just failed it, which Sluice's
 # replica router ranks last (an extra field; vLLM's request models ignore extras)
 AVOID_ATTR = "sluice_avoid_replicas"
@@ -72,26 +74,58 @@ class EngineStream:
         self.first = first
         self._rest = rest
         self.replica = replica  # the Serve replica that answers
-        self.failed = False  # set when the stream ended with an error event
 
-    async def sse(self) -> AsyncIterator[str]:
-        """The SSE body. Mid-stream failures end it with an OpenAI-style error event."""
-        done = False
+    def whole(self) -> dict[str, Any]:
+        """A non-streamed answer as JSON-ready data (the engine's typed response, once)."""
+        return self.first.model_dump(mode="json")  # type: ignore[no-any-return]
+
+    async def events(self) -> AsyncIterator[list[sse.Event]]:
+        """The stream's events, one list per engine item, read once (sluice.sse.read). A
+        failure mid-stream ends it with an OpenAI-style error event; every stream ends with
+        [DONE]."""
+        done, named = False, False
         try:
             item: Any = self.first
             while True:
-                chunk = "".join(item) if isinstance(item, list) else str(item)
-                done = done or sse.ends(chunk)
-                yield chunk
+                events = sse.read("".join(item) if isinstance(item, list) else str(item),
+                                  parse_first=not named)
+                named = named or any(e.payload is not None for e in events)
+                done = done or any(e.kind == sse.END for e in events)
+                yield events
                 item = await self._rest.__anext__()
         except StopAsyncIteration:
             pass
         except _RETRIABLE as exc:
-            self.failed = True
-            err = _unavailable(self.model, exc)
-            yield sse.encode(err.body())
+            yield sse.read(sse.encode(_unavailable(self.model, exc).body()))
         if not done:
-            yield sse.DONE
+            yield sse.read(sse.DONE)
+
+
+class Engines:
+    """The model deployments, called by name: one traced engine call each, with its own
+    engine request id under the client's, retried before its first item (`call_engine`)."""
+
+    def __init__(self, handles: Mapping[str, DeploymentHandle], first_item_timeout_s: float,
+                 attempts: int, tracer: Tracer) -> None:
+        self._streams = {name: h.options(stream=True) for name, h in handles.items()}
+        self._timeout_s, self._attempts, self._tracer = first_item_timeout_s, attempts, tracer
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._streams
+
+    async def call(self, model: str, endpoint: str, request: Any) -> EngineStream:
+        engine_request = request.model_copy(update={
+            "model": model, "request_id": f"{request.request_id}.{uuid.uuid4().hex[:8]}"})
+        operation = OPERATIONS.get(endpoint, endpoint)
+        with self._tracer.start_as_current_span(
+                f"{operation} {model}", kind=SpanKind.CLIENT,
+                attributes={"gen_ai.operation.name": operation, "gen_ai.provider.name": "vllm",
+                            "gen_ai.request.model": model,
+                            "sluice.stream": bool(engine_request.stream)}) as span:
+            stream = await call_engine(self._streams[model], endpoint, engine_request, model,
+                                       self._timeout_s, self._attempts)
+            span.set_attribute("sluice.replica", stream.replica or "")
+        return stream
 
 
 async def call_engine(

@@ -11,11 +11,13 @@ an answer completed cleanly. Owns both caches and the counters `/v1/cache/stats`
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 from opentelemetry.trace import Tracer
 
+from sluice import sse
 from sluice.cache_tier.redis_target import async_client
 from sluice.cache_tier.response_cache import (
     BYPASS,
@@ -26,19 +28,9 @@ from sluice.cache_tier.response_cache import (
     cache_policy,
 )
 from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig, wants_semantic
-from sluice.deployments.relay import EngineStream
 from sluice.router.features import Embedder
 
-CACHE_HEADER = "x-sluice-cache"
-SIMILARITY_HEADER = "x-sluice-cache-similarity"
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
-
-
-def cache_headers(lookup: CacheLookup) -> dict[str, str]:
-    headers = {CACHE_HEADER: lookup.status.value}
-    if lookup.similarity is not None:
-        headers[SIMILARITY_HEADER] = f"{lookup.similarity:.4f}"
-    return headers
 
 
 def _response_cache(config: ResponseCacheConfig, redis_url: str | None) -> ResponseCache | None:
@@ -90,20 +82,35 @@ class AnswerCache:
         if self.exact is not None and cached.store_key is not None:
             self._spawn(self._put(cached, payload))
 
+    def store_whole(self, cached: CacheLookup, answer: dict[str, Any]) -> None:
+        """A JSON answer, serialised now (before settlement prices it) if it is stored."""
+        if self.exact is not None and cached.store_key is not None:
+            self.store(cached, json.dumps(answer))
+
     async def _put(self, cached: CacheLookup, payload: str) -> None:
         assert self.exact is not None and cached.store_key is not None
         stored = await self.exact.put(cached.store_key, payload)
         if stored and cached.probe is not None and self.semantic is not None:
             await self.semantic.remember(cached.probe, cached.store_key)
 
-    async def recorded(self, stream: EngineStream, cached: CacheLookup) -> AsyncIterator[str]:
-        """Relay the stream and store the whole SSE body once it completed cleanly."""
-        chunks: list[str] = []
-        async for chunk in stream.sse():
-            chunks.append(chunk)
+    def recorded(self, events: AsyncIterator[list[sse.Event]], cached: CacheLookup
+                 ) -> AsyncIterator[list[sse.Event]]:
+        """The stream, stored whole (its SSE text) once it completed without an error."""
+        if self.exact is None or cached.store_key is None:
+            return events
+        return self._recording(events, cached)
+
+    async def _recording(self, events: AsyncIterator[list[sse.Event]], cached: CacheLookup
+                         ) -> AsyncIterator[list[sse.Event]]:
+        texts: list[str] = []
+        failed = False
+        async for chunk in events:
+            for event in chunk:
+                texts.append(event.text)
+                failed = failed or event.kind == sse.ERROR
             yield chunk
-        if not stream.failed:
-            self.store(cached, "".join(chunks))
+        if not failed:
+            self.store(cached, "".join(texts))
 
     def counters(self) -> dict[str, dict[str, int] | None]:
         return {"response": dict(self.exact.counters) if self.exact else None,

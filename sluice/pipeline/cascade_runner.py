@@ -12,22 +12,27 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.trace import NoOpTracer, Tracer
 
-from sluice.accounting.stage_spend import record_stage
-from sluice.deployments.protocol import Endpoint, LLMRequest
-from sluice.deployments.relay import REPLICA_HEADER, EngineStream
+from sluice.accounting.stage_spend import StageLog
 from sluice.errors import ContextLengthExceeded, Unavailable
+from sluice.pipeline.engines import EngineStream
+from sluice.pipeline.request import Endpoint, LLMRequest
 from sluice.router.cascade import ESCALATED, FALLBACK, LARGE, SMALL, CascadePolicy
 from sluice.router.judges import Candidate, Judge, LearnedPromptRouter
 from sluice.router.reliability import agree
 
 log = logging.getLogger(__name__)
 
-EngineCall = Callable[[str, Endpoint, LLMRequest], Awaitable[EngineStream]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class EngineCaller(Protocol):
+    """What the runner needs of the engines (`sluice.pipeline.engines.Engines`)."""
+
+    async def call(self, model: str, endpoint: str, request: Any) -> EngineStream: ...
 
 
 @dataclass
@@ -41,17 +46,6 @@ class CascadeOutcome:
     scores: dict[str, float] = field(default_factory=dict)
     fallback: str | None = None
     replica: str | None = None  # of a buffered answer (a stream knows its own)
-
-    def headers(self) -> dict[str, str]:
-        out = {"x-sluice-route": self.route, "x-sluice-model": self.model}
-        replica = self.stream.replica if self.stream is not None else self.replica
-        if replica:
-            out[REPLICA_HEADER] = replica
-        for name, value in self.scores.items():
-            out[f"x-sluice-{name}-score"] = f"{value:.4f}"
-        if self.fallback:
-            out["x-sluice-fallback"] = self.fallback
-        return out
 
 
 def _text(content: Any) -> str:
@@ -105,19 +99,22 @@ def _buffered_copy(endpoint: Endpoint, request: LLMRequest, with_logprobs: bool)
 class CascadeRunner:
     """One route's stages, wired to the engines. Dependencies are passed in."""
 
-    def __init__(self, policy: CascadePolicy, call: EngineCall, spawn: Spawn,
+    def __init__(self, policy: CascadePolicy, engines: EngineCaller, spawn: Spawn,
                  pre_router: LearnedPromptRouter | None = None,
                  judge: Judge | None = None, tracer: Tracer | None = None) -> None:
         self.policy = policy
         self._route = policy.route
-        self._call = call
+        self._call = engines.call
         self._spawn = spawn
         self._pre_router = pre_router
         self._judge = judge
         self._shadows_in_flight = 0
         self._tracer = tracer or NoOpTracer()
 
-    async def run(self, endpoint: Endpoint, request: LLMRequest) -> CascadeOutcome:
+    async def run(self, endpoint: Endpoint, request: LLMRequest, spend: StageLog
+                  ) -> CascadeOutcome:
+        """Answer the request by the route's stages; work paid for but not sent (a rejected
+        draft, an LLM judge's call) goes into `spend`."""
         prompt = prompt_text(endpoint, request)
         scores: dict[str, float] = {}
         if self._pre_router is not None and self._route.pre_router is not None:
@@ -132,10 +129,10 @@ class CascadeRunner:
             self.policy.count(SMALL)
             stream = await self._call(self._route.small, endpoint, request)
             return CascadeOutcome(SMALL, self._route.small, stream=stream, scores=scores)
-        return await self._judged(endpoint, request, prompt, scores)
+        return await self._judged(endpoint, request, prompt, scores, spend)
 
     async def _judged(self, endpoint: Endpoint, request: LLMRequest, prompt: str,
-                      scores: dict[str, float]) -> CascadeOutcome:
+                      scores: dict[str, float], spend: StageLog) -> CascadeOutcome:
         assert self._judge is not None and self._route.judge is not None
         small_request = _buffered_copy(endpoint, request, self._judge.needs_logprobs)
         try:
@@ -144,16 +141,16 @@ class CascadeRunner:
             return await self._large(endpoint, request, ESCALATED, scores, "small-context")
         except Unavailable:
             return await self._large(endpoint, request, FALLBACK, scores, "small-unavailable")
-        response = small.first.model_dump(mode="json")
+        response = small.whole()
         seen = candidate(endpoint, prompt, response)
-        score = await self._stage(self._judge.score(seen), self._route.judge.timeout_ms,
-                                  "judge")
+        score = await self._stage(self._judge.score(seen, spend),
+                                  self._route.judge.timeout_ms, "judge")
         if score is None:
-            record_stage("draft", self._route.small, response)
+            spend.record("draft", self._route.small, response)
             return await self._large(endpoint, request, FALLBACK, scores, "judge")
         scores["judge"] = score
         if not self.policy.accept(score):
-            record_stage("draft", self._route.small, response)  # paid for, not sent
+            spend.record("draft", self._route.small, response)  # paid for, not sent
             return await self._large(endpoint, request, ESCALATED, scores)
         self.policy.count(SMALL)
         if not _client_wants_logprobs(endpoint, request):
@@ -207,7 +204,7 @@ class CascadeRunner:
         tracker, shadow = self.policy.reliability, self._route.shadow
         try:
             stream = await self._call(self._route.large, endpoint, request)
-            large = candidate(endpoint, "", stream.first.model_dump(mode="json"))
+            large = candidate(endpoint, "", stream.whole())
             agreed = agree(small_answer, large.answers[0] if large.answers else "",
                            shadow.agreement, shadow.overlap_threshold)
             if tracker.record(agreed):

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from opentelemetry.trace import Tracer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
-from sluice.accounting.stage_spend import record_stage
+from sluice.accounting.stage_spend import StageLog
 from sluice.config import PlatformConfig
-from sluice.deployments.cascade import CascadeRunner, EngineCall, Spawn
+from sluice.pipeline.cascade_runner import CascadeRunner, EngineCaller, Spawn
 from sluice.router.artifacts import load_scorer
 from sluice.router.cascade import CascadePolicy
 from sluice.router.config import JudgeConfig, RoutingConfig
@@ -46,7 +46,7 @@ def _label_tokens(config: PlatformConfig, model: str) -> tuple[list[int], list[s
     return ids, [str(tokenizer.decode([i])) for i in ids]
 
 
-def llm_grader(config: PlatformConfig, model: str, call: EngineCall) -> Grader:
+def llm_grader(config: PlatformConfig, model: str, engines: EngineCaller) -> Grader:
     """Ask the judge model for one token and read log P(Yes), log P(No) from vLLM.
 
     vLLM's `logprob_token_ids` returns the two labels' log-probabilities whether or not
@@ -54,13 +54,15 @@ def llm_grader(config: PlatformConfig, model: str, call: EngineCall) -> Grader:
     """
     ids, texts = _label_tokens(config, model)
 
-    async def grade(messages: list[dict[str, str]]) -> tuple[float, float]:
+    async def grade(messages: list[dict[str, str]], spend: StageLog | None
+                    ) -> tuple[float, float]:
         request = ChatCompletionRequest.model_validate({
             "model": model, "messages": messages, "max_tokens": 1, "temperature": 0,
             "logprobs": True, "top_logprobs": len(ids), "logprob_token_ids": ids})
-        stream = await call(model, "chat", request)
-        response = stream.first.model_dump(mode="json")
-        record_stage("judge", model, response)
+        stream = await engines.call(model, "chat", request)
+        response = stream.whole()
+        if spend is not None:
+            spend.record("judge", model, response)
         content = ((response["choices"][0].get("logprobs") or {}).get("content") or [])
         if not content:
             raise JudgeError("the judge model returned no log-probabilities")
@@ -71,12 +73,12 @@ def llm_grader(config: PlatformConfig, model: str, call: EngineCall) -> Grader:
 
 
 def _judge(config: PlatformConfig, routing: RoutingConfig, judge: JudgeConfig,
-           embedder: Callable[[], Embedder], call: EngineCall) -> Judge:
+           embedder: Callable[[], Embedder], engines: EngineCaller) -> Judge:
     if judge.kind == "logprob":
         return LogprobJudge(judge.reduce)
     if judge.kind == "llm":
         assert judge.judge_model is not None
-        return LLMJudge(llm_grader(config, judge.judge_model, call))
+        return LLMJudge(llm_grader(config, judge.judge_model, engines))
     assert judge.artifact is not None
     scorer = load_scorer(judge.kind, routing.artifact_path(judge.artifact),
                          judge.artifact.sha256, embedder())
@@ -96,7 +98,7 @@ def lazy_embedder() -> Callable[[], Embedder]:
     return embedder
 
 
-def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
+def build_runners(config: PlatformConfig, engines: EngineCaller, spawn: Spawn,
                   embedder: Callable[[], Embedder], rng: random.Random | None = None,
                   tracer: Tracer | None = None) -> dict[str, CascadeRunner]:
     routing = config.routing
@@ -111,8 +113,8 @@ def build_runners(config: PlatformConfig, call: EngineCall, spawn: Spawn,
                                  artifact.sha256, embedder())
             scorer.score_texts(["warm-up"])  # the first inference is slow: not on a request
             pre_router = LearnedPromptRouter(scorer)
-        judge = (_judge(config, routing, route.judge, embedder, call)
+        judge = (_judge(config, routing, route.judge, embedder, engines)
                  if route.judge is not None else None)
         policy = CascadePolicy(route, rng or random.Random())
-        runners[route.name] = CascadeRunner(policy, call, spawn, pre_router, judge, tracer)
+        runners[route.name] = CascadeRunner(policy, engines, spawn, pre_router, judge, tracer)
     return runners

@@ -1,7 +1,7 @@
 import pytest
 
-from sluice.deployments.protocol import RequestLimits, decode_json, parse_request, with_usage_event
 from sluice.errors import InvalidRequest
+from sluice.pipeline.request import RequestLimits, decode_json, parse_request, with_usage_event
 
 LIMITS = RequestLimits(max_n=8, max_tokens=4096)
 CHAT = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
@@ -74,7 +74,7 @@ def test_every_stream_asks_the_engine_for_usage_and_says_if_the_client_did() -> 
 
 
 def test_a_deeply_nested_body_is_a_client_error() -> None:
-    from sluice.deployments.protocol import decode_json
+    from sluice.pipeline.request import decode_json
 
     raw = b'{"model": "small", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(InvalidRequest, match="nested too deeply"):
@@ -98,8 +98,8 @@ async def _chunks(*parts: bytes):
 def test_an_oversized_body_is_413_before_it_is_read() -> None:
     import asyncio
 
-    from sluice.deployments.protocol import read_body
     from sluice.errors import PayloadTooLarge
+    from sluice.pipeline.request import read_body
 
     read: list[bytes] = []
 

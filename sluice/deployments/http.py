@@ -1,0 +1,124 @@
+"""The HTTP edge: request ids, errors as OpenAI JSON, and a settled answer rendered once.
+
+This is the only module that turns an answer into headers and bytes (the pipeline returns
+data: `sluice.pipeline.settlement.Settled`). The headers name what answered:
+`x-sluice-model`, `x-sluice-route`, `x-sluice-cache` (and `-similarity`),
+`x-sluice-replica`, the cascade's `x-sluice-<stage>-score` and `x-sluice-fallback`,
+`x-sluice-budget: soft`, and `x-sluice-cost-usd` where the cost is known before the body
+is sent (JSON and buffered answers; a live stream carries it in its usage event).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sluice import sse
+from sluice.errors import NotFound, SluiceError, unexpected
+from sluice.observability.outcome import COST_HEADER
+from sluice.pipeline.answer import Answer
+from sluice.pipeline.settlement import Settled
+
+log = logging.getLogger(__name__)
+
+REPLICA_HEADER = "x-sluice-replica"
+CACHE_HEADER = "x-sluice-cache"
+SIMILARITY_HEADER = "x-sluice-cache-similarity"
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def client_request_id(request: Request) -> str | None:
+    """The client's x-request-id when it is a sane id; a long or odd one is not carried
+    into response ids, error messages, the ledger or logs."""
+    given = request.headers.get("x-request-id") or ""
+    return given if _CLIENT_ID.fullmatch(given) else None
+
+
+def request_id(request: Request) -> str:
+    return client_request_id(request) or f"req-{uuid.uuid4().hex}"
+
+
+def error_response(err: SluiceError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def create_app() -> FastAPI:
+    """The FastAPI app with Sluice's error handling; routes are methods of the ingress."""
+    app = FastAPI(title="Sluice", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(SluiceError)
+    async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = NotFound(str(exc.detail))
+        err.status = exc.status_code
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
+        rid = client_request_id(request)
+        log.error("unhandled error in ingress (request id %s)", rid, exc_info=exc)
+        return error_response(unexpected(exc, rid))
+
+    return app
+
+
+def answer_headers(answer: Answer) -> dict[str, str]:
+    headers = {"x-sluice-model": answer.model, "x-sluice-route": answer.route,
+               CACHE_HEADER: answer.cache}
+    if answer.similarity is not None:
+        headers[SIMILARITY_HEADER] = f"{answer.similarity:.4f}"
+    if answer.replica:
+        headers[REPLICA_HEADER] = answer.replica
+    for name, value in answer.scores.items():
+        headers[f"x-sluice-{name}-score"] = f"{value:.4f}"
+    if answer.fallback:
+        headers["x-sluice-fallback"] = answer.fallback
+    if answer.budget:
+        headers["x-sluice-budget"] = answer.budget
+    return headers
+
+
+async def _sse_text(events: AsyncIterator[list[sse.Event]]) -> AsyncIterator[str]:
+    async for chunk in events:
+        yield "".join(event.text for event in chunk)
+
+
+class _SettledStream(StreamingResponse):
+    """A streamed answer that ends its settlement even when the body never started (the
+    client left before the first byte, so the body generator's `finally` never ran)."""
+
+    def __init__(self, settled: Settled, headers: dict[str, str]) -> None:
+        assert settled.events is not None
+        super().__init__(_sse_text(settled.events), media_type="text/event-stream",
+                         headers=headers)
+        self._end = settled.end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._end(True)  # a no-op when the body ended it
+
+
+def render(settled: Settled) -> Response:
+    headers = answer_headers(settled.answer)
+    if settled.cost_usd is not None:
+        headers[COST_HEADER] = f"{settled.cost_usd:.9f}"
+    if settled.whole is not None:
+        return Response(json.dumps(settled.whole), media_type="application/json",
+                        headers=headers)
+    if settled.buffered is not None:  # a cached or judged stream: one body, all there
+        text = "".join(event.text for chunk in settled.buffered for event in chunk)
+        return Response(text, media_type="text/event-stream", headers=headers)
+    return _SettledStream(settled, {**headers, "cache-control": "no-cache"})

@@ -1,0 +1,120 @@
+"""The pipeline's core: a parsed, admitted request in, a typed Answer out.
+
+In the order it runs: a budget past its soft limit sends a cascade's request to its small
+model; a cascade route (a virtual model) runs its stages (`cascade_runner`); any other
+model is resolved by the static router; the response cache is asked first; then the
+chosen model's engine is called (`engines`). Nothing here knows HTTP.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.trace import Tracer
+
+from sluice import sse
+from sluice.accounting.accountant import Admission
+from sluice.accounting.budgets import BudgetGuard
+from sluice.accounting.stage_spend import StageLog
+from sluice.cache_tier.response_cache import CacheLookup
+from sluice.pipeline.answer import Answer, cached_answer, replayed
+from sluice.pipeline.answer_cache import AnswerCache
+from sluice.pipeline.cascade_runner import CascadeOutcome, CascadeRunner
+from sluice.pipeline.engines import Engines, EngineStream
+from sluice.pipeline.replay import sse_events
+from sluice.pipeline.request import ParsedRequest
+from sluice.router.static import StaticRouter
+
+BUDGET_DOWNGRADE = "budget-downgrade"
+
+
+class Pipeline:
+    def __init__(self, router: StaticRouter, runners: dict[str, CascadeRunner],
+                 engines: Engines, cache: AnswerCache, guard: BudgetGuard,
+                 tracer: Tracer) -> None:
+        self._router, self._runners, self._engines = router, runners, engines
+        self._cache, self._guard, self._tracer = cache, guard, tracer
+
+    def knows(self, model: str) -> bool:
+        return model in self._runners or model in self._engines
+
+    async def answer(self, request: ParsedRequest, admission: Admission, spend: StageLog
+                     ) -> Answer:
+        verdict = admission.verdict
+        budget = "soft" if verdict.level == "soft" else None
+        tenant = admission.principal.tenant
+        runner = self._runners.get(request.llm.model)
+        if runner is not None and verdict.downgrade:
+            request.llm.model = runner.policy.route.small  # the budget's soft limit
+            self._guard.downgraded(verdict)
+            return await self._direct(request, tenant, budget, BUDGET_DOWNGRADE)
+        if runner is not None:
+            return await self._cascade(request, runner, tenant, budget, spend)
+        return await self._direct(request, tenant, budget)
+
+    async def _direct(self, request: ParsedRequest, tenant: str, budget: str | None,
+                      route: str | None = None) -> Answer:
+        with self._tracer.start_as_current_span("sluice.route") as span:
+            decision = self._router.decide(request.llm.model)
+            span.set_attributes({"sluice.route": decision.route,
+                                 "sluice.route.model": decision.model})
+        route = route or decision.route
+        cached = await self._lookup(request, decision.model, tenant)
+        if cached.body is not None:
+            return self._hit(request, cached, decision.model, route, budget)
+        stream = await self._engines.call(decision.model, request.endpoint, request.llm)
+        answer = Answer(decision.model, route, cached.status.value, replica=stream.replica,
+                        budget=budget)
+        return self._from_engine(request, stream, answer, cached)
+
+    async def _cascade(self, request: ParsedRequest, runner: CascadeRunner, tenant: str,
+                       budget: str | None, spend: StageLog) -> Answer:
+        """A virtual model: the route's stages decide; a judged answer comes back whole."""
+        cached = await self._lookup(request, request.llm.model, tenant)
+        if cached.body is not None:
+            return self._hit(request, cached, request.llm.model, "cache", budget)
+        with self._tracer.start_as_current_span("sluice.route") as span:
+            outcome = await runner.run(request.endpoint, request.llm, spend)
+            span.set_attributes({"sluice.route": outcome.route,
+                                 "sluice.route.model": outcome.model,
+                                 **{f"sluice.score.{k}": v for k, v in outcome.scores.items()}})
+        answer = Answer(outcome.model, outcome.route, cached.status.value,
+                        replica=outcome.stream.replica if outcome.stream else outcome.replica,
+                        scores=outcome.scores, fallback=outcome.fallback, budget=budget)
+        if outcome.stream is not None:
+            return self._from_engine(request, outcome.stream, answer, cached)
+        return self._judged(request, outcome, answer, cached)
+
+    async def _lookup(self, request: ParsedRequest, model: str, tenant: str) -> CacheLookup:
+        return await self._cache.lookup(request.endpoint, model, request.body, request.headers,
+                                        tenant)
+
+    @staticmethod
+    def _hit(request: ParsedRequest, cached: CacheLookup, model: str, route: str,
+             budget: str | None) -> Answer:
+        assert cached.body is not None
+        answer = cached_answer(request, cached.body, model, route, cached.status.value,
+                               cached.similarity)
+        answer.budget = budget
+        return answer
+
+    def _from_engine(self, request: ParsedRequest, stream: EngineStream, answer: Answer,
+                     cached: CacheLookup) -> Answer:
+        if request.llm.stream:
+            answer.events = self._cache.recorded(stream.events(), cached)
+        else:
+            answer.whole = stream.whole()
+            self._cache.store_whole(cached, answer.whole)
+        return answer
+
+    def _judged(self, request: ParsedRequest, outcome: CascadeOutcome, answer: Answer,
+                cached: CacheLookup) -> Answer:
+        """The accepted small answer; a client that asked to stream gets it replayed as a
+        stream (with its usage event, which settlement drops if the client did not ask)."""
+        assert outcome.response is not None
+        if not request.llm.stream:
+            answer.whole = outcome.response
+            self._cache.store_whole(cached, answer.whole)
+            return answer
+        text = "".join(sse_events(request.endpoint, outcome.response, include_usage=True))
+        self._cache.store(cached, text)
+        answer.events, answer.buffered = replayed([sse.read(text, parse_first=True)]), True
+        return answer

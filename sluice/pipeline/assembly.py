@@ -1,0 +1,70 @@
+"""Build the pipeline and its collaborators from one validated PlatformConfig.
+
+The ingress deployment calls this with Serve's deployment handles; a benchmark or a test
+can call it with stand-ins of the same shape. Every collaborator is passed in, none is
+global: the engines, the answer cache, the accountant, the metrics and the tracer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from sluice.accounting.accountant import Accountant
+from sluice.accounting.response_cost import UsagePricer
+from sluice.config import PlatformConfig
+from sluice.observability.metrics import Metrics
+from sluice.observability.tracing import tracer_for
+from sluice.pipeline.answer_cache import AnswerCache
+from sluice.pipeline.answering import Pipeline
+from sluice.pipeline.background import Background
+from sluice.pipeline.cascade_runner import CascadeRunner
+from sluice.pipeline.engines import Engines
+from sluice.pipeline.handler import RequestHandler
+from sluice.pipeline.request import RequestLimits
+from sluice.pipeline.routes import build_runners, lazy_embedder
+from sluice.router.static import StaticRouter
+
+
+@dataclass
+class Platform:
+    """What the ingress serves from: the request handler and what its other routes read."""
+
+    handler: RequestHandler
+    router: StaticRouter
+    runners: dict[str, CascadeRunner]
+    cache: AnswerCache
+    accountant: Accountant
+    metrics: Metrics
+    background: Background
+
+    def route_snapshots(self) -> dict[str, dict[str, Any]]:
+        return {name: r.policy.snapshot() for name, r in self.runners.items()}
+
+
+def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str | None
+             ) -> Platform:
+    profile, ingress = config.profile, config.profile.ingress
+    background = Background()
+    tracer = tracer_for(profile.tracing)
+    spans = tracer or trace.NoOpTracer()  # the request's child spans
+    engines = Engines(handles, ingress.first_token_timeout_s, ingress.engine_attempts, spans)
+    embedder = lazy_embedder()
+    cache = AnswerCache(profile.response_cache, profile.semantic_cache, redis_url, embedder,
+                        background.spawn, spans)
+    runners = build_runners(config, engines, background.spawn, embedder, tracer=spans)
+    routes = config.routing.routes if config.routing else ()
+    router = StaticRouter(config.catalog, ingress.auto_route, routes)
+    metrics = Metrics(caches=cache.counters,
+                      routes=lambda: {n: r.policy.snapshot() for n, r in runners.items()})
+    accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
+    pipeline = Pipeline(router, runners, engines, cache, accountant.guard, spans)
+    pricer = UsagePricer({m.name: m.pricing for m in config.catalog.models})
+    handler = RequestHandler(pipeline, accountant, pricer, metrics,
+                             RequestLimits(max_n=ingress.max_n,
+                                           max_tokens=ingress.max_tokens_limit),
+                             ingress.max_body_bytes, tracer)
+    return Platform(handler, router, runners, cache, accountant, metrics, background)

@@ -1,0 +1,71 @@
+"""One inference request, end to end, in the order every request goes through.
+
+The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the first two):
+
+1. **request id**: the client's `x-request-id` when it is a sane id, else a new one;
+2. **errors**: a SluiceError renders as its status and OpenAI error JSON; anything else is
+   a 500 `internal_error` with its traceback logged under the request id;
+3. **settlement opened**: the meter starts, the request's span starts (child of the
+   client's trace context);
+4. **admission**: the key authenticates, tags are checked, the budget is asked (401, 400,
+   429; a soft limit marks the request);
+5. **body**: read with its size limit (413), decoded and validated into the engine's typed
+   request (400 names the field);
+6. **pipeline**: route, cache, cascade or engine, returning a typed Answer
+   (`answering.Pipeline`);
+7. **settlement**: the answer is metered, traced, priced and recorded (`settlement`);
+   a failure anywhere in 4-6 is settled by its status, with the stages it paid for;
+8. **render**: only now headers, JSON or SSE (the HTTP edge).
+
+Framework-free: the ingress deployment, the unit tests and the benchmarks call `handle`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import nullcontext
+
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
+from sluice.accounting.accountant import Accountant
+from sluice.accounting.response_cost import UsagePricer
+from sluice.observability.metrics import Metrics
+from sluice.observability.request_meter import RequestMeter
+from sluice.observability.tracing import start_span
+from sluice.pipeline.answering import Pipeline
+from sluice.pipeline.request import Endpoint, RequestLimits, decode_json, parsed, read_body
+from sluice.pipeline.settlement import Settled, Settlement
+
+
+class RequestHandler:
+    def __init__(self, pipeline: Pipeline, accountant: Accountant, pricer: UsagePricer,
+                 metrics: Metrics, limits: RequestLimits, max_body_bytes: int,
+                 tracer: Tracer | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
+        self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
+        self._tracer, self._clock = tracer, clock
+
+    async def handle(self, endpoint: Endpoint, headers: Mapping[str, str],
+                     body: AsyncIterator[bytes], request_id: str) -> Settled:
+        """Steps 3-7 above; raises the request's error after settling it."""
+        span = start_span(self._tracer, endpoint, headers) if self._tracer else None
+        settlement = Settlement(RequestMeter(self._metrics, self._clock), span,
+                                self._accountant, self._pricer, request_id, self._clock)
+        try:
+            admission = await self._accountant.admit(headers, request_id)
+            settlement.admitted(admission)
+            with (trace.use_span(span, record_exception=False, set_status_on_exception=False)
+                  if span is not None else nullcontext()):
+                raw = await read_body(body, headers.get("content-length"),
+                                      self._max_body_bytes)
+                request = parsed(endpoint, decode_json(raw), self._limits, request_id,
+                                 headers)
+                settlement.parsed(request, self._pipeline.knows(request.llm.model))
+                answer = await self._pipeline.answer(request, admission, settlement.spend)
+        except BaseException as exc:
+            settlement.failed(exc)
+            raise
+        return await settlement.settle(answer)

@@ -1,0 +1,209 @@
+"""The whole framework-free request path, as the ingress calls it: admission, parsing,
+routing, a cascade, the engines (stand-ins of Engines' shape), settlement and the render,
+with the metrics and the price read back. No Ray, no HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.trace import NoOpTracer
+from prometheus_client.parser import text_string_to_metric_families
+
+from sluice import sse
+from sluice.accounting.accountant import Accountant
+from sluice.accounting.config import AccountingConfig
+from sluice.accounting.response_cost import UsagePricer
+from sluice.cache_tier.response_cache import ResponseCacheConfig
+from sluice.cache_tier.semantic_cache import SemanticCacheConfig
+from sluice.config import load_platform_config
+from sluice.deployments.http import render
+from sluice.errors import InvalidRequest, ModelNotFound
+from sluice.observability.metrics import Metrics
+from sluice.pipeline.answer_cache import AnswerCache
+from sluice.pipeline.answering import Pipeline
+from sluice.pipeline.background import Background
+from sluice.pipeline.cascade_runner import CascadeRunner
+from sluice.pipeline.engines import EngineStream
+from sluice.pipeline.handler import RequestHandler
+from sluice.pipeline.request import RequestLimits
+from sluice.router.cascade import CascadePolicy
+from sluice.router.config import RouteConfig
+from sluice.router.judges import LogprobJudge
+from sluice.router.static import StaticRouter
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
+USAGE = {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}
+
+
+class _Response:
+    def __init__(self, model: str, logprob: float) -> None:
+        self._d = {"id": f"cmpl-{model}", "object": "chat.completion", "created": 1,
+                   "model": model, "choices": [{
+                       "index": 0, "finish_reason": "stop",
+                       "message": {"role": "assistant", "content": f"{model} says 42"},
+                       "logprobs": {"content": [{"token": "4", "logprob": logprob}]}}],
+                   "usage": dict(USAGE)}
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        return json.loads(json.dumps(self._d))
+
+
+class FakeEngines:
+    """Engines' shape: `model in engines` and `call`, answering as an LLMServer does
+    (a typed response, or lists of SSE strings)."""
+
+    def __init__(self, small_logprob: float = math.log(0.9), fail: Exception | None = None):
+        self.calls: list[tuple[str, bool]] = []
+        self._logprob, self._fail = small_logprob, fail
+
+    def __contains__(self, model: object) -> bool:
+        return model in ("small", "large")
+
+    async def call(self, model: str, endpoint: str, request: Any) -> EngineStream:
+        self.calls.append((model, bool(request.stream)))
+        if self._fail is not None:
+            raise self._fail
+        if not request.stream:
+            return EngineStream(model, _Response(model, self._logprob), _none(), "replica-1")
+        head = {"id": f"chat-{model}", "object": "chat.completion.chunk", "model": model}
+        first = [sse.encode({**head, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                       "content": ""}}]})]
+
+        async def rest():
+            for word in ("4", "2"):
+                yield [sse.encode({**head, "choices": [{"index": 0,
+                                                        "delta": {"content": word}}]})]
+            yield [sse.encode({**head, "choices": [{"index": 0, "delta": {},
+                                                    "finish_reason": "stop"}]}),
+                   sse.encode({**head, "choices": [], "usage": USAGE}), sse.DONE]
+
+        return EngineStream(model, first, rest(), "replica-2")
+
+
+async def _none():
+    return
+    yield
+
+
+def handler(engines: FakeEngines, threshold: float = 0.5) -> tuple[RequestHandler, Metrics]:
+    background = Background()
+    route = RouteConfig.model_validate({
+        "name": "auto", "small": "small", "large": "large",
+        "judge": {"kind": "logprob", "threshold": threshold, "timeout_ms": 500,
+                  "provenance": {"method": "manual", "reason": "unit test"}}})
+    runners = {"auto": CascadeRunner(CascadePolicy(route, random.Random(0)), engines,
+                                     background.spawn, judge=LogprobJudge())}
+    cache = AnswerCache(ResponseCacheConfig(enabled=False), SemanticCacheConfig(), None,
+                        lambda: None, background.spawn, NoOpTracer())  # type: ignore[arg-type]
+    metrics = Metrics()
+    accountant = Accountant(AccountingConfig(), None, background.spawn, metrics)
+    pipeline = Pipeline(StaticRouter(CONFIG.catalog, "small", [route]), runners,
+                        engines, cache, accountant.guard, NoOpTracer())  # type: ignore[arg-type]
+    pricer = UsagePricer({m.name: m.pricing for m in CONFIG.catalog.models})
+    return RequestHandler(pipeline, accountant, pricer, metrics, RequestLimits(8, 4096),
+                          1 << 20), metrics
+
+
+async def _body(payload: dict[str, Any]):
+    yield json.dumps(payload).encode()
+
+
+def send(h: RequestHandler, payload: dict[str, Any], endpoint: str = "chat"):
+    """The response and the body chunks it sent."""
+    async def go():
+        response = render(await h.handle(endpoint, {}, _body(payload), "req-1"))
+        if hasattr(response, "body_iterator"):
+            return response, [c async for c in response.body_iterator]
+        return response, [bytes(response.body).decode()]
+    return asyncio.run(go())
+
+
+def metric(metrics: Metrics, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return 0.0
+
+
+CHAT = {"messages": [{"role": "user", "content": "6 x 7?"}]}
+
+
+def test_a_direct_json_answer_is_routed_priced_rendered_and_metered() -> None:
+    engines = FakeEngines()
+    h, metrics = handler(engines)
+    response, (body,) = send(h, {"model": "large", **CHAT})
+    sent = json.loads(body)
+    assert engines.calls == [("large", False)]
+    assert response.headers["x-sluice-model"] == "large"
+    assert response.headers["x-sluice-replica"] == "replica-1"
+    assert float(response.headers["x-sluice-cost-usd"]) == sent["usage"]["cost"]["total_usd"]
+    assert sent["usage"]["cost"]["total_usd"] > 0
+    assert metric(metrics, "sluice_requests_total", model="large", route="large",
+                  status="200") == 1
+    assert metric(metrics, "sluice_tokens_total", model="large", type="output") == 2
+
+
+def test_a_stream_drops_the_usage_event_the_client_did_not_ask_for_but_counts_it() -> None:
+    h, metrics = handler(FakeEngines())
+    response, chunks = send(h, {"model": "small", "stream": True, **CHAT})
+    text = "".join(chunks)
+    assert response.headers["cache-control"] == "no-cache"
+    assert '"usage"' not in text and text.endswith(sse.DONE)
+    assert metric(metrics, "sluice_tokens_total", model="small", type="input") == 40
+    assert metric(metrics, "gen_ai_server_time_to_first_token_seconds_count",
+                  model="small") == 1
+
+
+def test_an_accepted_cascade_answer_is_replayed_as_the_stream_the_client_asked_for() -> None:
+    engines = FakeEngines(small_logprob=math.log(0.9))
+    h, _ = handler(engines)
+    response, (body,) = send(h, {"model": "auto", "stream": True,
+                                 "stream_options": {"include_usage": True}, **CHAT})
+    assert engines.calls == [("small", False)]  # buffered for the judge
+    assert response.headers["x-sluice-route"] == "small"
+    assert response.headers["x-sluice-judge-score"] == "0.9000"
+    assert "x-sluice-cost-usd" in response.headers  # known: the answer existed whole
+    events = sse.read(body)
+    assert [e.kind for e in events][-2:] == ["usage", "done"]
+    assert '"logprobs":null' in events[0].text  # the judge's logprobs are not leaked
+
+
+def test_an_escalated_answer_costs_its_rejected_draft_too() -> None:
+    engines = FakeEngines(small_logprob=math.log(0.1))
+    h, metrics = handler(engines)
+    response, (body,) = send(h, {"model": "auto", **CHAT})
+    cost = json.loads(body)["usage"]["cost"]
+    assert engines.calls == [("small", False), ("large", False)]
+    assert response.headers["x-sluice-route"] == "small>large"
+    assert [(s["stage"], s["model"]) for s in cost["stages"]] == [
+        ("draft", "small"), ("answer", "large")]
+    assert metric(metrics, "sluice_cost_usd_total", model="small") > 0
+
+
+def test_client_mistakes_are_their_errors_and_counted_before_a_model_is_known() -> None:
+    h, metrics = handler(FakeEngines())
+    with pytest.raises(InvalidRequest):
+        send(h, {"model": "small", "messages": [], "temperature": 9})
+    with pytest.raises(ModelNotFound):
+        send(h, {"model": "gpt-9", **CHAT})
+    assert metric(metrics, "sluice_requests_total", model="unrouted", route="error",
+                  status="400") == 1
+    assert metric(metrics, "sluice_requests_total", model="unrouted", route="error",
+                  status="404") == 1
+
+
+def test_a_bug_below_the_handler_is_counted_as_500_not_as_unavailable() -> None:
+    h, metrics = handler(FakeEngines(fail=KeyError("a bug")))
+    with pytest.raises(KeyError):
+        send(h, {"model": "small", **CHAT})
+    assert metric(metrics, "sluice_requests_total", model="small", route="error",
+                  status="500") == 1
+    assert metric(metrics, "sluice_in_flight_requests", model="small") == 0
