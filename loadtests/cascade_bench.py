@@ -31,7 +31,7 @@ import yaml
 
 from loadtests.cache_bench import pct
 from loadtests.sse_client import timed_completion
-from sluice.config import load_routing_config
+from sluice.schema.loading import load_routing_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = {"method": "manual", "reason": "benchmark: accept every answer, so the figure is "

@@ -123,8 +123,9 @@ def main() -> None:
         run_role(args.role, args.model, args.work)
         return
 
-    from sluice.cache_tier.kv_tier import KVTierConfig, engine_env
+    from sluice.cache_tier.kv_tier import engine_env
     from sluice.cache_tier.redis_server import LocalRedisServer
+    from sluice.schema.caches import KVTierConfig
 
     args.out.mkdir(parents=True, exist_ok=True)
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]

@@ -30,8 +30,6 @@ from starlette.responses import Response, StreamingResponse
 from sluice import sse
 from sluice.accounting.accountant import Accountant, Admission
 from sluice.accounting.budgets import Verdict
-from sluice.accounting.config import AccountingConfig
-from sluice.accounting.cost import Pricing
 from sluice.accounting.ledger import LedgerConfig, LedgerRecord, LedgerWriter
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.tenancy import Principal
@@ -43,6 +41,7 @@ from sluice.observability.request_meter import RequestMeter
 from sluice.pipeline.answer import Answer
 from sluice.pipeline.request import RequestLimits, parsed
 from sluice.pipeline.settlement import Settlement
+from sluice.schema.accounting import AccountingConfig, Pricing
 
 USAGE = {"prompt_tokens": 812, "completion_tokens": 64,
          "prompt_tokens_details": {"cached_tokens": 512}}

@@ -132,7 +132,7 @@ def bare_engine_args(config) -> list[str]:
 def run(out: Path, n_ttft: int, rounds: int, duration_s: float, concurrency: int) -> dict:
     """Both servers up at once; requests alternate so drift and noise hit both alike."""
     out.mkdir(parents=True, exist_ok=True)
-    from sluice.config import load_platform_config
+    from sluice.schema.loading import load_platform_config
 
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     model_dir = Path(config.model_source(config.catalog.by_tier("small")))

@@ -30,7 +30,6 @@ from locust.env import Environment
 from loadtests.locustfile import ShortChatUser
 from loadtests.streaming import StreamResult
 from sluice.capacity.analysis import (
-    SLO,
     StepStats,
     cost_per_million_tokens,
     knee,
@@ -39,6 +38,7 @@ from sluice.capacity.analysis import (
     sustainable,
     violations,
 )
+from sluice.schema.serving import SLO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results/plan"))
     args = parser.parse_args()
 
-    from sluice.config import load_platform_config
+    from sluice.schema.loading import load_platform_config
 
     config = load_platform_config(Path(args.profile), root=ROOT)
     slo = next(m.slo for m in config.catalog.models if m.name == args.model)

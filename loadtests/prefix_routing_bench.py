@@ -217,8 +217,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
-    from sluice.config import load_platform_config
     from sluice.deployments.local_stack import LocalStack
+    from sluice.schema.loading import load_platform_config
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sluice-prefix-bench-") as tmp:

@@ -23,7 +23,7 @@ DEPLOYMENT = "SluiceLLMServer:small"
 
 
 def _config(replicas: int) -> Any:
-    from sluice.config import load_platform_config
+    from sluice.schema.loading import load_platform_config
 
     base = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = base.profile.model_copy(update={

@@ -73,7 +73,7 @@ def both_servers(out: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes],
                                               subprocess.Popen[bytes]]]:
     """Bare vLLM and Sluice up at once with the same model and engine arguments, ready;
     yields (model dir, bare process, sluice process) and stops both after."""
-    from sluice.config import load_platform_config
+    from sluice.schema.loading import load_platform_config
 
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     model_dir = Path(config.model_source(config.catalog.by_tier("small")))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sluice.config import PlatformConfig
+    from sluice.schema.platform import PlatformConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = REPO_ROOT / "platform" / "profiles" / "local-cpu.yaml"
@@ -46,8 +46,8 @@ The demo models have random weights: their answers are noise. Press Ctrl-C to st
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sluice.config import load_platform_config
     from sluice.deployments.local_stack import LocalStack
+    from sluice.schema.loading import load_platform_config
 
     try:
         config = load_platform_config(Path(args.profile), root=REPO_ROOT)
@@ -155,9 +155,9 @@ def _cmd_route_calibrate(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sluice.router.calibrate import CalibrationSpec, calibrate
-    from sluice.router.config import RoutingConfig
     from sluice.router.dataset import load_pairs
     from sluice.router.features import MemoEmbedder, MiniLMEmbedder
+    from sluice.schema.routing import RoutingConfig
 
     config_path = Path(args.config)
     spec = CalibrationSpec(
@@ -205,7 +205,8 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from sluice.accounting.tenancy import ApiKey, key_hash
+    from sluice.accounting.tenancy import key_hash
+    from sluice.schema.accounting import ApiKey
 
     secret = "sk-sluice-" + secrets.token_urlsafe(32)
     entry = ApiKey(id=args.id, tenant=args.tenant, sha256=key_hash(secret), admin=args.admin)

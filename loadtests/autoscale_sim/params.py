@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from ray.serve._private.constants import (
     CONTROL_LOOP_INTERVAL_S,
     DEFAULT_MAX_ONGOING_REQUESTS,
@@ -23,12 +23,8 @@ from ray.serve._private.constants import (
 )
 from ray.serve.config import AutoscalingConfig
 
-from sluice.autoscaling.policy import AutoscalingSettings
-from sluice.capacity.analysis import SLO
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from sluice.schema.base import Frozen
+from sluice.schema.serving import SLO, AutoscalingSettings
 
 
 class LatencyProfile(Frozen):

@@ -32,9 +32,8 @@ from ray.serve.autoscaling_policy import (
 )
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from sluice.autoscaling.policy import AutoscalingSettings
 from sluice.autoscaling.serve_policy import SLOPolicy
-from sluice.capacity.analysis import SLO
+from sluice.schema.serving import SLO, AutoscalingSettings
 
 PolicyFn = Callable[[AutoscalingContext], tuple[float | int, dict[str, Any]]]
 DEPLOYMENT = DeploymentID(name="small", app_name="sim")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from loadtests.autoscale_sim.sim import RunRecord
-from sluice.capacity.analysis import SLO
+from sluice.schema.serving import SLO
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:

@@ -19,7 +19,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sluice.accounting.budgets import BudgetGuard, Verdict
-from sluice.accounting.config import AccountingConfig
 from sluice.accounting.ledger import LedgerRecord, LedgerWriter
 from sluice.accounting.notifier import WebhookNotifier
 from sluice.accounting.stage_spend import StageSpend
@@ -30,6 +29,7 @@ from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import NotFound, Unavailable
 from sluice.observability.metrics import Metrics
 from sluice.observability.outcome import Outcome, Tokens
+from sluice.schema.accounting import AccountingConfig
 
 log = logging.getLogger(__name__)
 MAX_TAG_SERIES = 100  # distinct tags with their own metric series; the rest are "_other"

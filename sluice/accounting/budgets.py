@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sluice.accounting.config import PERIODS, Budget
 from sluice.accounting.ledger import LedgerRecord, spend_key
 from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import BudgetExceeded
+from sluice.schema.accounting import PERIODS, Budget
 
 __all__ = ["BudgetExceeded"]  # the error a spent budget answers with
 

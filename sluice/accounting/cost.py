@@ -16,44 +16,10 @@ Pure: no I/O. Amounts are floats in US dollars, rounded to 1e-9 for reporting.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
 from sluice.observability.outcome import Tokens
-
-
-class TokenPrices(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    input_per_1m: float = Field(ge=0, description="USD per 1M uncached input tokens.")
-    cached_input_per_1m: float | None = Field(
-        default=None, ge=0, description="USD per 1M cached input tokens (input price if unset).")
-    output_per_1m: float = Field(ge=0, description="USD per 1M output tokens.")
-
-
-class GpuTime(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hourly_usd: float = Field(gt=0, description="What one replica costs per hour.")
-    tokens_per_s: float = Field(gt=0, description="Tokens (uncached input + output) one "
-                                "replica processes per second at its sustainable load.")
-
-
-class Pricing(BaseModel):
-    """How a catalog model is priced: exactly one of the two ways."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    mode: Literal["tokens", "gpu_time"] = Field(description="Which price applies.")
-    tokens: TokenPrices | None = Field(default=None, description="For mode `tokens`.")
-    gpu_time: GpuTime | None = Field(default=None, description="For mode `gpu_time`.")
-
-    @model_validator(mode="after")
-    def _one_way(self) -> Pricing:
-        if getattr(self, self.mode) is None:
-            raise ValueError(f"pricing mode '{self.mode}' needs its `{self.mode}:` block")
-        return self
+from sluice.schema.accounting import Pricing
 
 
 def _tokens(usage: Mapping[str, Any]) -> tuple[int, int, int]:

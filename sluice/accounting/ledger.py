@@ -27,8 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sluice.accounting.config import LedgerConfig
 from sluice.cache_tier.store_errors import STORE_ERRORS
+from sluice.schema.accounting import LedgerConfig
 
 log = logging.getLogger(__name__)
 

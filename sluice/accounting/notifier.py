@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from sluice.accounting.config import WebhookConfig
+from sluice.schema.accounting import WebhookConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sluice.accounting.cost import Pricing, cost_usd
+from sluice.accounting.cost import cost_usd
 from sluice.accounting.stage_spend import StageSpend
 from sluice.observability.outcome import Priced
+from sluice.schema.accounting import Pricing
 
 
 class UsagePricer:

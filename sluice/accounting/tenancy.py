@@ -20,55 +20,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from sluice.errors import Forbidden, InvalidRequest, Unauthorized
+from sluice.schema.accounting import ANONYMOUS, AuthConfig
 
 __all__ = ["Forbidden", "Unauthorized"]  # the errors this module raises, for callers
 
 TAGS_HEADER = "x-sluice-tags"
-ANONYMOUS = "anonymous"
 DEFAULT_TENANT = "default"
 _TAG = re.compile(r"^[A-Za-z0-9._:=-]{1,64}$")
-_ID = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 def key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-class ApiKey(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str = Field(pattern=_ID, description="The key's id: what ledgers and reports show.")
-    tenant: str = Field(pattern=_ID, description="The tenant it spends for.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the secret.")
-    admin: bool = Field(default=False, description="May read every tenant's usage.")
-
-
-class AuthConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    required: bool = Field(default=False, description="Refuse requests without a known key.")
-    keys: tuple[ApiKey, ...] = Field(default=(), description="The API keys.")
-    max_tags: int = Field(default=8, ge=0, description="Most tags one request may carry.")
-
-    @model_validator(mode="after")
-    def _unique(self) -> AuthConfig:
-        for field in ("id", "sha256"):
-            values = [getattr(k, field) for k in self.keys]
-            if len(values) != len(set(values)):
-                raise ValueError(f"auth.keys: duplicate {field}")
-        if self.required and not self.keys:
-            raise ValueError("auth.required needs at least one key")
-        return self
-
-    @field_validator("keys")
-    @classmethod
-    def _not_anonymous(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
-        if any(k.id == ANONYMOUS for k in keys):
-            raise ValueError(f"auth.keys: the id '{ANONYMOUS}' is reserved")
-        return keys
 
 
 @dataclass(frozen=True)

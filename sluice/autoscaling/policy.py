@@ -25,29 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from sluice.capacity.analysis import SLO
-
-
-class AutoscalingSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    target_ongoing_per_replica: float = Field(
-        default=8, gt=0, description="Requests in flight one replica carries comfortably.")
-    max_queued_per_replica: float = Field(
-        default=1, ge=0, description="Queued requests per replica that count as a breach.")
-    upscale_cooldown_s: float = Field(default=10, ge=0)
-    downscale_cooldown_s: float = Field(default=120, ge=0)
-    downscale_fraction: float = Field(default=0.25, gt=0, le=1, description="Largest share "
-                                      "of the replicas removed in one scale-down step.")
-    comfort: float = Field(default=0.5, gt=0, lt=1, description="Scale down only with both "
-                           "p95 latencies under this fraction of their SLO.")
-    metrics_max_age_s: float = Field(default=30, gt=0, description="Older latency reports are "
-                                     "ignored.")
-    scale_to_zero_after_s: float | None = Field(
-        default=None, gt=0, description="Idle time after which the model scales to zero (its "
-        "cold start is then paid by the next request); None: never.")
+from sluice.schema.serving import SLO, AutoscalingSettings
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sluice.autoscaling.policy import AutoscalingSettings, Observation, decide
-from sluice.capacity.analysis import SLO
+from sluice.autoscaling.policy import Observation, decide
+from sluice.schema.serving import SLO, AutoscalingSettings
 
 log = logging.getLogger(__name__)
 TTFT_METRIC, TPOT_METRIC, AGE_METRIC = "ttft_p95_s", "tpot_p95_s", "latency_age_s"

@@ -5,52 +5,14 @@
 the monitored master's service name. The response and semantic caches connect through
 redis-py (its Sentinel client follows fail-overs); LMCache inside every engine gets the same
 target in its own form (`redis-sentinel://h:p,...` plus `REDIS_SERVICE_NAME`).
+The URL's shape is checked with the profile, by sluice.schema.redis_url.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-SENTINEL = "redis-sentinel://"
-
-
-@dataclass(frozen=True)
-class SentinelTarget:
-    hosts: tuple[tuple[str, int], ...]
-    service: str
-    username: str | None = None
-    password: str | None = None
-
-
-def parse_sentinel(url: str) -> SentinelTarget:
-    """Parse a redis-sentinel:// URL; ValueError names what is wrong."""
-    if not url.startswith(SENTINEL):
-        raise ValueError(f"not a {SENTINEL} URL: {url!r}")
-    rest = url[len(SENTINEL):]
-    username = password = None
-    if "@" in rest:
-        auth, rest = rest.rsplit("@", 1)
-        username, _, password = auth.partition(":")
-        username, password = username or None, password or None
-    hosts_part, slash, service = rest.partition("/")
-    if not slash or not service:
-        raise ValueError(f"{url!r}: the master's service name is missing (…/service)")
-    hosts = []
-    for item in hosts_part.split(","):
-        host, colon, port = item.rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise ValueError(f"{url!r}: sentinel address {item!r} is not host:port")
-        hosts.append((host, int(port)))
-    return SentinelTarget(tuple(hosts), service, username, password)
-
-
-def validate_url(url: str) -> str:
-    if url.startswith(SENTINEL):
-        parse_sentinel(url)
-    elif not url.startswith(("redis://", "rediss://")):
-        raise ValueError(f"{url!r}: expected redis://, rediss:// or {SENTINEL}")
-    return url
+from sluice.schema.redis_url import SENTINEL, parse_sentinel
 
 
 def lmcache_env(url: str) -> dict[str, str]:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from sluice.cache_tier.store_errors import STORE_ERRORS
+from sluice.schema.caches import ResponseCacheConfig
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -28,23 +27,6 @@ FORMAT_VERSION = 1
 # Request fields that change neither the answer nor its wire format. (`stream` and
 # `stream_options` stay in the key: a streamed answer is stored as its SSE body.)
 NOT_IN_KEY = frozenset({"request_id", "user", "priority", "session_id", "model"})
-
-
-class ResponseCacheConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = Field(default=True, description="Serve and store exact-match hits.")
-    ttl_s: int = Field(default=3600, ge=1, description="Lifetime of an entry in seconds.")
-    timeout_ms: float = Field(
-        default=50, gt=0, description="Budget of one Redis call; past it the cache is bypassed."
-    )
-    retry_after_s: float = Field(
-        default=5, gt=0, description="After a Redis failure, bypass it this long, then probe."
-    )
-    max_entry_bytes: int = Field(
-        default=1_000_000, ge=1, description="Larger responses are not stored."
-    )
-    key_prefix: str = Field(default="sluice:rc:", description="Redis key prefix.")
 
 
 class CacheStatus(str, Enum):

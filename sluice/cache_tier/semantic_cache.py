@@ -27,34 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.cache_tier.response_cache import NOT_IN_KEY, ResponseCache
+from sluice.schema.caches import SemanticCacheConfig
 
 OPT_IN_HEADER = "x-sluice-semantic-cache"
 SYNC_PAGE = 128  # stream entries per XREAD (each about 1.6 kB)
-
-
-class SemanticCacheConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = Field(
-        default=False, description="Load the embedder and allow semantic lookups at all."
-    )
-    models: tuple[str, ...] = Field(
-        default=(), description="Models (or routes) looked up semantically by default; other "
-        "requests opt in with `x-sluice-semantic-cache: allow`."
-    )
-    threshold: float = Field(
-        default=0.94, gt=0, le=1, description="Least cosine similarity of a hit (0.94: "
-        "held-out false-hit rate 1.3% on Quora question pairs, see BENCHMARKS.md)."
-    )
-    guard: bool = Field(
-        default=True, description="Refuse hits whose texts differ in numbers, negation or "
-        "named entities."
-    )
-    max_entries: int = Field(default=10_000, ge=1, description="Entries kept (shared log).")
-    log_key: str = Field(default="sluice:sc:log", description="Redis stream of entries.")
 
 
 # ---- what is compared, and under which context ------------------------------------------

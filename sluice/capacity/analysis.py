@@ -9,18 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class SLO(BaseModel):
-    """Latency objectives of one model (from the catalog)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    ttft_p95_s: float = Field(default=2.0, gt=0, description="95th percentile TTFT bound.")
-    tpot_p95_s: float = Field(default=0.1, gt=0, description="95th percentile time per "
-                              "output token bound.")
-    max_error_rate: float = Field(default=0.01, ge=0, le=1, description="Largest failed share.")
+from sluice.schema.serving import SLO
 
 
 class Sample(Protocol):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ray.serve.deployment import Application
 
-from sluice.config import PlatformConfig
 from sluice.deployments.ingress import SluiceIngress
 from sluice.deployments.llm_server import build_llm_deployments
+from sluice.schema.platform import PlatformConfig
 
 
 def build_app(config: PlatformConfig, redis_url: str | None = None) -> Application:

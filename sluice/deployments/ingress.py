@@ -18,11 +18,11 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from sluice.config import PlatformConfig
 from sluice.deployments.http import create_app, render, request_id
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
+from sluice.schema.platform import PlatformConfig
 
 log = logging.getLogger(__name__)
 

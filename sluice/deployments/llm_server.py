@@ -13,9 +13,9 @@ from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from sluice.autoscaling.latency import LatencyWindow, timed
 from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
-from sluice.config import CatalogModel, PlatformConfig
 from sluice.deployments.ray_compat import VLLMEngine
 from sluice.deployments.replica_router import ROUTER_CLASS
+from sluice.schema.platform import CatalogModel, PlatformConfig
 
 SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
 # experimental_configs key: this model's replicas measure TTFT/TPOT for Sluice's SLO policy

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from sluice.cache_tier.redis_server import LocalRedisServer
-from sluice.config import PlatformConfig
 from sluice.observability.prometheus_server import LocalPrometheus
+from sluice.schema.platform import PlatformConfig
 
 log = logging.getLogger(__name__)
 APP_NAME = "sluice"

@@ -21,13 +21,8 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 
 from sluice.deployments import ray_compat  # noqa: F401 - the private hooks used below, checked
 from sluice.pipeline.engines import AVOID_ATTR
-from sluice.router.replica_affinity import (
-    AffinityTable,
-    ReplicaRoutingConfig,
-    block_hashes,
-    prompt_text,
-    rank,
-)
+from sluice.router.replica_affinity import AffinityTable, block_hashes, prompt_text, rank
+from sluice.schema.serving import ReplicaRoutingConfig
 
 ROUTER_CLASS = "sluice.deployments.replica_router:PrefixAffinityRouter"
 PROBE_OTHERS = 2  # replicas probed beside the prefix's holders when Serve's cache is cold

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -32,30 +32,13 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sluice.observability.outcome import Outcome, Tokens
+from sluice.schema.observability import TracingConfig
 
 OPERATIONS = {"chat": gen_ai.GenAiOperationNameValues.CHAT.value,
               "completions": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value}
 PROVIDER = "sluice"
-
-
-class TracingConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    exporter: Literal["none", "otlp", "file"] = Field(default="none", description="Where "
-                                                      "spans go.")
-    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint "
-                                      "(default: the SDK's, from OTEL_EXPORTER_OTLP_*).")
-    file: str | None = Field(default=None, description="Path for the `file` exporter.")
-    service_name: str = Field(default="sluice-ingress", description="service.name resource.")
-
-    @model_validator(mode="after")
-    def _file_named(self) -> TracingConfig:
-        if self.exporter == "file" and not self.file:
-            raise ValueError("tracing exporter `file` needs `file:` (a path)")
-        return self
 
 
 def tracer_for(config: TracingConfig, exporter: SpanExporter | None = None) -> Tracer | None:

@@ -24,11 +24,11 @@ from sluice.cache_tier.response_cache import (
     CacheLookup,
     CacheStatus,
     ResponseCache,
-    ResponseCacheConfig,
     cache_policy,
 )
-from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig, wants_semantic
+from sluice.cache_tier.semantic_cache import SemanticCache, wants_semantic
 from sluice.router.features import Embedder
+from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 

@@ -15,7 +15,6 @@ from opentelemetry import trace
 
 from sluice.accounting.accountant import Accountant
 from sluice.accounting.response_cost import UsagePricer
-from sluice.config import PlatformConfig
 from sluice.observability.metrics import Metrics
 from sluice.observability.tracing import tracer_for
 from sluice.pipeline.answer_cache import AnswerCache
@@ -27,6 +26,7 @@ from sluice.pipeline.handler import RequestHandler
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
 from sluice.router.static import StaticRouter
+from sluice.schema.platform import PlatformConfig
 
 
 @dataclass

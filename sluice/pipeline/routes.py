@@ -15,11 +15,9 @@ from opentelemetry.trace import Tracer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from sluice.accounting.stage_spend import StageLog
-from sluice.config import PlatformConfig
 from sluice.pipeline.cascade_runner import CascadeRunner, EngineCaller, Spawn
 from sluice.router.artifacts import load_scorer
 from sluice.router.cascade import CascadePolicy
-from sluice.router.config import JudgeConfig, RoutingConfig
 from sluice.router.features import Embedder
 from sluice.router.judges import (
     Grader,
@@ -30,6 +28,8 @@ from sluice.router.judges import (
     LogprobJudge,
     ScorerJudge,
 )
+from sluice.schema.platform import PlatformConfig
+from sluice.schema.routing import JudgeConfig, RoutingConfig
 
 LABELS = ("Yes", "No")
 

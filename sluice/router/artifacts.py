@@ -6,27 +6,15 @@ code, a file is only loaded when its hash matches the one in the (reviewed) rout
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import joblib
 
 from sluice.router.features import Embedder
 from sluice.router.scorers import SCORERS, LogisticScorer
+from sluice.schema.artifact_hash import ArtifactError, check_artifact, sha256_file
 
 FORMAT = 1
-
-
-class ArtifactError(ValueError):
-    pass
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_scorer(kind: str, scorer: LogisticScorer, path: Path) -> str:
@@ -36,14 +24,6 @@ def save_scorer(kind: str, scorer: LogisticScorer, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump({"format": FORMAT, "kind": kind, "pipeline": scorer.pipeline}, path)
     return sha256_file(path)
-
-
-def check_artifact(path: Path, sha256: str) -> None:
-    if not path.is_file():
-        raise ArtifactError(f"artifact not found: {path}")
-    actual = sha256_file(path)
-    if actual != sha256:
-        raise ArtifactError(f"artifact {path} has SHA-256 {actual}, config says {sha256}")
 
 
 def load_scorer(kind: str, path: Path, sha256: str, embedder: Embedder) -> LogisticScorer:

@@ -21,12 +21,13 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from sluice.router.artifacts import save_scorer, sha256_file
+from sluice.router.artifacts import save_scorer
 from sluice.router.dataset import LabeledQuery, strata
 from sluice.router.evaluate import cv_scores
 from sluice.router.features import Embedder
 from sluice.router.metrics import threshold_for_share
 from sluice.router.scorers import SCORERS
+from sluice.schema.artifact_hash import sha256_file
 
 JudgeKind = Literal["learned", "answer-checks"]
 

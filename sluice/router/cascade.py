@@ -12,8 +12,8 @@ import random
 from collections import Counter
 from typing import Any
 
-from sluice.router.config import RouteConfig
 from sluice.router.reliability import ReliabilityTracker
+from sluice.schema.routing import RouteConfig
 
 SMALL, LARGE, ESCALATED, FALLBACK = "small", "large", "small>large", "large:fallback"
 

@@ -31,37 +31,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from sluice.schema.serving import ReplicaRoutingConfig
 
 _DIGEST = 8
 _SEP_ROLE, _SEP_MSG = "\x1f", "\x1e"
-
-
-class ReplicaRoutingConfig(BaseModel):
-    """How an LLM deployment's handle picks a replica for each request."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    policy: Literal["prefix_affinity", "power_of_two"] = Field(
-        default="prefix_affinity", description="prefix_affinity: Sluice's router; "
-        "power_of_two: Ray Serve's default (two random replicas, the shorter queue wins).")
-    block_chars: int = Field(default=128, ge=16, description="Characters per hashed block "
-                             "(about 32 tokens); prompts shorter than one block get no "
-                             "affinity.")
-    imbalance_threshold: int = Field(default=4, ge=0, description="Extra requests in flight "
-                                     "a replica may carry over the least-loaded one and still "
-                                     "be preferred for its prefix.")
-    tier_imbalance_threshold: int = Field(default=1, ge=0, description="The same margin when "
-                                          "the KV tier is on and the prefix was already "
-                                          "computed (so it is in Redis). 1, not 0: Serve's "
-                                          "count of a finished request can lag its answer.")
-    min_match_fraction: float = Field(default=0.1, ge=0, le=1, description="A remembered "
-                                      "prefix shorter than this fraction of the prompt "
-                                      "counts as no match.")
-    max_blocks: int = Field(default=200_000, ge=1, description="Block hashes remembered "
-                            "(least recently used ones are forgotten).")
-    replicas_per_block: int = Field(default=4, ge=1, description="Replicas remembered per "
-                                    "block (the most recent ones).")
 
 
 def _content_text(content: Any) -> str:

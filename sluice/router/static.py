@@ -7,13 +7,11 @@ route header says so rather than pretending to cascade."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sluice.errors import ModelNotFound
-from sluice.router.config import RouteConfig
-
-if TYPE_CHECKING:  # only the type: sluice.config imports router, never the reverse
-    from sluice.config import Catalog
+from sluice.schema.platform import Catalog
+from sluice.schema.routing import RouteConfig
 
 AUTO = "auto"
 DEMO_NOTE = "random-weight demo model: its output is noise"

@@ -19,12 +19,13 @@ import httpx
 import pytest
 import yaml
 
-from sluice.accounting.config import AccountingConfig
 from sluice.accounting.tenancy import key_hash
 from sluice.cache_tier.redis_server import LocalRedisServer
-from sluice.config import PlatformConfig, load_platform_config, load_routing_config
 from sluice.deployments.local_stack import NODE_RESOURCE, LocalStack
-from sluice.observability.tracing import TracingConfig
+from sluice.schema.accounting import AccountingConfig
+from sluice.schema.loading import load_platform_config, load_routing_config
+from sluice.schema.observability import TracingConfig
+from sluice.schema.platform import PlatformConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = int(os.environ.get("SLUICE_TEST_HTTP_PORT", "8765"))

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.accounting.cost import cost_usd
-from sluice.config import load_platform_config
+from sluice.schema.loading import load_platform_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sluice.cache_tier.kv_tier import KVTierConfig, engine_env
+from sluice.cache_tier.kv_tier import engine_env
 from sluice.cache_tier.redis_server import LocalRedisServer
+from sluice.schema.caches import KVTierConfig
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ import pytest
 
 from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.cache_tier.redis_target import async_client
-from sluice.cache_tier.response_cache import ResponseCache, ResponseCacheConfig
+from sluice.cache_tier.response_cache import ResponseCache
+from sluice.schema.caches import ResponseCacheConfig
 
 pytestmark = pytest.mark.integration
 MASTER_PORT, SENTINEL_PORT = 6398, 26398

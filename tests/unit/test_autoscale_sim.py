@@ -35,9 +35,8 @@ from loadtests.autoscale_sim.policies import (
 from loadtests.autoscale_sim.serve_metrics import ServeMetrics
 from loadtests.autoscale_sim.sim import Simulation
 from loadtests.autoscale_sim.trace import Trace, make_trace
-from sluice.autoscaling.policy import AutoscalingSettings
 from sluice.autoscaling.serve_policy import SLOPolicy
-from sluice.capacity.analysis import SLO
+from sluice.schema.serving import SLO, AutoscalingSettings
 
 SLO_ = SLO(ttft_p95_s=0.5, tpot_p95_s=0.05)
 MODEL = LatencyModel(LatencyProfile())

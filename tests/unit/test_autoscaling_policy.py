@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from sluice.autoscaling.policy import AutoscalingSettings, Observation, decide
-from sluice.capacity.analysis import SLO
+from sluice.autoscaling.policy import Observation, decide
+from sluice.schema.serving import SLO, AutoscalingSettings
 
 SLO_ = SLO(ttft_p95_s=2.0, tpot_p95_s=0.1)
 SETTINGS = AutoscalingSettings(target_ongoing_per_replica=8, upscale_cooldown_s=10,
@@ -191,8 +191,8 @@ def test_serve_policy_reads_serves_context_and_keeps_its_state() -> None:
 def test_a_deployment_with_autoscaling_settings_gets_the_slo_policy() -> None:
     from pathlib import Path
 
-    from sluice.config import load_platform_config
     from sluice.deployments.llm_server import LATENCY_WINDOW, SLO_POLICY, llm_config_for
+    from sluice.schema.loading import load_platform_config
 
     root = Path(__file__).resolve().parents[2]
     config = load_platform_config(root / "platform/profiles/local-cpu.yaml", root=root)

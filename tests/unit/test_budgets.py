@@ -7,9 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from sluice.accounting.budgets import Budget, BudgetExceeded, BudgetGuard, period_end
-from sluice.accounting.config import AccountingConfig
 from sluice.accounting.ledger import LedgerConfig, LedgerRecord, spend_key
 from sluice.accounting.tenancy import Principal
+from sluice.schema.accounting import AccountingConfig
 
 NOW = datetime(2024, 5, 15, 12, 0, tzinfo=UTC).timestamp()
 ALICE = Principal("alice", "acme")

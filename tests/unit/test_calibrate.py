@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sluice.router.calibrate import CalibrationSpec, calibrate, simulate
-from sluice.router.config import RoutingConfig
 from sluice.router.dataset import load_pairs
+from sluice.schema.routing import RoutingConfig
 
 
 def test_simulate_counts_both_stages_and_costs() -> None:

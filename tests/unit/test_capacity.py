@@ -13,7 +13,6 @@ from loadtests.shape_plans import diurnal, spike, step_ramp
 from loadtests.streaming import read_stream
 from loadtests.workloads import SHORT_CHAT, LogNormal, tenant_document
 from sluice.capacity.analysis import (
-    SLO,
     StepStats,
     cost_per_million_tokens,
     knee,
@@ -22,6 +21,7 @@ from sluice.capacity.analysis import (
     sustainable,
     violations,
 )
+from sluice.schema.serving import SLO
 
 
 @dataclass

@@ -15,8 +15,8 @@ from sluice.errors import ContextLengthExceeded, InvalidRequest, Unavailable
 from sluice.pipeline.cascade_runner import CascadeRunner
 from sluice.pipeline.replay import sse_events
 from sluice.router.cascade import CascadePolicy
-from sluice.router.config import RouteConfig
 from sluice.router.judges import Candidate, LogprobJudge
+from sluice.schema.routing import RouteConfig
 
 MANUAL = {"method": "manual", "reason": "unit test"}
 

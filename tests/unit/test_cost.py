@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.accounting.cost import Pricing, cost_usd
+from sluice.accounting.cost import cost_usd
+from sluice.schema.accounting import Pricing
 
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 200,
          "prompt_tokens_details": {"cached_tokens": 600}}

@@ -9,7 +9,6 @@ import random
 import pytest
 
 from sluice.router.cascade import ESCALATED, SMALL, CascadePolicy
-from sluice.router.config import RouteConfig
 from sluice.router.judges import Candidate, JudgeError, LLMJudge, LogprobJudge
 from sluice.router.reliability import (
     ReliabilityTracker,
@@ -18,6 +17,7 @@ from sluice.router.reliability import (
     token_overlap,
     wilson_interval,
 )
+from sluice.schema.routing import RouteConfig
 
 MANUAL = {"method": "manual", "reason": "unit test"}
 

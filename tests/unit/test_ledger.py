@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sluice.accounting.config import STREAM
 from sluice.accounting.ledger import (
     LedgerConfig,
     LedgerRecord,
@@ -19,6 +18,7 @@ from sluice.accounting.ledger import (
 )
 from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.cache_tier.redis_target import async_client
+from sluice.schema.accounting import STREAM
 
 NOW = time.time()
 FAST = {"timeout_s": 0.5, "flush_interval_s": 0.05, "retry_max_s": 0.2}

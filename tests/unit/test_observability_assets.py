@@ -32,10 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.accounting.accountant import Accountant, Admission
 from sluice.accounting.budgets import Verdict
-from sluice.accounting.config import AccountingConfig
 from sluice.accounting.tenancy import Principal
-from sluice.cache_tier.response_cache import ResponseCache, ResponseCacheConfig
-from sluice.cache_tier.semantic_cache import SemanticCache, SemanticCacheConfig
+from sluice.cache_tier.response_cache import ResponseCache
+from sluice.cache_tier.semantic_cache import SemanticCache
 from sluice.observability import assets
 from sluice.observability.assets import (
     GRAFANA_BUILTINS,
@@ -47,7 +46,9 @@ from sluice.observability.assets import (
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import UNROUTED
 from sluice.router.cascade import ESCALATED, FALLBACK, LARGE, SMALL, CascadePolicy
-from sluice.router.config import RouteConfig
+from sluice.schema.accounting import AccountingConfig
+from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
+from sluice.schema.routing import RouteConfig
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS, DASHBOARD = assets.ALERTS, assets.DASHBOARD

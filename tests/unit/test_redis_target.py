@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.cache_tier.kv_tier import KVTierConfig, engine_env
-from sluice.cache_tier.redis_target import lmcache_env, parse_sentinel, validate_url
+from sluice.cache_tier.kv_tier import engine_env
+from sluice.cache_tier.redis_target import lmcache_env
+from sluice.schema.caches import KVTierConfig
+from sluice.schema.redis_url import parse_sentinel, validate_url
 
 
 def test_sentinel_url_is_parsed_with_hosts_service_and_auth() -> None:
@@ -38,7 +40,7 @@ def test_lmcache_gets_the_same_target_in_its_own_form() -> None:
 def test_profile_rejects_a_bad_redis_url() -> None:
     from pydantic import ValidationError
 
-    from sluice.config import Profile
+    from sluice.schema.platform import Profile
 
     base = {"name": "p", "device": "cpu", "catalog": "c.yaml", "models": {},
             "placement_bundles": [{"CPU": 1}]}

@@ -6,13 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sluice.router.replica_affinity import (
-    AffinityTable,
-    ReplicaRoutingConfig,
-    block_hashes,
-    prompt_text,
-    rank,
-)
+from sluice.router.replica_affinity import AffinityTable, block_hashes, prompt_text, rank
+from sluice.schema.serving import ReplicaRoutingConfig
 
 CFG = ReplicaRoutingConfig(block_chars=16, imbalance_threshold=2, tier_imbalance_threshold=1)
 DOC = "the river mill stood by the weir " * 20  # 660 chars: 41 blocks of 16

@@ -17,11 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice import sse
 from sluice.accounting.accountant import Accountant
-from sluice.accounting.config import AccountingConfig
 from sluice.accounting.response_cost import UsagePricer
-from sluice.cache_tier.response_cache import ResponseCacheConfig
-from sluice.cache_tier.semantic_cache import SemanticCacheConfig
-from sluice.config import load_platform_config
 from sluice.deployments.http import render
 from sluice.errors import InvalidRequest, ModelNotFound
 from sluice.observability.metrics import Metrics
@@ -33,9 +29,12 @@ from sluice.pipeline.engines import EngineStream
 from sluice.pipeline.handler import RequestHandler
 from sluice.pipeline.request import RequestLimits
 from sluice.router.cascade import CascadePolicy
-from sluice.router.config import RouteConfig
 from sluice.router.judges import LogprobJudge
 from sluice.router.static import StaticRouter
+from sluice.schema.accounting import AccountingConfig
+from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
+from sluice.schema.loading import load_platform_config
+from sluice.schema.routing import RouteConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)

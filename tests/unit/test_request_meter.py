@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sluice import sse
 from sluice.accounting.accountant import Admission
 from sluice.accounting.budgets import Verdict
-from sluice.accounting.cost import Pricing
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.tenancy import Principal
 from sluice.deployments.http import render
@@ -19,6 +18,7 @@ from sluice.observability.request_meter import RequestMeter
 from sluice.pipeline.answer import Answer
 from sluice.pipeline.request import RequestLimits, parsed
 from sluice.pipeline.settlement import Settlement
+from sluice.schema.accounting import Pricing
 
 PRICE = Pricing.model_validate({"mode": "tokens", "tokens": {"input_per_1m": 1.0,
                                                              "output_per_1m": 1.0}})

@@ -8,12 +8,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sluice.cache_tier.response_cache import (
     CacheStatus,
     ResponseCache,
-    ResponseCacheConfig,
     cache_key,
     cache_policy,
     decode_entry,
     encode_entry,
 )
+from sluice.schema.caches import ResponseCacheConfig
 
 BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "temperature": 0,
         "max_tokens": 5}

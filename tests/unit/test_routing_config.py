@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sluice.config import load_platform_config, load_routing_config
-from sluice.router.config import RoutingConfig
+from sluice.schema.loading import load_platform_config, load_routing_config
+from sluice.schema.routing import RoutingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 MANUAL = {"method": "manual", "reason": "unit test"}
@@ -87,8 +87,9 @@ def test_serve_refuses_a_malformed_routing_config_naming_the_field(tmp_path: Pat
 def test_artifact_of_another_kind_is_refused(tmp_path: Path) -> None:
     import numpy as np
 
-    from sluice.router.artifacts import ArtifactError, load_scorer, save_scorer
+    from sluice.router.artifacts import load_scorer, save_scorer
     from sluice.router.scorers import AnswerChecksJudge
+    from sluice.schema.artifact_hash import ArtifactError
 
     class NoEmbedder:
         def embed(self, texts):

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from sluice.cache_tier.response_cache import ResponseCache, ResponseCacheConfig
+from sluice.cache_tier.response_cache import ResponseCache
 from sluice.cache_tier.semantic_cache import (
     Entry,
     SemanticCache,
-    SemanticCacheConfig,
     SemanticIndex,
     guard_conflict,
     split_query,
     wants_semantic,
 )
+from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
 
 
 class FakeRedis:

@@ -15,7 +15,6 @@ from starlette.requests import ClientDisconnect
 from sluice import sse
 from sluice.accounting.accountant import Admission
 from sluice.accounting.budgets import Verdict
-from sluice.accounting.cost import Pricing
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.stage_spend import StageSpend
 from sluice.accounting.tenancy import Principal
@@ -26,6 +25,7 @@ from sluice.observability.request_meter import RequestMeter
 from sluice.pipeline.answer import Answer, replayed
 from sluice.pipeline.request import RequestLimits, parsed
 from sluice.pipeline.settlement import Settlement
+from sluice.schema.accounting import Pricing
 
 PRICES = {"small": Pricing.model_validate({"mode": "tokens", "tokens": {
     "input_per_1m": 1.0, "output_per_1m": 2.0}}), "large": Pricing.model_validate(

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from sluice.config import load_platform_config
 from sluice.errors import ModelNotFound
 from sluice.router.static import StaticRouter
+from sluice.schema.loading import load_platform_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT).catalog

@@ -4,17 +4,15 @@ import pytest
 from pydantic import ValidationError
 
 from sluice.accounting.tenancy import (
-    ANONYMOUS,
     DEFAULT_TENANT,
     TAGS_HEADER,
-    ApiKey,
-    AuthConfig,
     Authenticator,
     Principal,
     Unauthorized,
     key_hash,
 )
 from sluice.errors import InvalidRequest
+from sluice.schema.accounting import ANONYMOUS, ApiKey, AuthConfig
 
 SECRET, ADMIN_SECRET = "sk-team-search-123", "sk-ops-admin-456"
 

@@ -11,14 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sluice.observability.outcome import Outcome, Priced
-from sluice.observability.tracing import (
-    TracingConfig,
-    end_span,
-    fail_span,
-    set_request,
-    start_span,
-    tracer_for,
-)
+from sluice.observability.tracing import end_span, fail_span, set_request, start_span, tracer_for
+from sluice.schema.observability import TracingConfig
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}

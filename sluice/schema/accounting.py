@@ -1,24 +1,56 @@
-"""The `accounting:` block of a profile: API keys, the ledger, budgets, the alert webhook.
+"""The `accounting:` block of a profile (API keys, the ledger, budgets, the alert webhook)
+and the `pricing:` of a catalog model.
 
-Schema only (pydantic): loading a profile imports no store client; the runtime classes
-(BudgetGuard, LedgerWriter, WebhookNotifier) import their settings from here.
+Schema only: loading a profile imports no store client. The runtime classes (Authenticator,
+BudgetGuard, LedgerWriter, WebhookNotifier) and the cost computation (sluice.accounting.cost)
+import their settings from here.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sluice.accounting.tenancy import AuthConfig
+from sluice.schema.base import Frozen
 
+ANONYMOUS = "anonymous"
+_ID = r"^[A-Za-z0-9._-]{1,64}$"
 PERIODS = ("daily", "monthly")
 STREAM = "sluice:ledger"
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ApiKey(Frozen):
+    id: str = Field(pattern=_ID, description="The key's id: what ledgers and reports show.")
+    tenant: str = Field(pattern=_ID, description="The tenant it spends for.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the secret.")
+    admin: bool = Field(default=False, description="May read every tenant's usage.")
 
+
+class AuthConfig(Frozen):
+    required: bool = Field(default=False, description="Refuse requests without a known key.")
+    keys: tuple[ApiKey, ...] = Field(default=(), description="The API keys.")
+    max_tags: int = Field(default=8, ge=0, description="Most tags one request may carry.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        for field in ("id", "sha256"):
+            values = [getattr(k, field) for k in self.keys]
+            if len(values) != len(set(values)):
+                raise ValueError(f"auth.keys: duplicate {field}")
+        if self.required and not self.keys:
+            raise ValueError("auth.required needs at least one key")
+        return self
+
+    @field_validator("keys")
+    @classmethod
+    def _not_anonymous(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        if any(k.id == ANONYMOUS for k in keys):
+            raise ValueError(f"auth.keys: the id '{ANONYMOUS}' is reserved")
+        return keys
+
+
+class Budget(Frozen):
     scope: Literal["key", "tenant"] = Field(description="What the budget limits.")
     id: str = Field(description="The key id or tenant name.")
     daily_usd: float | None = Field(default=None, gt=0, description="Limit per UTC day.")
@@ -38,9 +70,7 @@ class Budget(BaseModel):
         return self.daily_usd if period == "daily" else self.monthly_usd
 
 
-class LedgerConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class LedgerConfig(Frozen):
     enabled: bool = Field(default=True, description="Write a record per request.")
     redis_url: str | None = Field(default=None, description="Where the ledger lives "
                                   "(default: the profile's Redis).")
@@ -62,17 +92,12 @@ class LedgerConfig(BaseModel):
                                 "before it).")
 
 
-class WebhookConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class WebhookConfig(Frozen):
     url: str = Field(pattern=r"^https?://", description="Receives POSTed JSON alerts.")
     timeout_s: float = Field(default=5.0, gt=0, description="Per POST.")
 
 
-
-class AccountingConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class AccountingConfig(Frozen):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and tenants.")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig,
                                  description="Per-request records (Redis stream).")
@@ -88,4 +113,31 @@ class AccountingConfig(BaseModel):
             raise ValueError("accounting.budgets: one budget per key or tenant")
         if self.budgets and not self.ledger.enabled:
             raise ValueError("accounting.budgets need the ledger (its counters hold spend)")
+        return self
+
+
+class TokenPrices(Frozen):
+    input_per_1m: float = Field(ge=0, description="USD per 1M uncached input tokens.")
+    cached_input_per_1m: float | None = Field(
+        default=None, ge=0, description="USD per 1M cached input tokens (input price if unset).")
+    output_per_1m: float = Field(ge=0, description="USD per 1M output tokens.")
+
+
+class GpuTime(Frozen):
+    hourly_usd: float = Field(gt=0, description="What one replica costs per hour.")
+    tokens_per_s: float = Field(gt=0, description="Tokens (uncached input + output) one "
+                                "replica processes per second at its sustainable load.")
+
+
+class Pricing(Frozen):
+    """How a catalog model is priced: exactly one of the two ways."""
+
+    mode: Literal["tokens", "gpu_time"] = Field(description="Which price applies.")
+    tokens: TokenPrices | None = Field(default=None, description="For mode `tokens`.")
+    gpu_time: GpuTime | None = Field(default=None, description="For mode `gpu_time`.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Pricing:
+        if getattr(self, self.mode) is None:
+            raise ValueError(f"pricing mode '{self.mode}' needs its `{self.mode}:` block")
         return self

@@ -4,7 +4,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sluice.config import Catalog, ModelDeployment, PlatformConfig, Profile, load_platform_config
+from sluice.schema.loading import load_platform_config
+from sluice.schema.platform import Catalog, ModelDeployment, PlatformConfig, Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "platform" / "profiles").glob("*.yaml"))
@@ -71,7 +72,7 @@ def test_local_sources_resolve_against_root_and_hub_ids_pass_through() -> None:
 
 
 def test_serve_proxy_port_is_apart_from_the_api_port() -> None:
-    from sluice.config import IngressSettings
+    from sluice.schema.platform import IngressSettings
 
     assert IngressSettings(port=8000).serve_proxy_port == 8001  # direct: a port of its own
     assert IngressSettings(port=9000, proxy_port=9100).serve_proxy_port == 9100

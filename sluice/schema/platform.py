@@ -1,8 +1,9 @@
 """The platform's declarative configuration: a model catalog plus a deployment profile.
 
-Both are YAML files under ``platform/``; this module owns their schema. Everything is frozen
-pydantic with ``extra="forbid"`` so a misspelled key fails at startup with the field named,
-not at the first request.
+Both are YAML files under ``platform/``; this module owns their schema (the blocks a profile
+nests are in the other schema modules). Everything is frozen pydantic with
+``extra="forbid"`` so a misspelled key fails at startup with the field named, not at the
+first request.
 """
 
 from __future__ import annotations
@@ -10,26 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sluice.accounting.config import AccountingConfig
-from sluice.accounting.cost import Pricing
-from sluice.autoscaling.policy import AutoscalingSettings
-from sluice.cache_tier.kv_tier import KVTierConfig
-from sluice.cache_tier.redis_target import validate_url
-from sluice.cache_tier.response_cache import ResponseCacheConfig
-from sluice.cache_tier.semantic_cache import SemanticCacheConfig
-from sluice.capacity.analysis import SLO
-from sluice.observability.tracing import TracingConfig
-from sluice.router.config import RoutingConfig
-from sluice.router.replica_affinity import ReplicaRoutingConfig
+from sluice.schema.accounting import AccountingConfig, Pricing
+from sluice.schema.base import Frozen
+from sluice.schema.caches import KVTierConfig, ResponseCacheConfig, SemanticCacheConfig
+from sluice.schema.observability import TracingConfig
+from sluice.schema.redis_url import validate_url
+from sluice.schema.routing import RoutingConfig
+from sluice.schema.serving import SLO, AutoscalingSettings, ReplicaRoutingConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class CatalogModel(Frozen):
@@ -277,41 +269,3 @@ class PlatformConfig(Frozen):
         if model.source.startswith((".", "/")) or candidate.exists():
             return str(candidate.resolve())
         return model.source
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def load_platform_config(profile_path: Path, root: Path | None = None) -> PlatformConfig:
-    """Load and validate a profile and the catalog it names."""
-    profile = Profile.model_validate(load_yaml(profile_path))
-    catalog_path = (profile_path.parent / profile.catalog).resolve()
-    catalog = Catalog.model_validate(load_yaml(catalog_path))
-    routing = None
-    if profile.routing:
-        routing = load_routing_config((profile_path.parent / profile.routing).resolve())
-    return PlatformConfig(
-        profile=profile, catalog=catalog, root=root or catalog_path.parent.parent,
-        routing=routing,
-    )
-
-
-def load_routing_config(path: Path) -> RoutingConfig:
-    """Validate a routing file and check that every artifact it names is the one fitted."""
-    from sluice.router.artifacts import check_artifact
-
-    routing = RoutingConfig.model_validate({**load_yaml(path), "base_dir": path.parent})
-    for i, route in enumerate(routing.routes):
-        stages = (("pre_router", route.pre_router), ("judge", route.judge))
-        for name, stage in stages:
-            artifact = getattr(stage, "artifact", None)
-            if artifact is not None:
-                try:
-                    check_artifact(routing.artifact_path(artifact), artifact.sha256)
-                except ValueError as exc:
-                    raise ValueError(f"{path}: routes[{i}].{name}.artifact: {exc}") from None
-    return routing

@@ -12,16 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from sluice.schema.base import Frozen
 
 ROUTE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Provenance(_Frozen):
+class Provenance(Frozen):
     """Where a threshold came from."""
 
     method: Literal["calibrated", "manual"] = Field(
@@ -47,14 +45,14 @@ class Provenance(_Frozen):
         return self
 
 
-class Artifact(_Frozen):
+class Artifact(Frozen):
     """A fitted classifier on disk (joblib), checked against its hash before it is loaded."""
 
     path: str = Field(description="File path, relative to the routing config's folder.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file.")
 
 
-class PreRouterConfig(_Frozen):
+class PreRouterConfig(Frozen):
     """Stage 1: score the prompt alone; below threshold, go straight to the large model."""
 
     kind: Literal["learned-prompt"] = Field(
@@ -67,7 +65,7 @@ class PreRouterConfig(_Frozen):
     provenance: Provenance = Field(description="Where the threshold came from.")
 
 
-class JudgeConfig(_Frozen):
+class JudgeConfig(Frozen):
     """Stage 2: grade the small model's answer; below threshold, escalate."""
 
     kind: Literal["logprob", "llm", "learned", "answer-checks"] = Field(
@@ -94,7 +92,7 @@ class JudgeConfig(_Frozen):
         return self
 
 
-class ShadowConfig(_Frozen):
+class ShadowConfig(Frozen):
     """Online judge reliability: re-ask the large model for a sample of accepted answers."""
 
     fraction: float = Field(default=0.0, ge=0, le=1, description="Share of accepted small "
@@ -113,7 +111,7 @@ class ShadowConfig(_Frozen):
                               "the platform warns (research: cascades degrade fast below 80%).")
 
 
-class RouteConfig(_Frozen):
+class RouteConfig(Frozen):
     """One virtual model served by a cascade."""
 
     name: str = Field(pattern=ROUTE_NAME_PATTERN, description="Model id clients ask for.")
@@ -134,7 +132,7 @@ class RouteConfig(_Frozen):
         return self
 
 
-class RoutingConfig(_Frozen):
+class RoutingConfig(Frozen):
     """Every cascade route. Loaded from the file a profile names."""
 
     routes: tuple[RouteConfig, ...] = Field(description="The virtual models.")
