@@ -89,6 +89,14 @@ class BudgetExceeded(SluiceError):
     code = "budget_exceeded"
 
 
+class RateLimited(SluiceError):
+    """A key's or tenant's requests or tokens per minute are used up for now."""
+
+    status = 429
+    type = "requests"  # OpenAI's: "requests" or "tokens", whichever limit refused
+    code = "rate_limit_exceeded"
+
+
 class Unavailable(SluiceError):
     """The engine is not ready, died, or shed load. The client may retry."""
 

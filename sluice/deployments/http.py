@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sluice import sse
+from sluice.accounting.rate_limits import headers as quota_headers
 from sluice.errors import NotFound, SluiceError, unexpected
 from sluice.observability.outcome import COST_HEADER
 from sluice.pipeline.answer import Answer
@@ -112,7 +113,7 @@ class _SettledStream(StreamingResponse):
 
 
 def render(settled: Settled) -> Response:
-    headers = answer_headers(settled.answer)
+    headers = {**answer_headers(settled.answer), **quota_headers(settled.quota)}
     if settled.cost_usd is not None:
         headers[COST_HEADER] = f"{settled.cost_usd:.9f}"
     if settled.whole is not None:

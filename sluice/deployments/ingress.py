@@ -64,6 +64,7 @@ class SluiceIngress:
         platform = getattr(self, "_platform", None)
         if platform is not None:
             await platform.accountant.close()
+            await platform.rate_limiter.close()
 
     # ---- inference -------------------------------------------------------------------
 

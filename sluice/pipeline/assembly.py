@@ -14,6 +14,7 @@ from typing import Any
 from opentelemetry import trace
 
 from sluice.accounting.accountant import Accountant
+from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
 from sluice.observability.metrics import Metrics
 from sluice.observability.tracing import tracer_for
@@ -38,6 +39,7 @@ class Platform:
     runners: dict[str, CascadeRunner]
     cache: AnswerCache
     accountant: Accountant
+    rate_limiter: RateLimiter
     metrics: Metrics
     background: Background
 
@@ -61,10 +63,13 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
     metrics = Metrics(caches=cache.counters,
                       routes=lambda: {n: r.policy.snapshot() for n, r in runners.items()})
     accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
+    rate_limiter = RateLimiter(profile.accounting.rate_limits, redis_url, background.spawn,
+                               replicas=ingress.num_replicas)
     pipeline = Pipeline(router, runners, engines, cache, accountant.guard, spans)
     pricer = UsagePricer({m.name: m.pricing for m in config.catalog.models})
     handler = RequestHandler(pipeline, accountant, pricer, metrics,
                              RequestLimits(max_n=ingress.max_n,
                                            max_tokens=ingress.max_tokens_limit),
-                             ingress.max_body_bytes, tracer)
-    return Platform(handler, router, runners, cache, accountant, metrics, background)
+                             ingress.max_body_bytes, rate_limiter, tracer)
+    return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
+                    background)

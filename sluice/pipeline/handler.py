@@ -11,11 +11,15 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
    429; a soft limit marks the request);
 5. **body**: read with its size limit (413), decoded and validated into the engine's typed
    request (400 names the field);
-6. **pipeline**: route, cache, cascade or engine, returning a typed Answer
+6. **rate limits**: the key's and the tenant's requests and tokens per minute, one request
+   and its token reservation taken from all of them at once (429 with `Retry-After`);
+   here rather than in 4 because a token reservation needs the body;
+7. **pipeline**: route, cache, cascade or engine, returning a typed Answer
    (`answering.Pipeline`);
-7. **settlement**: the answer is metered, traced, priced and recorded (`settlement`);
-   a failure anywhere in 4-6 is settled by its status, with the stages it paid for;
-8. **render**: only now headers, JSON or SSE (the HTTP edge).
+8. **settlement**: the answer is metered, traced, priced and recorded, and its token
+   reservation corrected (`settlement`); a failure anywhere in 4-7 is settled by its
+   status, with the stages it paid for;
+9. **render**: only now headers, JSON or SSE (the HTTP edge).
 
 Framework-free: the ingress deployment, the unit tests and the benchmarks call `handle`.
 """
@@ -30,6 +34,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from sluice.accounting.accountant import Accountant
+from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
@@ -42,15 +47,15 @@ from sluice.pipeline.settlement import Settled, Settlement
 class RequestHandler:
     def __init__(self, pipeline: Pipeline, accountant: Accountant, pricer: UsagePricer,
                  metrics: Metrics, limits: RequestLimits, max_body_bytes: int,
-                 tracer: Tracer | None = None,
+                 rate_limiter: RateLimiter | None = None, tracer: Tracer | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
-        self._tracer, self._clock = tracer, clock
+        self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
 
     async def handle(self, endpoint: Endpoint, headers: Mapping[str, str],
                      body: AsyncIterator[bytes], request_id: str) -> Settled:
-        """Steps 3-7 above; raises the request's error after settling it."""
+        """Steps 3-8 above; raises the request's error after settling it."""
         span = start_span(self._tracer, endpoint, headers) if self._tracer else None
         settlement = Settlement(RequestMeter(self._metrics, self._clock), span,
                                 self._accountant, self._pricer, request_id, self._clock)
@@ -64,6 +69,14 @@ class RequestHandler:
                 request = parsed(endpoint, decode_json(raw), self._limits, request_id,
                                  headers)
                 settlement.parsed(request, self._pipeline.knows(request.llm.model))
+                if self._rate_limiter is not None and self._rate_limiter.enabled:
+                    llm = request.llm
+                    tokens = self._rate_limiter.tokens_of(
+                        request.estimate(0)["prompt_tokens"],
+                        getattr(llm, "max_completion_tokens", None) or llm.max_tokens,
+                        llm.n or 1)
+                    settlement.limited(self._rate_limiter, await self._rate_limiter.reserve(
+                        admission.principal, tokens))
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
         except BaseException as exc:
             settlement.failed(exc)

@@ -26,10 +26,11 @@ from opentelemetry.trace import Span
 
 from sluice import sse
 from sluice.accounting.accountant import Accountant, Admission
+from sluice.accounting.rate_limits import Quota, RateLimiter, Reservation
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.stage_spend import StageLog
 from sluice.errors import SluiceError
-from sluice.observability.outcome import Outcome
+from sluice.observability.outcome import Outcome, Tokens
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import end_span, fail_span, set_request
 from sluice.pipeline.answer import Answer
@@ -49,6 +50,7 @@ class Settled:
     buffered: list[list[sse.Event]] | None  # a stream that existed whole (cached, judged)
     cost_usd: float | None  # known before the body is sent (a whole or buffered answer)
     end: Callable[[bool], None]  # end(gone): gone=True when the client left first
+    quota: Quota | None = None  # what the caller's rate limits have left
 
 
 def _status(exc: BaseException) -> int:
@@ -69,6 +71,8 @@ class Settlement:
         self.spend = StageLog()  # the stages the pipeline ran before the answer
         self._admission: Admission | None = None
         self._request: ParsedRequest | None = None
+        self._limiter: RateLimiter | None = None
+        self._reservation: Reservation | None = None
 
     def admitted(self, admission: Admission) -> None:
         self._admission = admission
@@ -82,8 +86,14 @@ class Settlement:
         if known_model:
             self._meter.routed(request.llm.model)
 
+    def limited(self, limiter: RateLimiter, reservation: Reservation | None) -> None:
+        """The request took its share of its rate limits (corrected when it ends)."""
+        self._limiter, self._reservation = limiter, reservation
+
     def failed(self, exc: BaseException) -> None:
         """The request raised before it had an answer."""
+        if self._limiter is not None:
+            self._limiter.settle(self._reservation, 0)  # no tokens were delivered
         status = _status(exc)
         self._meter.failed(status)
         if self._span is not None:
@@ -102,17 +112,19 @@ class Settlement:
         live = answer.events is not None and not answer.buffered
         end = _End(reading, self._finish, self._request.estimate if live else None,
                    answer.hit)
+        quota = self._reservation.quota if self._reservation is not None else None
         if answer.whole is not None:
             whole = reading.whole(answer.whole)
             end(False)
-            return Settled(answer, whole, None, None, outcome.cost_usd, end)
+            return Settled(answer, whole, None, None, outcome.cost_usd, end, quota)
         assert answer.events is not None
         if answer.buffered:  # it exists whole: read now, so its cost can be a header
             chunks = [reading.see(events) async for events in answer.events]
             outcome.first_token_at = None  # all at once: no first-token time to report
             end(False)
-            return Settled(answer, None, None, chunks, outcome.cost_usd, end)
-        return Settled(answer, None, _watched(answer.events, reading, end), None, None, end)
+            return Settled(answer, None, None, chunks, outcome.cost_usd, end, quota)
+        return Settled(answer, None, _watched(answer.events, reading, end), None, None, end,
+                       quota)
 
     def _price_for(self, answer: Answer) -> Callable[[dict[str, Any] | None], Any]:
         stages = self.spend.stages
@@ -121,6 +133,9 @@ class Settlement:
 
     def _finish(self, outcome: Outcome) -> None:
         assert self._admission is not None
+        if self._limiter is not None:
+            tokens = Tokens.of(outcome.usage)
+            self._limiter.settle(self._reservation, tokens.prompt + tokens.completion)
         self._meter.finished(outcome)
         if self._span is not None:
             end_span(self._span, outcome)

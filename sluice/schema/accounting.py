@@ -97,6 +97,48 @@ class WebhookConfig(Frozen):
     timeout_s: float = Field(default=5.0, gt=0, description="Per POST.")
 
 
+class RateLimit(Frozen):
+    """Requests and tokens per minute for one key or tenant (or, with id `*`, for each one
+    that has no limit of its own: every key or tenant gets its own counters)."""
+
+    scope: Literal["key", "tenant"] = Field(description="What the limit applies to.")
+    id: str = Field(pattern=r"^(\*|[A-Za-z0-9._-]{1,64})$",
+                    description="The key id or tenant name; `*`: each one without its own.")
+    requests_per_minute: int | None = Field(default=None, gt=0, description="RPM.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="TPM: prompt "
+                                          "tokens plus the completion tokens asked for.")
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> RateLimit:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError(f"rate limit {self.scope}:{self.id} needs requests_per_minute "
+                             "or tokens_per_minute")
+        return self
+
+
+class RateLimitsConfig(Frozen):
+    """Per-key and per-tenant limits, counted in Redis so every ingress replica shares them."""
+
+    limits: tuple[RateLimit, ...] = Field(default=(), description="The limits.")
+    redis_url: str | None = Field(default=None, description="Where the counters live "
+                                  "(default: the profile's Redis).")
+    store_timeout_ms: float = Field(default=50, gt=0, description="Longest the check waits "
+                                    "for Redis before the store-down policy applies.")
+    on_store_down: Literal["local", "closed"] = Field(
+        default="local", description="Redis unreachable: `local` keeps limiting on each "
+        "replica alone (its share: the limit / ingress replicas); `closed` refuses with 503.")
+    default_completion_tokens: int = Field(
+        default=256, gt=0, description="Completion tokens reserved for a request that sets "
+        "no max_tokens (corrected to the real count when it ends).")
+
+    @model_validator(mode="after")
+    def _one_each(self) -> RateLimitsConfig:
+        seen = [(lim.scope, lim.id) for lim in self.limits]
+        if len(seen) != len(set(seen)):
+            raise ValueError("accounting.rate_limits: one limit per key or tenant (and per *)")
+        return self
+
+
 class AccountingConfig(Frozen):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and tenants.")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig,
@@ -105,6 +147,8 @@ class AccountingConfig(Frozen):
     budget_refresh_s: float = Field(default=1.0, gt=0, description="How often an ingress "
                                     "re-reads the fleet's spend counters.")
     webhook: WebhookConfig | None = Field(default=None, description="Alert webhook.")
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig,
+                                          description="Requests and tokens per minute.")
 
     @model_validator(mode="after")
     def _budgets_sound(self) -> AccountingConfig:

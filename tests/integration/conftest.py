@@ -38,7 +38,9 @@ KV_CHUNK = 64  # LMCache chunk (tokens): small enough that test prompts span sev
 # API keys of the test stack (secret -> id, tenant); anything else is the anonymous key
 KEYS = {"sk-test-team-a": ("team-a-app", "team-a"), "sk-test-team-b": ("team-b-app", "team-b"),
         "sk-test-admin": ("ops", "platform"), "sk-test-soft": ("soft-app", "t-soft"),
-        "sk-test-hard": ("hard-app", "t-hard")}
+        "sk-test-hard": ("hard-app", "t-hard"), "sk-test-limited": ("limited-app", "t-limited"),
+        "sk-test-limited-2": ("limited-app-2", "t-limited")}
+LIMITED_RPM, LIMITED_TENANT_TPM = 3, 100_000  # the limited keys' own RPM; their tenant's TPM
 
 
 class AlertSink:
@@ -78,6 +80,11 @@ def _accounting(webhook_url: str, ledger_url: str) -> AccountingConfig:
         "budgets": [{"scope": "tenant", "id": "t-soft", "daily_usd": 1.0,
                      "soft_fraction": 1e-6},
                     {"scope": "tenant", "id": "t-hard", "daily_usd": 1e-6}],
+        "rate_limits": {"limits": [
+            {"scope": "key", "id": "limited-app", "requests_per_minute": LIMITED_RPM},
+            {"scope": "key", "id": "limited-app-2", "requests_per_minute": LIMITED_RPM},
+            {"scope": "tenant", "id": "t-limited", "tokens_per_minute": LIMITED_TENANT_TPM}],
+            "store_timeout_ms": 1000},  # a loaded 2-core runner; the default is 50
         "webhook": {"url": webhook_url, "timeout_s": 5}})
 
 

@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice import sse
 from sluice.accounting.accountant import Accountant
+from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
 from sluice.deployments.http import render
-from sluice.errors import InvalidRequest, ModelNotFound
+from sluice.errors import InvalidRequest, ModelNotFound, RateLimited
 from sluice.observability.metrics import Metrics
 from sluice.pipeline.answer_cache import AnswerCache
 from sluice.pipeline.answering import Pipeline
@@ -31,7 +32,7 @@ from sluice.pipeline.request import RequestLimits
 from sluice.router.cascade import CascadePolicy
 from sluice.router.judges import LogprobJudge
 from sluice.router.static import StaticRouter
-from sluice.schema.accounting import AccountingConfig
+from sluice.schema.accounting import AccountingConfig, RateLimitsConfig
 from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
 from sluice.schema.loading import load_platform_config
 from sluice.schema.routing import RouteConfig
@@ -91,7 +92,8 @@ async def _none():
     yield
 
 
-def handler(engines: FakeEngines, threshold: float = 0.5) -> tuple[RequestHandler, Metrics]:
+def handler(engines: FakeEngines, threshold: float = 0.5,
+            rate_limiter: RateLimiter | None = None) -> tuple[RequestHandler, Metrics]:
     background = Background()
     route = RouteConfig.model_validate({
         "name": "auto", "small": "small", "large": "large",
@@ -107,7 +109,7 @@ def handler(engines: FakeEngines, threshold: float = 0.5) -> tuple[RequestHandle
                         engines, cache, accountant.guard, NoOpTracer())  # type: ignore[arg-type]
     pricer = UsagePricer({m.name: m.pricing for m in CONFIG.catalog.models})
     return RequestHandler(pipeline, accountant, pricer, metrics, RequestLimits(8, 4096),
-                          1 << 20), metrics
+                          1 << 20, rate_limiter), metrics
 
 
 async def _body(payload: dict[str, Any]):
@@ -206,3 +208,21 @@ def test_a_bug_below_the_handler_is_counted_as_500_not_as_unavailable() -> None:
     assert metric(metrics, "sluice_requests_total", model="small", route="error",
                   status="500") == 1
     assert metric(metrics, "sluice_in_flight_requests", model="small") == 0
+
+
+def test_rate_limits_take_their_share_answer_with_openai_headers_and_correct_tokens() -> None:
+    limits = RateLimitsConfig.model_validate({"limits": [
+        {"scope": "key", "id": "*", "requests_per_minute": 2, "tokens_per_minute": 10_000}]})
+    h, _ = handler(FakeEngines(), rate_limiter=RateLimiter(limits, None, lambda c: c.close()))
+    body = {"model": "small", "max_tokens": 100, **CHAT}
+    first, _ = send(h, body)
+    # reserved ~20 prompt tokens + 100; the answer's real 42 are what stays counted
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert 10_000 - 130 < int(first.headers["x-ratelimit-remaining-tokens"]) < 10_000 - 100
+    second, _ = send(h, body)
+    # the same reservation again, on top of the first answer's corrected 42 tokens
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) == (
+        int(first.headers["x-ratelimit-remaining-tokens"]) - 42)
+    with pytest.raises(RateLimited) as info:
+        send(h, body)
+    assert info.value.status == 429 and "Retry-After" in info.value.headers
