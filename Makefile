@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools serve observe test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger loadtest plan models redis-server clean help
+.PHONY: setup observability-tools serve observe test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench-prefix-routing - prefix-affinity vs power-of-two routing, shared prefixes"
 	@echo "make bench-autoscale-sim  - simulated fleet: SLO policy vs Serve's stock policy"
 	@echo "make bench-ledger   - ledger store throughput and per-request accounting cost"
+	@echo "make bench-rate-limits - rate-limit check latency; how far a limit holds over replicas"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
 	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
 
@@ -109,6 +110,9 @@ URL ?= http://127.0.0.1:8000
 MODEL ?= small
 bench-ledger: setup
 	$(BIN)/python -m loadtests.ledger_bench --out bench-results/ledger
+
+bench-rate-limits: setup
+	$(BIN)/python -m loadtests.rate_limit_bench --out bench-results/rate-limits
 
 loadtest: setup observability-tools
 	mkdir -p bench-results/locust
