@@ -61,7 +61,9 @@ class Accountant:
                        if client is not None else None)
         self.notifier = WebhookNotifier(config.webhook) if config.webhook else None
         self.guard = BudgetGuard(config.budgets, read=self._read_spend, notify=self._alert,
-                                 refresh_s=config.budget_refresh_s, clock=clock)
+                                 refresh_s=config.budget_refresh_s, clock=clock,
+                                 reserve=self.ledger.reserve if self.ledger is not None else None,
+                                 hold_timeout_s=config.budget_hold_timeout_s)
         self._tags: set[str] = set()
         metrics.registry.register(_AccountingCollector(self))
 
@@ -93,7 +95,7 @@ class Accountant:
 
     def settle(self, admission: Admission, request_id: str, model: str, status: int,
                outcome: Outcome | None, cost_usd: float, route: str = "error",
-               stages: Sequence[StageSpend] = ()) -> LedgerRecord:
+               stages: Sequence[StageSpend] = (), reserved_usd: float = 0.0) -> LedgerRecord:
         """Record the request (its outcome, or only its status when it failed); `stages`:
         the engine work it paid for besides its answer (a cascade's draft, judge)."""
         tokens = Tokens.of(outcome.usage if outcome is not None else None)
@@ -109,7 +111,7 @@ class Accountant:
             completion_tokens=tokens.completion,
             latency_s=round(self._clock() - admission.arrived, 6),
             ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9),
-            estimated=bool(outcome and outcome.estimated))
+            estimated=bool(outcome and outcome.estimated), reserved_usd=reserved_usd)
         self.guard.spent(record)
         if self.ledger is not None:
             self.ledger.record(record)

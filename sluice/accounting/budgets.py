@@ -5,11 +5,16 @@ the same script that appends each record), so every ingress replica sees the who
 spend. Reading Redis on every request would put it on the hot path: the guard keeps each
 counter's last value for `refresh_s`, raises it to the totals the ledger's own writes
 return, and adds what this replica spent that is not written yet. Reads happen between the
-ledger's batches, so a batch is never both in the value read and still pending. The result can trail other
-replicas' spend by up to `refresh_s`, and a request admitted just under the hard limit may
-finish over it: a budget is enforced to within one refresh interval and the requests in
-flight, which is stated in the README. If the counters cannot be read, the last values are
-used: a Redis outage does not refuse every request.
+ledger's batches, so a batch is never both in the value read and still pending. That
+check (at admission, before the body) can trail other replicas by up to `refresh_s`.
+
+Holds close that gap: once the body is parsed, `reserve` holds the request's worst-case
+cost on every budget it counts toward, in one Redis script that admits it only while
+spent + held is under each limit; the ledger's append script releases the hold in the same
+step that adds the real cost. However many requests run at once, on however many replicas,
+spend passes a limit by at most one request's hold. If Redis does not answer within
+`budget_hold_timeout_s`, this replica's own view decides (its estimate plus its own holds):
+an outage does not refuse every request, and the bound is then per replica.
 
 At `soft_fraction` of a limit the budget is `soft`: an alert (webhook and metric) and, with
 `downgrade_auto`, cascade routes (`auto`) answer with their small model. At the limit it is
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sluice.accounting.ledger import LedgerRecord, spend_key
+from sluice.accounting.ledger import LedgerRecord, spend_key, spend_keys
 from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import BudgetExceeded
@@ -69,15 +74,29 @@ class Verdict:
 
 
 SpendReader = Callable[[Sequence[str]], Awaitable[Sequence[Any]]]
+# (counters, usd, limits) -> (admitted, refusing counter 1-based, (spent, held) per counter)
+Reserver = Callable[[list[str], float, list[float]],
+                    Awaitable[tuple[bool, int, list[tuple[float, float]]]]]
 Notify = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Hold:
+    """A request's worst-case cost, held against its budgets until its record is written."""
+
+    usd: float
+    keys: tuple[str, ...]
 
 
 class BudgetGuard:
     def __init__(self, budgets: Sequence[Budget], read: SpendReader,
                  notify: Notify | None = None, refresh_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reserve: Reserver | None = None,
+                 hold_timeout_s: float = 0.25) -> None:
         self._budgets = tuple(budgets)
         self._read, self._refresh_s, self._clock = read, refresh_s, clock
+        self._reserve, self._hold_timeout_s = reserve, hold_timeout_s
+        self._held: dict[str, float] = {}  # counter -> held by this replica's requests
         self._notify = notify or (lambda event: None)
         self._stored: dict[str, float] = {}  # counter -> last value read
         self._read_at: dict[str, float] = {}
@@ -101,6 +120,50 @@ class BudgetGuard:
         """A request's cost, as soon as it is known (before the ledger writes it)."""
         for key in self._counters(record):
             self._pending[key] = self._pending.get(key, 0.0) + record.cost_usd
+        if record.reserved_usd > 0:  # its hold ends here (in Redis: when it is written)
+            for key in spend_keys(record):
+                if key in self._held:
+                    self._held[key] = max(0.0, self._held[key] - record.reserved_usd)
+
+    async def reserve(self, principal: Principal, usd: float) -> Hold | None:
+        """Hold a request's worst-case cost on every budget it counts toward, or refuse it
+        (429) when what is spent plus what requests in flight hold reaches a limit: however
+        many run at once, spend passes a limit by at most one request's hold. Atomic in
+        Redis across replicas; if Redis cannot be reached, this replica's own view."""
+        now = self._clock()
+        pairs = [(b, p, spend_key(b.scope, b.id, p, now))
+                 for b in self.applicable(principal) for p in PERIODS if b.limit(p)]
+        if not pairs or usd <= 0:
+            return None
+        keys = [k for _, _, k in pairs]
+        limits = [b.limit(p) or 0.0 for b, p, _ in pairs]
+        seen: list[tuple[float, float]] | None = None
+        if self._reserve is not None:
+            try:
+                admitted, refused, seen = await asyncio.wait_for(
+                    self._reserve(keys, usd, limits), timeout=self._hold_timeout_s)
+            except STORE_ERRORS as exc:
+                self.counters["read_errors"] += 1
+                log.warning("budget reservation not written (%r); this replica's view", exc)
+        if seen is None:  # no store: what this replica knows
+            seen = [(self._estimate(k), self._held.get(k, 0.0)) for k in keys]
+            refused = next((i + 1 for i, (s, h) in enumerate(seen) if s + h >= limits[i]), 0)
+            admitted = refused == 0
+        if not admitted:
+            budget, period, _ = pairs[refused - 1]
+            spent, held = seen[refused - 1]
+            verdict = Verdict("hard", budget, period, spent, limits[refused - 1],
+                              period_end(period, now))
+            self._count("rejected", verdict)
+            if spent >= limits[refused - 1]:
+                raise verdict.error(now)  # spent: refused until the period resets
+            raise BudgetExceeded(
+                f"The {period} budget of {budget.scope} '{budget.id}' is committed: "
+                f"${spent:.4f} spent and ${held:.4f} held by requests in flight, of "
+                f"${limits[refused - 1]:.2f}.", headers={"Retry-After": "2"})
+        for key in keys:
+            self._held[key] = self._held.get(key, 0.0) + usd
+        return Hold(usd, tuple(keys))
 
     def written(self, record: LedgerRecord, totals: dict[str, float] | None) -> None:
         """The ledger wrote the record; `totals`: its counters' values just after (None: it

@@ -32,19 +32,48 @@ from sluice.schema.accounting import LedgerConfig
 
 log = logging.getLogger(__name__)
 
+# KEYS: stream, dedupe key, the 4 spend counters, then the reservation counters to release.
+# ARGV: cost, dedupe ttl, spend ttl, trim id, the reservation to release, the fields...
 _APPEND = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
-  redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', unpack(ARGV, 5))
+  redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', unpack(ARGV, 6))
   local totals = {}
-  for i = 3, #KEYS do
+  for i = 3, 6 do
     totals[#totals + 1] = redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
     redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3]))
+  end
+  for i = 7, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      redis.call('INCRBYFLOAT', KEYS[i], '-' .. ARGV[5])
+    end
   end
   return totals
 end
 return 0
 """
+# KEYS: the spend counters of the budgets a request counts toward. ARGV: its worst-case
+# cost, the reservation counters' ttl, then each counter's limit. Admitted while what is
+# spent plus what requests in flight hold is under every limit; then it holds its worst
+# case on each, until the ledger writes its record (which releases it, in _APPEND).
+_RESERVE = """
+local seen = {}
+for i = 1, #KEYS do
+  local spent = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local held = math.max(0, tonumber(redis.call('GET', KEYS[i] .. ':reserved') or '0'))
+  seen[#seen + 1] = tostring(spent)
+  seen[#seen + 1] = tostring(held)
+  if spent + held >= tonumber(ARGV[2 + i]) then
+    return {0, i, unpack(seen)}
+  end
+end
+for i = 1, #KEYS do
+  redis.call('INCRBYFLOAT', KEYS[i] .. ':reserved', ARGV[1])
+  redis.call('EXPIRE', KEYS[i] .. ':reserved', tonumber(ARGV[2]))
+end
+return {1, 0, unpack(seen)}
+"""
 SPEND_TTL_S = 62 * 86400  # a month's counter outlives its month
+RESERVED_TTL_S = 3600  # a reservation whose record never got written lapses after an idle hour
 
 
 class LedgerRecord(BaseModel):
@@ -71,6 +100,9 @@ class LedgerRecord(BaseModel):
     cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     estimated: bool = Field(default=False, description="Tokens and cost are an estimate: "
                             "the answer ended before its usage (client gone, engine failed).")
+    reserved_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="The "
+                                "worst case it held against its budgets, released when "
+                                "this record is written.")
 
     def fields(self) -> dict[str, str]:
         out = {}
@@ -111,6 +143,7 @@ class LedgerWriter:
         self._client = client
         self._config = config
         self._script = client.register_script(_APPEND)
+        self._reserve = client.register_script(_RESERVE)
         self._buffer: deque[LedgerRecord] = deque()
         self._wake = asyncio.Event()
         self._on_written = on_written or (lambda record, totals: None)
@@ -185,15 +218,27 @@ class LedgerWriter:
         async with self._client.pipeline(transaction=False) as pipe:  # reset even on failure
             for record in batch:
                 args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s,
-                                   SPEND_TTL_S, min_id]
+                                   SPEND_TTL_S, min_id, repr(record.reserved_usd)]
                 for name, value in record.fields().items():
                     args += [name, value]
+                held = ([f"{k}:reserved" for k in spend_keys(record)]
+                        if record.reserved_usd > 0 else [])
                 keys = [self._config.stream, f"sluice:ledger:seen:{record.entry_id}",
-                        *spend_keys(record)]
+                        *spend_keys(record), *held]
                 await self._script(keys=keys, args=args, client=pipe)
             results = await pipe.execute()
         return [dict(zip(spend_keys(record), map(float, r))) if isinstance(r, list) else None
                 for record, r in zip(batch, results)]
+
+    async def reserve(self, keys: list[str], usd: float, limits: list[float]
+                      ) -> tuple[bool, int, list[tuple[float, float]]]:
+        """Hold `usd` on each spend counter, atomically, if every one is under its limit
+        counting what is held already: (admitted, the counter that refused (1-based, 0 if
+        none), (spent, held) per counter read)."""
+        result = await self._reserve(keys=keys, args=[repr(usd), RESERVED_TTL_S,
+                                                      *map(repr, limits)])
+        values = [float(v) for v in result[2:]]
+        return bool(result[0]), int(result[1]), list(zip(values[::2], values[1::2]))
 
     async def read_counters(self, keys: list[str]) -> list[Any]:
         """Spend counters, read between this writer's batches: a batch in flight is either

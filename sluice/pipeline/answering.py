@@ -22,6 +22,7 @@ from sluice.pipeline.engines import Engines, EngineStream
 from sluice.pipeline.replay import sse_events
 from sluice.pipeline.request import ParsedRequest
 from sluice.router.static import StaticRouter
+from sluice.schema.platform import CatalogModel
 
 BUDGET_DOWNGRADE = "budget-downgrade"
 
@@ -35,6 +36,9 @@ class Pipeline:
 
     def knows(self, model: str) -> bool:
         return model in self._runners or model in self._engines
+
+    def models_at_worst(self, model: str) -> list[CatalogModel]:
+        return self._router.models_at_worst(model)
 
     async def answer(self, request: ParsedRequest, admission: Admission, spend: StageLog
                      ) -> Answer:

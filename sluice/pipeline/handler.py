@@ -11,9 +11,11 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
    429; a soft limit marks the request);
 5. **body**: read with its size limit (413), decoded and validated into the engine's typed
    request (400 names the field);
-6. **rate limits**: the key's and the tenant's requests and tokens per minute, one request
-   and its token reservation taken from all of them at once (429 with `Retry-After`);
-   here rather than in 4 because a token reservation needs the body;
+6. **rate limits and budget holds**: the key's and the tenant's requests and tokens per
+   minute, one request and its token reservation taken from all of them at once (429 with
+   `Retry-After`); then the request's worst-case cost (prompt + max_tokens on every model
+   it may run) held against its budgets (429 when spend plus holds reach a limit); here
+   rather than in 4 because both need the body;
 7. **pipeline**: route, cache, cascade or engine, returning a typed Answer
    (`answering.Pipeline`);
 8. **settlement**: the answer is metered, traced, priced and recorded, and its token
@@ -40,7 +42,14 @@ from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
-from sluice.pipeline.request import Endpoint, RequestLimits, decode_json, parsed, read_body
+from sluice.pipeline.request import (
+    Endpoint,
+    ParsedRequest,
+    RequestLimits,
+    decode_json,
+    parsed,
+    read_body,
+)
 from sluice.pipeline.settlement import Settled, Settlement
 
 
@@ -52,6 +61,20 @@ class RequestHandler:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
+
+    def _worst_usd(self, request: ParsedRequest) -> float:
+        """The most the request can cost: its prompt (bounded by its bytes) and all the
+        completion tokens it may ask for (max_tokens x n, else the context's rest), on every
+        model it may run."""
+        llm = request.llm
+        prompt = request.prompt_tokens_bound()
+        asked = getattr(llm, "max_completion_tokens", None) or llm.max_tokens
+        total = 0.0
+        for model in self._pipeline.models_at_worst(llm.model):
+            out = (asked or max(1, model.context_length - prompt)) * (llm.n or 1)
+            total += self._pricer.price({"prompt_tokens": prompt, "completion_tokens": out},
+                                        model.name, hit=False).total_usd
+        return total
 
     async def handle(self, endpoint: Endpoint, headers: Mapping[str, str],
                      body: AsyncIterator[bytes], request_id: str) -> Settled:
@@ -77,6 +100,10 @@ class RequestHandler:
                         llm.n or 1)
                     settlement.limited(self._rate_limiter, await self._rate_limiter.reserve(
                         admission.principal, tokens))
+                guard = self._accountant.guard
+                if guard.applicable(admission.principal):
+                    settlement.held(await guard.reserve(admission.principal,
+                                                        self._worst_usd(request)))
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
         except BaseException as exc:
             settlement.failed(exc)

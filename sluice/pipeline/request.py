@@ -161,6 +161,14 @@ class ParsedRequest:
     def prompt_field(self) -> str:
         return "messages" if self.endpoint == "chat" else "prompt"
 
+    def prompt_tokens_bound(self) -> int:
+        """At most this many prompt tokens: a byte-level tokenizer makes no more tokens than
+        the prompt has bytes (its JSON here, quotes and keys included), plus a chat
+        template's few special tokens per message. For worst-case holds, not estimates."""
+        prompt = self.body.get("messages") or self.body.get("prompt") or ""
+        messages = len(prompt) if isinstance(prompt, list) else 1
+        return len(json.dumps(prompt).encode()) + 8 * messages + 8
+
     def estimate(self, token_events: int) -> dict[str, Any]:
         """The usage of an answer cut short (it never sent its own), so the prompt is
         measured only then: ~4 characters a token; each token event is at least a token."""

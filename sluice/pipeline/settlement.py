@@ -26,6 +26,7 @@ from opentelemetry.trace import Span
 
 from sluice import sse
 from sluice.accounting.accountant import Accountant, Admission
+from sluice.accounting.budgets import Hold
 from sluice.accounting.rate_limits import Quota, RateLimiter, Reservation
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.stage_spend import StageLog
@@ -72,6 +73,7 @@ class Settlement:
         self._admission: Admission | None = None
         self._request: ParsedRequest | None = None
         self._limiter: RateLimiter | None = None
+        self._hold: Hold | None = None
         self._reservation: Reservation | None = None
 
     def admitted(self, admission: Admission) -> None:
@@ -85,6 +87,10 @@ class Settlement:
             set_request(self._span, request.endpoint, request.llm)
         if known_model:
             self._meter.routed(request.llm.model)
+
+    def held(self, hold: Hold | None) -> None:
+        """The request holds its worst case against its budgets (its record releases it)."""
+        self._hold = hold
 
     def limited(self, limiter: RateLimiter, reservation: Reservation | None) -> None:
         """The request took its share of its rate limits (corrected when it ends)."""
@@ -102,7 +108,8 @@ class Settlement:
             spent = self._pricer.price(None, "", hit=False, stages=self.spend.stages)
             self._meter.charged(spent)
             self._accountant.settle(self._admission, self._request_id, self._meter.model,
-                                    status, None, spent.total_usd, stages=self.spend.stages)
+                                    status, None, spent.total_usd, stages=self.spend.stages,
+                                    reserved_usd=self._held_usd)
 
     async def settle(self, answer: Answer) -> Settled:
         assert self._request is not None and self._admission is not None
@@ -141,7 +148,11 @@ class Settlement:
             end_span(self._span, outcome)
         self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                 outcome.status, outcome, outcome.cost_usd,
-                                stages=self.spend.stages)
+                                stages=self.spend.stages, reserved_usd=self._held_usd)
+
+    @property
+    def _held_usd(self) -> float:
+        return self._hold.usd if self._hold is not None else 0.0
 
 
 class _Reading:

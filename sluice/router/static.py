@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.errors import ModelNotFound
-from sluice.schema.platform import Catalog
+from sluice.schema.platform import Catalog, CatalogModel
 from sluice.schema.routing import RouteConfig
 
 AUTO = "auto"
@@ -48,6 +48,17 @@ class StaticRouter:
             f"The model '{requested}' does not exist; available: {', '.join(self.model_ids)}.",
             param="model",
         )
+
+    def models_at_worst(self, requested: str) -> list[CatalogModel]:
+        """Every catalog model a request for `requested` may run: a route's small and large
+        models and its LLM judge; otherwise the one it resolves to (404 if none)."""
+        route = self._routes.get(requested)
+        if route is None:
+            return [self._models[self.decide(requested).model]]
+        names = [route.small, route.large]
+        if route.judge is not None and route.judge.judge_model:
+            names.append(route.judge.judge_model)
+        return [self._models[n] for n in names if n in self._models]
 
     def metadata(self, model_id: str) -> dict[str, Any]:
         if model_id in self._routes:

@@ -146,6 +146,9 @@ class AccountingConfig(Frozen):
     budgets: tuple[Budget, ...] = Field(default=(), description="Spend limits.")
     budget_refresh_s: float = Field(default=1.0, gt=0, description="How often an ingress "
                                     "re-reads the fleet's spend counters.")
+    budget_hold_timeout_s: float = Field(default=0.25, gt=0, description="Longest a "
+                                         "request's budget hold waits for Redis before this "
+                                         "replica's own view decides.")
     webhook: WebhookConfig | None = Field(default=None, description="Alert webhook.")
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig,
                                           description="Requests and tokens per minute.")

@@ -39,7 +39,8 @@ KV_CHUNK = 64  # LMCache chunk (tokens): small enough that test prompts span sev
 KEYS = {"sk-test-team-a": ("team-a-app", "team-a"), "sk-test-team-b": ("team-b-app", "team-b"),
         "sk-test-admin": ("ops", "platform"), "sk-test-soft": ("soft-app", "t-soft"),
         "sk-test-hard": ("hard-app", "t-hard"), "sk-test-limited": ("limited-app", "t-limited"),
-        "sk-test-limited-2": ("limited-app-2", "t-limited")}
+        "sk-test-limited-2": ("limited-app-2", "t-limited"), "sk-test-held": ("held-app", "t-held")}
+HELD_BUDGET_USD = 3e-4  # t-held's daily budget: a few holds of short `small` answers
 LIMITED_RPM, LIMITED_TENANT_TPM = 3, 100_000  # the limited keys' own RPM; their tenant's TPM
 
 
@@ -79,7 +80,8 @@ def _accounting(webhook_url: str, ledger_url: str) -> AccountingConfig:
                           for secret, (ident, tenant) in KEYS.items()]},
         "budgets": [{"scope": "tenant", "id": "t-soft", "daily_usd": 1.0,
                      "soft_fraction": 1e-6},
-                    {"scope": "tenant", "id": "t-hard", "daily_usd": 1e-6}],
+                    {"scope": "tenant", "id": "t-hard", "daily_usd": 1e-6},
+                    {"scope": "tenant", "id": "t-held", "daily_usd": HELD_BUDGET_USD}],
         "rate_limits": {"limits": [
             {"scope": "key", "id": "limited-app", "requests_per_minute": LIMITED_RPM},
             {"scope": "key", "id": "limited-app-2", "requests_per_minute": LIMITED_RPM},

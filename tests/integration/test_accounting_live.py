@@ -179,3 +179,37 @@ def test_requests_during_a_ledger_outage_are_replayed_when_it_returns(http,
         time.sleep(0.5)
     assert row is not None and row["requests"] == 3
     assert row["cost_usd"] == pytest.approx(sum(_cost_of(r) for r in during), abs=1e-8)
+
+
+def test_fifty_requests_at_once_overrun_a_budget_by_at_most_one_hold(http, stack) -> None:
+    """Each request holds its worst case (prompt bytes + max_tokens on `small`) until its
+    ledger record is written: the burst cannot spend past the budget by more than one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sluice.accounting.cost import cost_usd
+    from tests.integration.conftest import HELD_BUDGET_USD
+
+    pricing = next(m.pricing for m in stack.config.catalog.models if m.name == "small")
+
+    start, unique = time.time() - 1, uuid.uuid4().hex
+    bodies = [_chat("small", f"hold {i} {unique}", max_tokens=4) for i in range(50)]
+
+    def send(body: dict[str, Any]) -> httpx.Response:
+        return http.post(CHAT, json=body, headers=_auth("sk-test-held"))
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        sent = list(pool.map(send, bodies))
+    codes = [r.status_code for r in sent]
+    assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 1
+    refused = next(r for r in sent if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert "Retry-After" in refused.headers
+    told = sum(_cost_of(r) for r in sent if r.status_code == 200)
+    # a hold: the prompt's bound (its JSON's bytes + a chat template's 16) and 4 tokens out
+    one_hold = max(cost_usd({"prompt_tokens": len(json.dumps(b["messages"]).encode()) + 16,
+                             "completion_tokens": 4}, pricing) for b in bodies)
+    row = _row(_usage(http, "sk-test-held", group_by="tenant", start=start).json(), "t-held")
+    assert row is not None
+    assert row["cost_usd"] == pytest.approx(told, abs=1e-9)  # the ledger: what was told
+    assert told <= HELD_BUDGET_USD + one_hold
+    assert told > HELD_BUDGET_USD * 0.05  # the budget let real work through
