@@ -9,25 +9,28 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import HTTP_PORT, LIMITED_RPM, LIMITED_TENANT_TPM
-
-BASE = f"http://127.0.0.1:{HTTP_PORT}"
 BODY = {"model": "small", "prompt": "Count: 1, 2, 3,", "max_tokens": 4, "temperature": 0}
 
 
-def _post(key: str) -> httpx.Response:
-    return httpx.post(f"{BASE}/v1/completions", json=BODY, timeout=60,
-                      headers={"authorization": f"Bearer {key}"})
+def _limit(stack, scope: str, ident: str, field: str) -> int:
+    limits = stack.config.profile.accounting.rate_limits.limits
+    return next(getattr(x, field) for x in limits if (x.scope, x.id) == (scope, ident))
 
 
-def test_a_key_past_its_rpm_is_refused_with_openai_headers(stack) -> None:
-    accepted = [_post("sk-test-limited") for _ in range(LIMITED_RPM)]
-    assert [r.status_code for r in accepted] == [200] * LIMITED_RPM
+def test_a_key_past_its_rpm_is_refused_with_openai_headers(stack, http, base_url) -> None:
+    def _post(key: str) -> httpx.Response:
+        return http.post("/v1/completions", json=BODY,
+                         headers={"authorization": f"Bearer {key}"})
+
+    rpm = _limit(stack, "key", "limited-app", "requests_per_minute")
+    tenant_tpm = _limit(stack, "tenant", "t-limited", "tokens_per_minute")
+    accepted = [_post("sk-test-limited") for _ in range(rpm)]
+    assert [r.status_code for r in accepted] == [200] * rpm
     first, last = accepted[0].headers, accepted[-1].headers
-    assert first["x-ratelimit-limit-requests"] == str(LIMITED_RPM)
-    assert int(first["x-ratelimit-remaining-requests"]) == LIMITED_RPM - 1
+    assert first["x-ratelimit-limit-requests"] == str(rpm)
+    assert int(first["x-ratelimit-remaining-requests"]) == rpm - 1
     assert last["x-ratelimit-remaining-requests"] == "0"
-    assert first["x-ratelimit-limit-tokens"] == str(LIMITED_TENANT_TPM)
+    assert first["x-ratelimit-limit-tokens"] == str(tenant_tpm)
     refused = _post("sk-test-limited")
     assert refused.status_code == 429
     error = refused.json()["error"]
@@ -36,19 +39,21 @@ def test_a_key_past_its_rpm_is_refused_with_openai_headers(stack) -> None:
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
 
-    client = openai.OpenAI(base_url=f"{BASE}/v1", api_key="sk-test-limited", max_retries=0)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-test-limited",
+                           max_retries=0)
     with pytest.raises(openai.RateLimitError):
         client.completions.create(**BODY)
 
     # the tenant's other key: its own request counter, the tenant's token counter
     other = _post("sk-test-limited-2")
     assert other.status_code == 200
-    assert other.headers["x-ratelimit-remaining-requests"] == str(LIMITED_RPM - 1)
-    used = LIMITED_TENANT_TPM - int(other.headers["x-ratelimit-remaining-tokens"])
+    assert other.headers["x-ratelimit-remaining-requests"] == str(rpm - 1)
+    used = tenant_tpm - int(other.headers["x-ratelimit-remaining-tokens"])
     assert used > 0  # the first key's corrected reservations and this one's
 
 
-def test_keys_without_a_limit_carry_no_rate_headers(stack) -> None:
-    response = _post("sk-test-team-a")
+def test_keys_without_a_limit_carry_no_rate_headers(http) -> None:
+    response = http.post("/v1/completions", json=BODY,
+                         headers={"authorization": "Bearer sk-test-team-a"})
     assert response.status_code == 200
     assert not any(h.startswith("x-ratelimit-") for h in response.headers)
