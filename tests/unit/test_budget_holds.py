@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 import pytest
 
 from sluice.accounting.accountant import Accountant
 from sluice.accounting.ledger import spend_key
 from sluice.accounting.tenancy import key_hash
-from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.errors import BudgetExceeded
 from sluice.observability.metrics import Metrics
 from sluice.schema.accounting import AccountingConfig
@@ -22,17 +20,6 @@ from sluice.schema.accounting import AccountingConfig
 BUDGET, WORST = 0.01, 0.0011  # each request may cost up to WORST, costs 0.0004-0.0011
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = LocalRedisServer(tmp_path / "redis", _free_port()).start()
-    yield server.url
-    server.stop()
 
 
 def _accountant(url: str) -> Accountant:

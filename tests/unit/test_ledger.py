@@ -2,7 +2,6 @@
 idempotent replays, an outage with the buffer replayed after restart, and paging."""
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -22,19 +21,6 @@ from sluice.schema.accounting import STREAM
 
 NOW = time.time()
 FAST = {"timeout_s": 0.5, "flush_interval_s": 0.05, "retry_max_s": 0.2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = LocalRedisServer(tmp_path / "redis", _free_port()).start()
-    yield server
-    server.stop()
 
 
 def _rec(i: int = 0, **kw) -> LedgerRecord:

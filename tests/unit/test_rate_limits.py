@@ -6,7 +6,6 @@ the accepted answer carry OpenAI's x-ratelimit headers."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
@@ -19,7 +18,6 @@ from sluice.accounting.rate_limits import (
     meters,
 )
 from sluice.accounting.tenancy import Principal
-from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.errors import RateLimited, Unavailable
 from sluice.schema.accounting import RateLimitsConfig
 
@@ -27,17 +25,6 @@ ALICE, BOB = Principal("alice", "acme"), Principal("bob", "acme")
 CAROL = Principal("carol", "globex")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = LocalRedisServer(tmp_path / "redis", _free_port()).start()
-    yield server.url
-    server.stop()
 
 
 def config(*limits: dict, **over) -> RateLimitsConfig:
