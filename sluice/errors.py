@@ -57,6 +57,13 @@ class PayloadTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class BodyTimeout(InvalidRequest):
+    """The client did not finish sending its request body in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ModelNotFound(SluiceError):
     status = 404
     type = "invalid_request_error"

@@ -70,6 +70,7 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
     handler = RequestHandler(pipeline, accountant, pricer, metrics,
                              RequestLimits(max_n=ingress.max_n,
                                            max_tokens=ingress.max_tokens_limit),
-                             ingress.max_body_bytes, rate_limiter, tracer)
+                             ingress.max_body_bytes, rate_limiter, tracer,
+                             body_timeout_s=ingress.body_timeout_s)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
                     background)

@@ -9,8 +9,8 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
    client's trace context);
 4. **admission**: the key authenticates, tags are checked, the budget is asked (401, 400,
    429; a soft limit marks the request);
-5. **body**: read with its size limit (413), decoded and validated into the engine's typed
-   request (400 names the field);
+5. **body**: read with its size limit (413) and time limit (408), decoded and validated
+   into the engine's typed request (400 names the field);
 6. **rate limits and budget holds**: the key's and the tenant's requests and tokens per
    minute, one request and its token reservation taken from all of them at once (429 with
    `Retry-After`); then the request's worst-case cost (prompt + max_tokens on every model
@@ -57,10 +57,12 @@ class RequestHandler:
     def __init__(self, pipeline: Pipeline, accountant: Accountant, pricer: UsagePricer,
                  metrics: Metrics, limits: RequestLimits, max_body_bytes: int,
                  rate_limiter: RateLimiter | None = None, tracer: Tracer | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 body_timeout_s: float | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
+        self._body_timeout_s = body_timeout_s
 
     def _worst_usd(self, request: ParsedRequest) -> float:
         """The most the request can cost: its prompt (bounded by its bytes) and all the
@@ -88,7 +90,7 @@ class RequestHandler:
             with (trace.use_span(span, record_exception=False, set_status_on_exception=False)
                   if span is not None else nullcontext()):
                 raw = await read_body(body, headers.get("content-length"),
-                                      self._max_body_bytes)
+                                      self._max_body_bytes, self._body_timeout_s)
                 request = parsed(endpoint, decode_json(raw), self._limits, request_id,
                                  headers)
                 settlement.parsed(request, self._pipeline.knows(request.llm.model))

@@ -8,6 +8,7 @@ gets a 400 naming the field rather than an engine error or a wasted generation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pydantic
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.exceptions import VLLMClientError
 
-from sluice.errors import InvalidRequest, PayloadTooLarge
+from sluice.errors import BodyTimeout, InvalidRequest, PayloadTooLarge
 
 Endpoint = Literal["chat", "completions"]
 LLMRequest = ChatCompletionRequest | CompletionRequest
@@ -33,9 +34,20 @@ class RequestLimits:
     max_tokens: int
 
 
-async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
-    """The body, refused with 413 once it is known to exceed `limit`: by its declared
-    Content-Length before a byte is read, or as it streams in (chunked uploads)."""
+async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int,
+                    timeout_s: float | None = None) -> bytes:
+    """The body, refused with 413 once it is known to exceed `limit` (by its declared
+    Content-Length before a byte is read, or as it streams in: chunked uploads), and with
+    408 when it has not arrived whole within `timeout_s` (a slow-loris client)."""
+    if timeout_s is None:
+        return await _read(chunks, declared, limit)
+    try:
+        return await asyncio.wait_for(_read(chunks, declared, limit), timeout_s)
+    except TimeoutError:
+        raise BodyTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
+
+
+async def _read(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {int(declared)} bytes exceeds the limit of "
                               f"{limit} bytes.")

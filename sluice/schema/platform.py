@@ -119,6 +119,9 @@ class IngressSettings(Frozen):
         default=8 * 1024 * 1024, ge=1024,
         description="Largest request body; a larger one is refused with 413 before it is "
         "read whole (by its Content-Length, or as it streams in).")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest a request body may take to arrive; a "
+        "slower one (a client that never finishes sending) gets 408.")
     transport: Literal["direct", "proxy"] = Field(
         default="direct",
         description="'direct': the ingress replica serves HTTP on `port` itself (Ray Serve's "

@@ -144,7 +144,7 @@ def _test_config(run_dir: Path, webhook_url: str, ledger_url: str) -> PlatformCo
     spans written to a file the tests read; API keys, budgets and an alert webhook."""
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = config.profile
-    ingress = profile.ingress.model_copy(update={"port": HTTP_PORT})
+    ingress = profile.ingress.model_copy(update={"port": HTTP_PORT, "body_timeout_s": 3.0})
     cache = profile.response_cache.model_copy(update={"ttl_s": TTL_S})
     kv_tier = profile.kv_tier.model_copy(update={"enabled": True, "chunk_size": KV_CHUNK})
     semantic = profile.semantic_cache.model_copy(update={"enabled": True})

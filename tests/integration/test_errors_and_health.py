@@ -63,6 +63,26 @@ def test_hostile_bodies_are_client_errors_not_server_errors(http) -> None:
     assert b"request_too_large" in answer
 
 
+def test_a_body_that_never_finishes_is_408_not_a_hang(stack, http) -> None:
+    """A slow-loris client: headers and a part of the body, then nothing."""
+    import time
+
+    host, port = http.base_url.host, http.base_url.port
+    limit = stack.config.profile.ingress.body_timeout_s
+    started = time.monotonic()
+    with socket.create_connection((host, port), timeout=limit + 30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 100\r\n\r\n{\"model\"")
+        answer = b""
+        while b"request_timeout" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert limit <= time.monotonic() - started < limit + 20
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [({"max_tokens": 0}, "max_tokens"), ({"n": 500}, "n"), ({"temperature": -1}, "temperature"),

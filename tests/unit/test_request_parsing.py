@@ -115,3 +115,22 @@ def test_an_oversized_body_is_413_before_it_is_read() -> None:
     with pytest.raises(PayloadTooLarge):  # chunked, no length: refused as it streams in
         asyncio.run(read_body(_chunks(b"a" * 600, b"b" * 600), None, 1024))
     assert asyncio.run(read_body(_chunks(b'{"a":', b"1}"), "6", 1024)) == b'{"a":1}'
+
+
+def test_a_body_that_never_finishes_is_408_within_the_timeout() -> None:
+    import asyncio
+    import time
+
+    from sluice.errors import BodyTimeout
+    from sluice.pipeline.request import read_body
+
+    async def slow_loris():
+        yield b'{"model": "small", '
+        await asyncio.sleep(3600)  # the rest never comes
+        yield b"}"
+
+    started = time.monotonic()
+    with pytest.raises(BodyTimeout) as caught:
+        asyncio.run(read_body(slow_loris(), None, 1024, timeout_s=0.2))
+    assert caught.value.status == 408 and caught.value.code == "request_timeout"
+    assert time.monotonic() - started < 2
