@@ -64,6 +64,14 @@ class BodyTimeout(InvalidRequest):
     code = "request_timeout"
 
 
+class ClientGone(SluiceError):
+    """The client closed the connection before its request was read (nobody sees this)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class ModelNotFound(SluiceError):
     status = 404
     type = "invalid_request_error"

@@ -12,7 +12,8 @@ Holds close that gap: once the body is parsed, `reserve` holds the request's wor
 cost on every budget it counts toward, in one Redis script that admits it only while
 spent + held is under each limit; the ledger's append script releases the hold in the same
 step that adds the real cost. However many requests run at once, on however many replicas,
-spend passes a limit by at most one request's hold. If Redis does not answer within
+spend passes a limit by at most one request's hold. Each hold is an entry of its own with
+an expiry (`HOLD_TTL_S`): one whose record is never written (its replica died) lapses. If Redis does not answer within
 `budget_hold_timeout_s`, this replica's own view decides (its estimate plus its own holds):
 an outage does not refuse every request, and the bound is then per replica.
 
@@ -27,12 +28,13 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sluice.accounting.ledger import LedgerRecord, spend_key, spend_keys
+from sluice.accounting.ledger import LedgerRecord, spend_key
 from sluice.accounting.tenancy import Principal
 from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import BudgetExceeded
@@ -74,16 +76,19 @@ class Verdict:
 
 
 SpendReader = Callable[[Sequence[str]], Awaitable[Sequence[Any]]]
-# (counters, usd, limits) -> (admitted, refusing counter 1-based, (spent, held) per counter)
-Reserver = Callable[[list[str], float, list[float]],
+# (counters, usd, limits, hold id) -> (admitted, refusing counter 1-based (0: none),
+# (spent, held) per counter)
+Reserver = Callable[[list[str], float, list[float], str],
                     Awaitable[tuple[bool, int, list[tuple[float, float]]]]]
 Notify = Callable[[dict[str, Any]], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hold:
-    """A request's worst-case cost, held against its budgets until its record is written."""
+    """A request's worst-case cost, held against its budgets until its record is written
+    (the record carries the hold's id; writing it deletes the hold)."""
 
+    id: str
     usd: float
     keys: tuple[str, ...]
 
@@ -96,7 +101,7 @@ class BudgetGuard:
         self._budgets = tuple(budgets)
         self._read, self._refresh_s, self._clock = read, refresh_s, clock
         self._reserve, self._hold_timeout_s = reserve, hold_timeout_s
-        self._held: dict[str, float] = {}  # counter -> held by this replica's requests
+        self._holds: dict[str, Hold] = {}  # this replica's holds not yet recorded
         self._notify = notify or (lambda event: None)
         self._stored: dict[str, float] = {}  # counter -> last value read
         self._read_at: dict[str, float] = {}
@@ -120,33 +125,35 @@ class BudgetGuard:
         """A request's cost, as soon as it is known (before the ledger writes it)."""
         for key in self._counters(record):
             self._pending[key] = self._pending.get(key, 0.0) + record.cost_usd
-        if record.reserved_usd > 0:  # its hold ends here (in Redis: when it is written)
-            for key in spend_keys(record):
-                if key in self._held:
-                    self._held[key] = max(0.0, self._held[key] - record.reserved_usd)
+        self._holds.pop(record.hold_id, None)  # its hold ends (in Redis: when written)
 
-    async def reserve(self, principal: Principal, usd: float) -> Hold | None:
+    def _held(self, key: str) -> float:
+        return sum(h.usd for h in self._holds.values() if key in h.keys)
+
+    async def reserve(self, principal: Principal, usd: float, arrived: float) -> Hold | None:
         """Hold a request's worst-case cost on every budget it counts toward, or refuse it
         (429) when what is spent plus what requests in flight hold reaches a limit: however
         many run at once, spend passes a limit by at most one request's hold. Atomic in
-        Redis across replicas; if Redis cannot be reached, this replica's own view."""
+        Redis across replicas; if Redis cannot be reached, this replica's own view. The
+        counters are those of the request's arrival (`arrived`), as its record's are."""
         now = self._clock()
-        pairs = [(b, p, spend_key(b.scope, b.id, p, now))
+        pairs = [(b, p, spend_key(b.scope, b.id, p, arrived))
                  for b in self.applicable(principal) for p in PERIODS if b.limit(p)]
         if not pairs or usd <= 0:
             return None
         keys = [k for _, _, k in pairs]
         limits = [b.limit(p) or 0.0 for b, p, _ in pairs]
         seen: list[tuple[float, float]] | None = None
+        hold = Hold(uuid.uuid4().hex, usd, tuple(keys))
         if self._reserve is not None:
             try:
                 admitted, refused, seen = await asyncio.wait_for(
-                    self._reserve(keys, usd, limits), timeout=self._hold_timeout_s)
+                    self._reserve(keys, usd, limits, hold.id), timeout=self._hold_timeout_s)
             except STORE_ERRORS as exc:
                 self.counters["read_errors"] += 1
                 log.warning("budget reservation not written (%r); this replica's view", exc)
         if seen is None:  # no store: what this replica knows
-            seen = [(self._estimate(k), self._held.get(k, 0.0)) for k in keys]
+            seen = [(self._estimate(k), self._held(k)) for k in keys]
             refused = next((i + 1 for i, (s, h) in enumerate(seen) if s + h >= limits[i]), 0)
             admitted = refused == 0
         if not admitted:
@@ -161,9 +168,8 @@ class BudgetGuard:
                 f"The {period} budget of {budget.scope} '{budget.id}' is committed: "
                 f"${spent:.4f} spent and ${held:.4f} held by requests in flight, of "
                 f"${limits[refused - 1]:.2f}.", headers={"Retry-After": "2"})
-        for key in keys:
-            self._held[key] = self._held.get(key, 0.0) + usd
-        return Hold(usd, tuple(keys))
+        self._holds[hold.id] = hold
+        return hold
 
     def written(self, record: LedgerRecord, totals: dict[str, float] | None) -> None:
         """The ledger wrote the record; `totals`: its counters' values just after (None: it

@@ -32,8 +32,8 @@ from sluice.schema.accounting import LedgerConfig
 
 log = logging.getLogger(__name__)
 
-# KEYS: stream, dedupe key, the 4 spend counters, then the reservation counters to release.
-# ARGV: cost, dedupe ttl, spend ttl, trim id, the reservation to release, the fields...
+# KEYS: stream, dedupe key, the 4 spend counters, then the budget holds to release.
+# ARGV: cost, dedupe ttl, spend ttl, trim id, the record's hold id, the fields...
 _APPEND = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
   redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[4], '*', unpack(ARGV, 6))
@@ -42,38 +42,44 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[2])) then
     totals[#totals + 1] = redis.call('INCRBYFLOAT', KEYS[i], ARGV[1])
     redis.call('EXPIRE', KEYS[i], tonumber(ARGV[3]))
   end
-  for i = 7, #KEYS do
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      redis.call('INCRBYFLOAT', KEYS[i], '-' .. ARGV[5])
-    end
-  end
+  for i = 7, #KEYS do redis.call('HDEL', KEYS[i], ARGV[5]) end
   return totals
 end
 return 0
 """
 # KEYS: the spend counters of the budgets a request counts toward. ARGV: its worst-case
-# cost, the reservation counters' ttl, then each counter's limit. Admitted while what is
-# spent plus what requests in flight hold is under every limit; then it holds its worst
-# case on each, until the ledger writes its record (which releases it, in _APPEND).
+# cost, the hold's lifetime (ms), its id, then each counter's limit. Each counter's holds
+# are a hash (hold id -> "usd:expires_ms"): expired ones are dropped as they are summed.
+# Admitted while spent + held is under every limit; then it holds its worst case on each
+# until the ledger writes its record (which deletes the hold, in _APPEND), or it lapses.
 _RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seen = {}
 for i = 1, #KEYS do
   local spent = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local held = math.max(0, tonumber(redis.call('GET', KEYS[i] .. ':reserved') or '0'))
+  local hkey, held = KEYS[i] .. ':holds', 0
+  local holds = redis.call('HGETALL', hkey)
+  for j = 1, #holds, 2 do
+    local usd, expires = string.match(holds[j + 1], '([^:]+):(%d+)')
+    if tonumber(expires) < now then redis.call('HDEL', hkey, holds[j])
+    else held = held + tonumber(usd) end
+  end
   seen[#seen + 1] = tostring(spent)
   seen[#seen + 1] = tostring(held)
-  if spent + held >= tonumber(ARGV[2 + i]) then
+  if spent + held >= tonumber(ARGV[3 + i]) then
     return {0, i, unpack(seen)}
   end
 end
+local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  redis.call('INCRBYFLOAT', KEYS[i] .. ':reserved', ARGV[1])
-  redis.call('EXPIRE', KEYS[i] .. ':reserved', tonumber(ARGV[2]))
+  redis.call('HSET', KEYS[i] .. ':holds', ARGV[3], ARGV[1] .. ':' .. (now + ttl))
+  redis.call('PEXPIRE', KEYS[i] .. ':holds', ttl + 60000)
 end
 return {1, 0, unpack(seen)}
 """
 SPEND_TTL_S = 62 * 86400  # a month's counter outlives its month
-RESERVED_TTL_S = 3600  # a reservation whose record never got written lapses after an idle hour
+HOLD_TTL_S = 900  # a hold whose record is never written (its replica died) lapses then
 
 
 class LedgerRecord(BaseModel):
@@ -100,9 +106,8 @@ class LedgerRecord(BaseModel):
     cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     estimated: bool = Field(default=False, description="Tokens and cost are an estimate: "
                             "the answer ended before its usage (client gone, engine failed).")
-    reserved_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="The "
-                                "worst case it held against its budgets, released when "
-                                "this record is written.")
+    hold_id: str = Field(default="", description="The budget hold its worst case was "
+                         "held under; writing this record releases it.")
 
     def fields(self) -> dict[str, str]:
         out = {}
@@ -218,11 +223,10 @@ class LedgerWriter:
         async with self._client.pipeline(transaction=False) as pipe:  # reset even on failure
             for record in batch:
                 args: list[Any] = [repr(record.cost_usd), self._config.dedupe_ttl_s,
-                                   SPEND_TTL_S, min_id, repr(record.reserved_usd)]
+                                   SPEND_TTL_S, min_id, record.hold_id]
                 for name, value in record.fields().items():
                     args += [name, value]
-                held = ([f"{k}:reserved" for k in spend_keys(record)]
-                        if record.reserved_usd > 0 else [])
+                held = [f"{k}:holds" for k in spend_keys(record)] if record.hold_id else []
                 keys = [self._config.stream, f"sluice:ledger:seen:{record.entry_id}",
                         *spend_keys(record), *held]
                 await self._script(keys=keys, args=args, client=pipe)
@@ -230,12 +234,12 @@ class LedgerWriter:
         return [dict(zip(spend_keys(record), map(float, r))) if isinstance(r, list) else None
                 for record, r in zip(batch, results)]
 
-    async def reserve(self, keys: list[str], usd: float, limits: list[float]
-                      ) -> tuple[bool, int, list[tuple[float, float]]]:
-        """Hold `usd` on each spend counter, atomically, if every one is under its limit
-        counting what is held already: (admitted, the counter that refused (1-based, 0 if
-        none), (spent, held) per counter read)."""
-        result = await self._reserve(keys=keys, args=[repr(usd), RESERVED_TTL_S,
+    async def reserve(self, keys: list[str], usd: float, limits: list[float], hold_id: str,
+                      ttl_s: float = HOLD_TTL_S) -> tuple[bool, int, list[tuple[float, float]]]:
+        """Hold `usd` on each spend counter under `hold_id`, atomically, if every one is
+        under its limit counting what is held already: (admitted, the counter that refused
+        (1-based, 0 if none), (spent, held) per counter read)."""
+        result = await self._reserve(keys=keys, args=[repr(usd), int(ttl_s * 1000), hold_id,
                                                       *map(repr, limits)])
         values = [float(v) for v in result[2:]]
         return bool(result[0]), int(result[1]), list(zip(values[::2], values[1::2]))

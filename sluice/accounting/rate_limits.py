@@ -15,7 +15,7 @@ and has no way to give back part of a cost. One Lua script here does both, with 
 own clock (replicas' clocks do not matter).
 
 Reservation: a request takes one request and `prompt + max_tokens x n` tokens (prompt
-estimated at ~4 characters a token; `default_completion_tokens` when it sets no
+estimated at ~4 bytes of body a token; `default_completion_tokens` when it sets no
 max_tokens); when it ends, the difference to its real usage is given back (or added) in
 the minute it was taken. Redis unreachable (over `store_timeout_ms`): `local` limits each
 replica alone to its share (limit / ingress replicas), `closed` refuses with 503.
@@ -191,13 +191,15 @@ class _LocalWindows:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._counts: dict[tuple[str, int], int] = {}
         self._clock = clock
+        self._window = -1  # the minute last seen: older counters are pruned when it moves
 
     def take(self, ms: list[Meter]) -> tuple[bool, int, float, list[int]]:
         now = self._clock()
         idx = int(now // WINDOW_S)
         into = now - idx * WINDOW_S
         weight = 1 - into / WINDOW_S
-        if len(self._counts) > 10_000 or any(w < idx - 1 for _, w in self._counts):
+        if idx != self._window:
+            self._window = idx
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= idx - 1}
         used = [int(self._counts.get((m.key, idx - 1), 0) * weight
                     + self._counts.get((m.key, idx), 0)) for m in ms]

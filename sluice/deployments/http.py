@@ -20,10 +20,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from sluice import sse
 from sluice.accounting.rate_limits import headers as quota_headers
-from sluice.errors import NotFound, SluiceError, unexpected
+from sluice.errors import ClientGone, NotFound, SluiceError, unexpected
 from sluice.observability.outcome import COST_HEADER
 from sluice.pipeline.answer import Answer
 from sluice.pipeline.settlement import Settled
@@ -41,6 +42,16 @@ def client_request_id(request: Request) -> str | None:
     into response ids, error messages, the ledger or logs."""
     given = request.headers.get("x-request-id") or ""
     return given if _CLIENT_ID.fullmatch(given) else None
+
+
+async def body_of(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that leaves while sending it is a 499
+    (ClientGone), not an unhandled error."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ClientGone("The client closed the connection while sending its request.") from None
 
 
 def request_id(request: Request) -> str:

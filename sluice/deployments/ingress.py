@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from sluice.deployments.http import create_app, render, request_id
+from sluice.deployments.http import body_of, create_app, render, request_id
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
@@ -78,7 +78,7 @@ class SluiceIngress:
 
     async def _answer(self, endpoint: Endpoint, request: Request) -> Response:
         settled = await self._platform.handler.handle(endpoint, request.headers,
-                                                      request.stream(), request_id(request))
+                                                      body_of(request), request_id(request))
         return render(settled)
 
     # ---- catalog and health ----------------------------------------------------------

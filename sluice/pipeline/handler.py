@@ -92,22 +92,22 @@ class RequestHandler:
                 raw = await read_body(body, headers.get("content-length"),
                                       self._max_body_bytes, self._body_timeout_s)
                 request = parsed(endpoint, decode_json(raw), self._limits, request_id,
-                                 headers)
+                                 headers, len(raw))
                 settlement.parsed(request, self._pipeline.knows(request.llm.model))
                 if self._rate_limiter is not None and self._rate_limiter.enabled:
                     llm = request.llm
                     tokens = self._rate_limiter.tokens_of(
-                        request.estimate(0)["prompt_tokens"],
+                        request.prompt_tokens_guess(),
                         getattr(llm, "max_completion_tokens", None) or llm.max_tokens,
                         llm.n or 1)
                     settlement.limited(self._rate_limiter, await self._rate_limiter.reserve(
                         admission.principal, tokens))
                 guard = self._accountant.guard
                 if guard.applicable(admission.principal):
-                    settlement.held(await guard.reserve(admission.principal,
-                                                        self._worst_usd(request)))
+                    settlement.held(await guard.reserve(
+                        admission.principal, self._worst_usd(request), admission.arrived))
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
+            return await settlement.settle(answer)
         except BaseException as exc:
-            settlement.failed(exc)
+            settlement.failed(exc)  # (a no-op if the answer's outcome already ended)
             raise
-        return await settlement.settle(answer)

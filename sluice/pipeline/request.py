@@ -168,6 +168,7 @@ class ParsedRequest:
     request_id: str
     headers: Mapping[str, str]
     client_usage: bool = True  # a stream's usage event goes to the client (it asked)
+    body_bytes: int = 0  # the body's size as received
 
     @property
     def prompt_field(self) -> str:
@@ -175,11 +176,14 @@ class ParsedRequest:
 
     def prompt_tokens_bound(self) -> int:
         """At most this many prompt tokens: a byte-level tokenizer makes no more tokens than
-        the prompt has bytes (its JSON here, quotes and keys included), plus a chat
-        template's few special tokens per message. For worst-case holds, not estimates."""
-        prompt = self.body.get("messages") or self.body.get("prompt") or ""
-        messages = len(prompt) if isinstance(prompt, list) else 1
-        return len(json.dumps(prompt).encode()) + 8 * messages + 8
+        the prompt has bytes (the whole body's here), plus a chat template's few special
+        tokens per message. For worst-case holds, not estimates; nothing is serialised."""
+        messages = self.body.get("messages")
+        return self.body_bytes + 8 * (len(messages) if isinstance(messages, list) else 1) + 8
+
+    def prompt_tokens_guess(self) -> int:
+        """About 4 bytes of body a token (OpenAI's own rule of thumb for rate limits)."""
+        return self.body_bytes // 4
 
     def estimate(self, token_events: int) -> dict[str, Any]:
         """The usage of an answer cut short (it never sent its own), so the prompt is
@@ -190,13 +194,13 @@ class ParsedRequest:
 
 
 def parsed(endpoint: Endpoint, body: dict[str, Any], limits: RequestLimits, request_id: str,
-           headers: Mapping[str, str]) -> ParsedRequest:
+           headers: Mapping[str, str], body_bytes: int = 0) -> ParsedRequest:
     """The body validated (400 names the field), with its engine request id and the usage
     event a stream's ledger record needs."""
     llm = parse_request(endpoint, body, limits)
     llm.request_id = request_id
     client_usage = with_usage_event(llm)
-    return ParsedRequest(endpoint, body, llm, request_id, headers, client_usage)
+    return ParsedRequest(endpoint, body, llm, request_id, headers, client_usage, body_bytes)
 
 
 def with_usage_event(request: LLMRequest) -> bool:

@@ -74,6 +74,7 @@ class Settlement:
         self._request: ParsedRequest | None = None
         self._limiter: RateLimiter | None = None
         self._hold: Hold | None = None
+        self._ended = False  # the outcome was settled (by failed() or by the answer's end)
         self._reservation: Reservation | None = None
 
     def admitted(self, admission: Admission) -> None:
@@ -98,8 +99,13 @@ class Settlement:
 
     def failed(self, exc: BaseException) -> None:
         """The request raised before it had an answer."""
-        if self._limiter is not None:
-            self._limiter.settle(self._reservation, 0)  # no tokens were delivered
+        if self._ended:
+            return
+        self._ended = True
+        if self._limiter is not None:  # nothing delivered; stages that ran still count
+            self._limiter.settle(self._reservation, sum(
+                Tokens.of(s.usage).prompt + Tokens.of(s.usage).completion
+                for s in self.spend.stages))
         status = _status(exc)
         self._meter.failed(status)
         if self._span is not None:
@@ -109,7 +115,7 @@ class Settlement:
             self._meter.charged(spent)
             self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                     status, None, spent.total_usd, stages=self.spend.stages,
-                                    reserved_usd=self._held_usd)
+                                    hold_id=self._hold_id)
 
     async def settle(self, answer: Answer) -> Settled:
         assert self._request is not None and self._admission is not None
@@ -140,19 +146,23 @@ class Settlement:
 
     def _finish(self, outcome: Outcome) -> None:
         assert self._admission is not None
-        if self._limiter is not None:
-            tokens = Tokens.of(outcome.usage)
-            self._limiter.settle(self._reservation, tokens.prompt + tokens.completion)
+        self._ended = True
+        if self._limiter is not None:  # engine tokens: the answer's (none for a cache
+            # hit) and the stages' (a rejected draft, a judge)
+            used = [Tokens.of(s.usage) for s in self.spend.stages]
+            if outcome.cache != "hit":
+                used.append(Tokens.of(outcome.usage))
+            self._limiter.settle(self._reservation, sum(t.prompt + t.completion for t in used))
         self._meter.finished(outcome)
         if self._span is not None:
             end_span(self._span, outcome)
         self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                 outcome.status, outcome, outcome.cost_usd,
-                                stages=self.spend.stages, reserved_usd=self._held_usd)
+                                stages=self.spend.stages, hold_id=self._hold_id)
 
     @property
-    def _held_usd(self) -> float:
-        return self._hold.usd if self._hold is not None else 0.0
+    def _hold_id(self) -> str:
+        return self._hold.id if self._hold is not None else ""
 
 
 class _Reading:

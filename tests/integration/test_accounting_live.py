@@ -206,8 +206,8 @@ def test_fifty_requests_at_once_overrun_a_budget_by_at_most_one_hold(http, stack
     assert refused.json()["error"]["code"] == "budget_exceeded"
     assert "Retry-After" in refused.headers
     told = sum(_cost_of(r) for r in sent if r.status_code == 200)
-    # a hold: the prompt's bound (its JSON's bytes + a chat template's 16) and 4 tokens out
-    one_hold = max(cost_usd({"prompt_tokens": len(json.dumps(b["messages"]).encode()) + 16,
+    # a hold: the prompt's bound (the body's bytes + a chat template's 16) and 4 tokens out
+    one_hold = max(cost_usd({"prompt_tokens": len(json.dumps(b).encode()) + 16,
                              "completion_tokens": 4}, pricing) for b in bodies)
     row = _row(_usage(http, "sk-test-held", group_by="tenant", start=start).json(), "t-held")
     assert row is not None

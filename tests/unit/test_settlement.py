@@ -49,9 +49,9 @@ class Ledger:
         self.settled: list[dict[str, Any]] = []
 
     def settle(self, admission, request_id, model, status, outcome, cost_usd, route="error",
-               stages=(), reserved_usd=0.0) -> None:
+               stages=(), hold_id="") -> None:
         self.settled.append({"status": status, "outcome": outcome, "cost": cost_usd,
-                             "stages": list(stages), "reserved": reserved_usd})
+                             "stages": list(stages), "hold_id": hold_id})
 
     @property
     def outcomes(self) -> list[Outcome]:
