@@ -122,12 +122,15 @@ def _hot_path(n: int) -> dict[str, float]:
             for e in events:
                 yield e
 
+        requests = {stream: parsed("completions", {**body, "stream": stream},  # parsed once:
+                                   RequestLimits(8, 4096), "r", {})  # not settlement's work
+                    for stream in (False, True)}
+
         async def accounted(stream: bool) -> Response:
             settlement = Settlement(RequestMeter(metrics), None, accountant, pricer, "r")
             settlement.admitted(Admission(Principal("k", "t"), ("a",), time.time(),
                                           Verdict("ok")))
-            settlement.parsed(parsed("completions", {**body, "stream": stream},
-                                     RequestLimits(8, 4096), "r", {}), known_model=True)
+            settlement.parsed(requests[stream], known_model=True)
             answer = (Answer("small", "small", "miss", events=engine_events()) if stream
                       else Answer("small", "small", "miss", whole=dict(whole)))
             return render(await settlement.settle(answer))

@@ -26,13 +26,23 @@ def lmcache_env(url: str) -> dict[str, str]:
             "REDIS_SERVICE_NAME": target.service}
 
 
+POOL_SIZE = 64  # connections per client; more concurrent calls wait for one
+
+
 def async_client(url: str, timeout_s: float) -> Any:
-    """redis.asyncio client with tight socket timeouts; through Sentinel, the current master."""
-    from redis.asyncio import Redis
+    """redis.asyncio client with tight socket timeouts; through Sentinel, the current master.
+
+    A burst of concurrent calls waits (up to `timeout_s`) for one of `POOL_SIZE` pooled
+    connections: redis-py's default pool refuses calls past its limit at once
+    (MaxConnectionsError), which a caller would read as the store being down."""
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.sentinel import Sentinel
 
     if not url.startswith(SENTINEL):
-        return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s)
+        return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     target = parse_sentinel(url)
     sentinel = Sentinel(list(target.hosts), socket_timeout=timeout_s,
                         socket_connect_timeout=timeout_s)
