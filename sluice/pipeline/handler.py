@@ -70,7 +70,7 @@ class RequestHandler:
         model it may run."""
         llm = request.llm
         prompt = request.prompt_tokens_bound()
-        asked = getattr(llm, "max_completion_tokens", None) or llm.max_tokens
+        asked = request.max_output_tokens
         total = 0.0
         for model in self._pipeline.models_at_worst(llm.model):
             out = (asked or max(1, model.context_length - prompt)) * (llm.n or 1)
@@ -98,7 +98,7 @@ class RequestHandler:
                     llm = request.llm
                     tokens = self._rate_limiter.tokens_of(
                         request.prompt_tokens_guess(),
-                        getattr(llm, "max_completion_tokens", None) or llm.max_tokens,
+                        request.max_output_tokens,
                         llm.n or 1)
                     settlement.limited(self._rate_limiter, await self._rate_limiter.reserve(
                         admission.principal, tokens))

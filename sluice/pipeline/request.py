@@ -174,6 +174,13 @@ class ParsedRequest:
     def prompt_field(self) -> str:
         return "messages" if self.endpoint == "chat" else "prompt"
 
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The completion tokens asked for per choice: max_completion_tokens, else max_tokens
+        (read from the model's fields: vLLM warns on every `.max_tokens` of a chat request)."""
+        fields = self.llm.__dict__
+        return fields.get("max_completion_tokens") or fields.get("max_tokens")
+
     def prompt_tokens_bound(self) -> int:
         """At most this many prompt tokens: a byte-level tokenizer makes no more tokens than
         the prompt has bytes (the whole body's here), plus a chat template's few special
