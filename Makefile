@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools serve observe test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits loadtest plan models redis-server clean help
+.PHONY: setup observability-tools serve observe test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-autoscale-sim  - simulated fleet: SLO policy vs Serve's stock policy"
 	@echo "make bench-ledger   - ledger store throughput and per-request accounting cost"
 	@echo "make bench-rate-limits - rate-limit check latency; how far a limit holds over replicas"
+	@echo "make bench-admission   - overload: bounded queue (503 at once) vs unbounded, same burst"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
 	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
 
@@ -113,6 +114,9 @@ bench-ledger: setup
 
 bench-rate-limits: setup
 	$(BIN)/python -m loadtests.rate_limit_bench --out bench-results/rate-limits
+
+bench-admission: setup
+	$(BIN)/python -m loadtests.admission_bench --out bench-results/admission
 
 loadtest: setup observability-tools
 	mkdir -p bench-results/locust

@@ -216,6 +216,62 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_store_url(args: argparse.Namespace) -> str:
+    """--redis-url, else $SLUICE_REDIS_URL, else the profile's ledger Redis, else the Redis
+    `sluice serve` runs (127.0.0.1, --redis-port)."""
+    import os
+
+    if args.redis_url or os.environ.get("SLUICE_REDIS_URL"):
+        return str(args.redis_url or os.environ["SLUICE_REDIS_URL"])
+    from sluice.schema.loading import load_platform_config
+
+    profile = load_platform_config(Path(args.profile), root=REPO_ROOT).profile
+    return (profile.accounting.ledger.redis_url or profile.redis_url
+            or f"redis://127.0.0.1:{args.redis_port}")
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """create | list | rotate | revoke, straight against the key store in Redis."""
+    import asyncio
+    import json
+
+    from sluice.accounting.key_admin import key_fields
+    from sluice.accounting.key_store import KeyStore
+    from sluice.cache_tier.redis_target import async_client
+    from sluice.errors import SluiceError
+
+    async def run() -> object:
+        store = KeyStore(async_client(_key_store_url(args), 5.0))
+        try:
+            if args.keys_command == "list":
+                return [k.public() for k in await store.list()]
+            if args.keys_command == "create":
+                fields = {"id": args.id, "tenant": args.tenant, "admin": args.admin,
+                          "models": args.models.split(",") if args.models else [],
+                          "requests_per_minute": args.rpm, "tokens_per_minute": args.tpm,
+                          "daily_usd": args.daily_usd, "monthly_usd": args.monthly_usd}
+                raw = json.dumps({k: v for k, v in fields.items() if v not in (None, [])})
+                secret, key = await store.create(key_fields(raw.encode()))
+                return {**key.public(), "key": secret}
+            if args.keys_command == "rotate":
+                secret, key = await store.rotate(args.id)
+                return {**key.public(), "key": secret}
+            return {**(await store.revoke(args.id)).public(), "deleted": True}
+        finally:
+            await store.close()
+
+    try:
+        result = asyncio.run(run())
+    except SluiceError as err:
+        print(f"sluice keys {args.keys_command}: {err.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    if args.keys_command in ("create", "rotate"):
+        print("# the secret is in \"key\": give it to the client; only its hash is stored",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +303,31 @@ def build_parser() -> argparse.ArgumentParser:
     new_key.add_argument("--tenant", required=True)
     new_key.add_argument("--admin", action="store_true", help="may read every tenant's usage")
     new_key.set_defaults(func=_cmd_keys_new)
+    store_help = {"create": "create a key in the key store (in force within seconds)",
+                  "list": "list the key store's keys (never their secrets)",
+                  "rotate": "give a stored key a new secret (the old one is refused)",
+                  "revoke": "revoke a stored key (refused by every ingress replica)"}
+    for command, text in store_help.items():
+        cmd = keys.add_parser(command, help=text)
+        cmd.add_argument("--profile", default=str(DEFAULT_PROFILE))
+        cmd.add_argument("--redis-url", default="", help="the key store's Redis (default: "
+                         "$SLUICE_REDIS_URL, the profile's, or the one `sluice serve` runs)")
+        cmd.add_argument("--redis-port", type=int, default=6379)
+        if command != "list":
+            cmd.add_argument("id" if command != "create" else "--id",
+                             **({"required": True} if command == "create" else {}),
+                             help="key id (what reports show)")
+        if command == "create":
+            cmd.add_argument("--tenant", required=True)
+            cmd.add_argument("--models", default="", help="comma-separated models it may "
+                             "use (default: all)")
+            cmd.add_argument("--rpm", type=int, help="requests per minute")
+            cmd.add_argument("--tpm", type=int, help="tokens per minute")
+            cmd.add_argument("--daily-usd", type=float, help="budget per UTC day")
+            cmd.add_argument("--monthly-usd", type=float, help="budget per UTC month")
+            cmd.add_argument("--admin", action="store_true", help="may manage keys and "
+                             "read every tenant's usage")
+        cmd.set_defaults(func=_cmd_keys)
     route = sub.add_parser("route", help="cascade routing tools").add_subparsers(
         dest="route_command", required=True
     )

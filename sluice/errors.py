@@ -84,6 +84,14 @@ class NotFound(SluiceError):
     code = "not_found"
 
 
+class MethodNotAllowed(SluiceError):
+    """A known path asked with a method it does not take; `Allow` lists those it does."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class Unauthorized(SluiceError):
     status = 401
     type = "invalid_request_error"
@@ -94,6 +102,14 @@ class Forbidden(SluiceError):
     status = 403
     type = "permission_error"
     code = "forbidden"
+
+
+class Conflict(SluiceError):
+    """The change asked for clashes with what exists (a key id already taken)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class BudgetExceeded(SluiceError):
@@ -145,8 +161,12 @@ def from_engine_error(status: int, message: str, err_type: str | None = None,
                       param: str | None = None, prompt_field: str = "messages") -> SluiceError:
     """Map an error the engine returned (vLLM's ErrorResponse fields) into the hierarchy."""
     lowered = message.lower()
-    if status == 400 and ("maximum context length" in lowered or "context length" in lowered):
-        return ContextLengthExceeded(message, param=prompt_field)
+    if status == 400 and ("context length" in lowered or "max_model_len" in lowered):
+        # the prompt is too long, or max_tokens exceeds the context (vLLM: "max_tokens=N
+        # cannot be greater than max_model_len=M"): OpenAI's context_length_exceeded both,
+        # and what lets a cascade escalate a request too long for its small model
+        output_field = param in ("max_tokens", "max_completion_tokens")
+        return ContextLengthExceeded(message, param=param if output_field else prompt_field)
     if 400 <= status < 500:
         err = InvalidRequest(message, param=param)
         err.status = status

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sluice.accounting.budgets import BudgetGuard, Verdict
+from sluice.accounting.key_store import KeyStore
 from sluice.accounting.ledger import LedgerRecord, LedgerWriter
 from sluice.accounting.notifier import WebhookNotifier
 from sluice.accounting.stage_spend import StageSpend
@@ -32,6 +33,7 @@ from sluice.observability.outcome import Outcome, Tokens
 from sluice.schema.accounting import AccountingConfig
 
 log = logging.getLogger(__name__)
+KEY_STORE_TIMEOUT_S = 0.5  # a key-store read on the request path (every key_refresh_s)
 MAX_TAG_SERIES = 100  # distinct tags with their own metric series; the rest are "_other"
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -60,10 +62,15 @@ class Accountant:
         self.ledger = (LedgerWriter(client, config.ledger, on_written=self._written)
                        if client is not None else None)
         self.notifier = WebhookNotifier(config.webhook) if config.webhook else None
+        self.keys = (KeyStore(async_client(url, KEY_STORE_TIMEOUT_S),
+                              config.auth.key_refresh_s,
+                              reserved=frozenset(k.id for k in config.auth.keys))
+                     if config.auth.key_store and url else None)
         self.guard = BudgetGuard(config.budgets, read=self._read_spend, notify=self._alert,
                                  refresh_s=config.budget_refresh_s, clock=clock,
                                  reserve=self.ledger.reserve if self.ledger is not None else None,
-                                 hold_timeout_s=config.budget_hold_timeout_s)
+                                 hold_timeout_s=config.budget_hold_timeout_s,
+                                 key_budgets=self.keys.budgets if self.keys else None)
         self._tags: set[str] = set()
         metrics.registry.register(_AccountingCollector(self))
 
@@ -79,10 +86,17 @@ class Accountant:
     def _written(self, record: LedgerRecord, totals: dict[str, float] | None) -> None:
         self.guard.written(record, totals)
 
+    async def principal(self, headers: Mapping[str, str]) -> Principal:
+        """Who presents the request: a profile key or a key of the key store (401)."""
+        if self.keys is None:
+            return self._auth.principal(headers)
+        stored = await self.keys.current()
+        return self._auth.principal(headers, stored, store_read=stored is not None)
+
     async def admit(self, headers: Mapping[str, str], request_id: str) -> Admission:
         """Identify the caller and check their budget (raises 401, 400 or 429). A budget's
         refusal is a ledger record too, so a tenant sees its 429s in its usage."""
-        principal = self._auth.principal(headers)
+        principal = await self.principal(headers)
         tags = self._auth.tags(headers)
         verdict = await self.guard.check(principal)
         now = self._clock()
@@ -130,7 +144,7 @@ class Accountant:
 
     async def usage(self, headers: Mapping[str, str], params: Mapping[str, str]
                     ) -> dict[str, Any]:
-        principal = self._auth.principal(headers)
+        principal = await self.principal(headers)
         if self.ledger is None:
             raise NotFound("The ledger is not enabled on this platform (accounting.ledger).")
         start, end = window(params, self._clock())
@@ -155,6 +169,8 @@ class Accountant:
     async def close(self) -> None:
         if self.ledger is not None:
             await self.ledger.close()
+        if self.keys is not None:
+            await self.keys.close()
 
 
 class _AccountingCollector(Collector):

@@ -13,9 +13,10 @@ cost on every budget it counts toward, in one Redis script that admits it only w
 spent + held is under each limit; the ledger's append script releases the hold in the same
 step that adds the real cost. However many requests run at once, on however many replicas,
 spend passes a limit by at most one request's hold. Each hold is an entry of its own with
-an expiry (`HOLD_TTL_S`): one whose record is never written (its replica died) lapses. If Redis does not answer within
-`budget_hold_timeout_s`, this replica's own view decides (its estimate plus its own holds):
-an outage does not refuse every request, and the bound is then per replica.
+an expiry (`HOLD_TTL_S`): one whose record is never written (its replica died) lapses. If
+Redis does not answer within `budget_hold_timeout_s`, this replica's own view decides (its
+estimate plus its own holds): an outage does not refuse every request, and the bound is then
+per replica. Runtime keys (the key store's) bring their own budgets (`key_budgets`).
 
 At `soft_fraction` of a limit the budget is `soft`: an alert (webhook and metric) and, with
 `downgrade_auto`, cascade routes (`auto`) answer with their small model. At the limit it is
@@ -97,8 +98,11 @@ class BudgetGuard:
     def __init__(self, budgets: Sequence[Budget], read: SpendReader,
                  notify: Notify | None = None, refresh_s: float = 1.0,
                  clock: Callable[[], float] = time.time, reserve: Reserver | None = None,
-                 hold_timeout_s: float = 0.25) -> None:
-        self._budgets = tuple(budgets)
+                 hold_timeout_s: float = 0.25,
+                 key_budgets: Callable[[], Sequence[Budget]] | None = None) -> None:
+        """key_budgets: the budgets of runtime keys (the key store's), read each time."""
+        self._static = tuple(budgets)
+        self._key_budgets = key_budgets
         self._read, self._refresh_s, self._clock = read, refresh_s, clock
         self._reserve, self._hold_timeout_s = reserve, hold_timeout_s
         self._holds: dict[str, Hold] = {}  # this replica's holds not yet recorded
@@ -109,6 +113,11 @@ class BudgetGuard:
         self._announced: set[tuple[str, str]] = set()  # (counter, level)
         self.counters = {"rejected": 0, "downgraded": 0, "read_errors": 0}
         self.decisions: dict[tuple[str, str, str], int] = {}  # (result, scope, id) -> n
+
+    @property
+    def _budgets(self) -> Sequence[Budget]:
+        return (self._static if self._key_budgets is None
+                else (*self._static, *self._key_budgets()))
 
     def applicable(self, principal: Principal) -> list[Budget]:
         return [b for b in self._budgets

@@ -112,11 +112,14 @@ class Reservation:
 
 
 def meters(limits: tuple[RateLimit, ...], principal: Principal, tokens: int) -> list[Meter]:
-    """The limits one request counts toward: its key's (or the `*` key limit) and its
-    tenant's (or the `*` tenant limit), each with its own counters."""
+    """The limits one request counts toward: its key's (a stored key's own, or the
+    profile's for it, or the `*` key limit) and its tenant's (or the `*` tenant limit), each
+    with its own counters."""
     out: list[Meter] = []
     for scope, ident in (("key", principal.key_id), ("tenant", principal.tenant)):
         own = [lim for lim in limits if lim.scope == scope and lim.id == ident]
+        if scope == "key" and principal.rate_limit is not None:
+            own = [principal.rate_limit]
         chosen = own or [lim for lim in limits if lim.scope == scope and lim.id == "*"]
         for lim in chosen:
             base, who = f"{PREFIX}:{scope}:{ident}", f"{scope} '{ident}'"
@@ -217,12 +220,15 @@ class _LocalWindows:
 
 class RateLimiter:
     def __init__(self, config: RateLimitsConfig, redis_url: str | None, spawn: Spawn,
-                 replicas: int = 1, clock: Callable[[], float] = time.time) -> None:
+                 replicas: int = 1, clock: Callable[[], float] = time.time,
+                 key_limits: bool = False) -> None:
+        """key_limits: keys of the key store may carry limits of their own."""
         self._config, self._spawn, self._replicas = config, spawn, max(1, replicas)
+        self._key_limits = key_limits
         url = config.redis_url or redis_url
         self._timeout_s = config.store_timeout_ms / 1000
         self._client = (async_client(url, max(self._timeout_s, 0.5))
-                        if config.limits and url else None)
+                        if self.enabled and url else None)
         self._take = self._client.register_script(_TAKE) if self._client else None
         self._correct = self._client.register_script(_CORRECT) if self._client else None
         self._local = _LocalWindows(clock)
@@ -230,7 +236,7 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._config.limits)
+        return bool(self._config.limits) or self._key_limits
 
     def tokens_of(self, prompt_tokens: int, max_tokens: int | None, n: int) -> int:
         return prompt_tokens + (max_tokens or self._config.default_completion_tokens) * n

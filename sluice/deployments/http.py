@@ -21,10 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from sluice import sse
 from sluice.accounting.rate_limits import headers as quota_headers
-from sluice.errors import ClientGone, NotFound, SluiceError, unexpected
+from sluice.errors import ClientGone, MethodNotAllowed, NotFound, SluiceError, unexpected
 from sluice.observability.outcome import COST_HEADER
 from sluice.pipeline.answer import Answer
 from sluice.pipeline.settlement import Settled
@@ -62,17 +63,36 @@ def error_response(err: SluiceError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes on the request's path (Starlette's own 405 names only
+    the first route that matched the path, so GET and POST on one path would say GET)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def create_app() -> FastAPI:
-    """The FastAPI app with Sluice's error handling; routes are methods of the ingress."""
-    app = FastAPI(title="Sluice", docs_url=None, redoc_url=None)
+    """The FastAPI app with Sluice's error handling; routes are methods of the ingress,
+    `/openapi.json` and `/docs` too (the document states the models the ingress serves:
+    `sluice.deployments.openapi`)."""
+    app = FastAPI(title="Sluice", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(SluiceError)
     async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = NotFound(str(exc.detail))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allow = allowed_methods(request) or headers.get("Allow", "")
+            return error_response(MethodNotAllowed(
+                f"Method {request.method} is not allowed on {request.url.path[:200]}; "
+                f"allowed: {allow}.", headers={**headers, "Allow": allow}))
+        err = NotFound(str(exc.detail), headers=headers)
         err.status = exc.status_code
         return error_response(err)
 

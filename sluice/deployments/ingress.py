@@ -18,10 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from sluice.accounting.key_admin import MAX_BODY_BYTES as MAX_KEY_BODY_BYTES
+from sluice.accounting.tenancy import Principal
+from sluice.deployments import openapi
 from sluice.deployments.http import body_of, create_app, render, request_id
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
-from sluice.pipeline.request import Endpoint
+from sluice.pipeline.request import Endpoint, read_body
 from sluice.schema.platform import PlatformConfig
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,40 @@ def _running_replicas() -> dict[str, int]:
             if name.startswith(prefix)}
 
 
+class _IngressName:
+    """Names the ingress replica that answered, on every response (`x-sluice-ingress`, its
+    Serve replica id): which replica of several took a request is otherwise invisible. Pure
+    ASGI, so streamed bodies pass through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._name: bytes | None = None
+
+    def _replica(self) -> bytes:
+        if self._name is None:
+            try:
+                self._name = serve.get_replica_context().replica_id.unique_id.encode()
+            except Exception:  # noqa: BLE001 - outside a Serve replica (tests)
+                self._name = b"local"
+        return self._name
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        name = self._replica()
+
+        async def named(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (INGRESS_HEADER, name)]
+            await send(message)
+
+        await self._app(scope, receive, named)
+
+
+INGRESS_HEADER = b"x-sluice-ingress"
 app = create_app()
+app.add_middleware(_IngressName)
 
 
 @serve.deployment(max_ongoing_requests=1000)
@@ -58,6 +94,8 @@ class SluiceIngress:
         self._accountant = self._platform.accountant
         self._metrics = self._platform.metrics
         self._created = int(time.time())
+        # the OpenAPI document states the served model ids and bounds, known only now
+        self._api = openapi.ApiDocument(openapi.ApiFacts.of(self._config, self._router))
 
     async def __del__(self) -> None:
         """Serve calls this on graceful shutdown: write the ledger records still buffered."""
@@ -107,11 +145,48 @@ class SluiceIngress:
         """Spend and tokens from the ledger, grouped, for the caller's tenant."""
         return await self._accountant.usage(request.headers, dict(request.query_params))
 
+    # ---- key management (admin key) -------------------------------------------------
+
+    @app.get("/v1/admin/keys")
+    async def list_keys(self, request: Request) -> dict[str, Any]:
+        """The key store's keys (never their secrets)."""
+        return await self._platform.key_admin.list(await self._caller(request))
+
+    @app.post("/v1/admin/keys", status_code=201)
+    async def create_key(self, request: Request) -> dict[str, Any]:
+        """A new key; its secret is in the answer's `key`, and nowhere else."""
+        caller = await self._caller(request)
+        body = await read_body(body_of(request), request.headers.get("content-length"),
+                               MAX_KEY_BODY_BYTES, self._config.profile.ingress.body_timeout_s)
+        return await self._platform.key_admin.create(caller, body)
+
+    @app.post("/v1/admin/keys/{key_id}/rotate")
+    async def rotate_key(self, key_id: str, request: Request) -> dict[str, Any]:
+        """A new secret for the key; the old one is refused within key_refresh_s."""
+        return await self._platform.key_admin.rotate(await self._caller(request), key_id)
+
+    @app.delete("/v1/admin/keys/{key_id}")
+    async def revoke_key(self, key_id: str, request: Request) -> dict[str, Any]:
+        """Revoke the key: refused on every ingress replica within key_refresh_s."""
+        return await self._platform.key_admin.revoke(await self._caller(request), key_id)
+
+    async def _caller(self, request: Request) -> Principal:
+        return await self._accountant.principal(request.headers)
+
     @app.get("/metrics")
     async def metrics(self) -> Response:
         """Prometheus exposition of this ingress replica's metrics."""
         await self._accountant.guard.refresh_all()  # budget gauges: the fleet's spend now
         return Response(self._metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get(openapi.OPENAPI_URL, include_in_schema=False)
+    async def openapi_document(self, request: Request) -> JSONResponse:
+        """What clients send and get (`sluice.deployments.openapi`)."""
+        return JSONResponse(self._api.document(request.app))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self) -> Response:
+        return openapi.swagger_ui()
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

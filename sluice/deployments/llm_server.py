@@ -17,6 +17,7 @@ from sluice.deployments.ray_compat import VLLMEngine
 from sluice.deployments.replica_router import ROUTER_CLASS
 from sluice.schema.platform import CatalogModel, PlatformConfig
 
+DEFAULT_MAX_ONGOING = 64  # per replica, when the engine's max_num_seqs is not set
 SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
 # experimental_configs key: this model's replicas measure TTFT/TPOT for Sluice's SLO policy
 LATENCY_WINDOW = "sluice_latency_window"
@@ -91,8 +92,14 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
             # the policy keeps its own cooldowns; Serve's delays would stack on top
             "upscale_delay_s": 0, "downscale_delay_s": 0,
         })
+    # admission control: a bounded queue per model (Serve's max_queued_requests at each
+    # caller), instead of Ray Serve LLM's unbounded default (max_ongoing_requests 1e9)
+    seqs = engine_kwargs.get("max_num_seqs")
     serve_options: dict[str, Any] = {
         "ray_actor_options": actor_options,
+        "max_ongoing_requests": deployment.max_ongoing_requests or (
+            2 * int(seqs) if seqs else DEFAULT_MAX_ONGOING),
+        "max_queued_requests": deployment.max_queued_requests,
         "autoscaling_config": autoscaling,
         "health_check_period_s": 5,
         "health_check_timeout_s": 30,

@@ -19,6 +19,8 @@ from sluice.cache_tier.redis_server import LocalRedisServer
 from sluice.observability.prometheus_server import LocalPrometheus
 from sluice.schema.platform import PlatformConfig
 
+HEADER_GUARD = "sluice.deployments.header_guard:middlewares"  # (header_guard.CALLBACK)
+
 log = logging.getLogger(__name__)
 APP_NAME = "sluice"
 NODE_RESOURCE = "sluice_node"
@@ -154,6 +156,9 @@ class LocalStack:
             # external load balancer to notice; nothing balances a local run, so Ctrl-C
             # (serve.shutdown, 30 s budget) does not wait out the 30 s default
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+            # request headers Serve itself reads are made safe in front of it (a raw echo of
+            # x-request-id, a 500 on a non-UTF-8 byte): sluice.deployments.header_guard
+            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": HEADER_GUARD,
             **profile.engine_env,
             **profile.ray_env,
         }

@@ -14,8 +14,10 @@ from typing import Any
 from opentelemetry import trace
 
 from sluice.accounting.accountant import Accountant
+from sluice.accounting.key_admin import KeyAdmin
 from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
+from sluice.control_tokens import control_tokens_of
 from sluice.observability.metrics import Metrics
 from sluice.observability.tracing import tracer_for
 from sluice.pipeline.answer_cache import AnswerCache
@@ -42,6 +44,7 @@ class Platform:
     rate_limiter: RateLimiter
     metrics: Metrics
     background: Background
+    key_admin: KeyAdmin
 
     def route_snapshots(self) -> dict[str, dict[str, Any]]:
         return {name: r.policy.snapshot() for name, r in self.runners.items()}
@@ -64,13 +67,17 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                       routes=lambda: {n: r.policy.snapshot() for n, r in runners.items()})
     accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
     rate_limiter = RateLimiter(profile.accounting.rate_limits, redis_url, background.spawn,
-                               replicas=ingress.num_replicas)
+                               replicas=ingress.num_replicas,
+                               key_limits=accountant.keys is not None)
     pipeline = Pipeline(router, runners, engines, cache, accountant.guard, spans)
     pricer = UsagePricer({m.name: m.pricing for m in config.catalog.models})
-    handler = RequestHandler(pipeline, accountant, pricer, metrics,
-                             RequestLimits(max_n=ingress.max_n,
-                                           max_tokens=ingress.max_tokens_limit),
+    limits = RequestLimits(max_n=ingress.max_n, max_tokens=ingress.max_tokens_limit,
+                           max_logprobs=ingress.max_logprobs,
+                           max_stop_chars=ingress.max_stop_chars,
+                           max_logit_bias=ingress.max_logit_bias)
+    control = control_tokens_of(config.model_source(m) for m in config.catalog.models)
+    handler = RequestHandler(pipeline, accountant, pricer, metrics, limits,
                              ingress.max_body_bytes, rate_limiter, tracer,
-                             body_timeout_s=ingress.body_timeout_s)
+                             body_timeout_s=ingress.body_timeout_s, control_tokens=control)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
-                    background)
+                    background, KeyAdmin(accountant.keys))

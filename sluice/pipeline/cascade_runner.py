@@ -126,8 +126,11 @@ class CascadeRunner:
             if self.policy.straight_to_large(score):
                 return await self._large(endpoint, request, LARGE, scores)
         if self._judge is None:
+            try:
+                stream = await self._call(self._route.small, endpoint, request)
+            except ContextLengthExceeded:  # as with a judge: too long for small, not for large
+                return await self._large(endpoint, request, ESCALATED, scores, "small-context")
             self.policy.count(SMALL)
-            stream = await self._call(self._route.small, endpoint, request)
             return CascadeOutcome(SMALL, self._route.small, stream=stream, scores=scores)
         return await self._judged(endpoint, request, prompt, scores, spend)
 

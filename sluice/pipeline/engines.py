@@ -65,6 +65,13 @@ def _unavailable(model: str, exc: BaseException) -> Unavailable:
                        "retry shortly.")
 
 
+def overloaded(model: str, exc: serve_exceptions.BackPressureError) -> Unavailable:
+    retry = getattr(exc, "_retry_after_s", None)
+    return Unavailable(f"Model '{model}' is at capacity (its queue is full); retry after "
+                       "the Retry-After seconds.", code="model_overloaded",
+                       retry_after_s=max(1, int(retry or 1)))
+
+
 class EngineStream:
     """One in-flight call: the first item (already checked for errors) and the rest."""
 
@@ -169,6 +176,10 @@ async def call_engine(
             raise Unavailable(
                 f"Model '{model}' did not start answering within {first_item_timeout_s:.0f} s."
             ) from None
+        except serve_exceptions.BackPressureError as exc:
+            # this ingress's queue for the model is full (every replica holds its
+            # max_ongoing_requests): shed now; another replica would not be chosen sooner
+            raise overloaded(model, exc) from None
         except _RETRIABLE as exc:
             last = exc
             failed += chosen

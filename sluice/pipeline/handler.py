@@ -7,10 +7,12 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
    a 500 `internal_error` with its traceback logged under the request id;
 3. **settlement opened**: the meter starts, the request's span starts (child of the
    client's trace context);
-4. **admission**: the key authenticates, tags are checked, the budget is asked (401, 400,
-   429; a soft limit marks the request);
+4. **admission**: the key authenticates (a profile key or one of the key store's), tags
+   are checked, the budget is asked (401, 400, 429; a soft limit marks the request);
 5. **body**: read with its size limit (413) and time limit (408), decoded and validated
-   into the engine's typed request (400 names the field);
+   into the engine's typed request (400 names the field; `sluice.control_tokens` makes a
+   chat's control-token strings plain text); a key limited to other models gets 403; more
+   completion tokens than the models' context is a 400 `context_length_exceeded`;
 6. **rate limits and budget holds**: the key's and the tenant's requests and tokens per
    minute, one request and its token reservation taken from all of them at once (429 with
    `Retry-After`); then the request's worst-case cost (prompt + max_tokens on every model
@@ -38,6 +40,8 @@ from opentelemetry.trace import Tracer
 from sluice.accounting.accountant import Accountant
 from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
+from sluice.control_tokens import ControlTokens
+from sluice.errors import ContextLengthExceeded
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
@@ -58,11 +62,27 @@ class RequestHandler:
                  metrics: Metrics, limits: RequestLimits, max_body_bytes: int,
                  rate_limiter: RateLimiter | None = None, tracer: Tracer | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 body_timeout_s: float | None = None) -> None:
+                 body_timeout_s: float | None = None,
+                 control_tokens: ControlTokens | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
-        self._body_timeout_s = body_timeout_s
+        self._body_timeout_s, self._control = body_timeout_s, control_tokens
+
+    def _check_context(self, request: ParsedRequest) -> None:
+        """More completion tokens than any model the request may run has context for is a
+        400 here (vLLM would refuse it per engine, and a cascade's small model before its
+        large one could answer)."""
+        asked, model = request.max_output_tokens, request.llm.model
+        if not asked or not self._pipeline.knows(model):
+            return
+        context = max(m.context_length for m in self._pipeline.models_at_worst(model))
+        if asked > context:
+            field = ("max_completion_tokens" if request.body.get("max_completion_tokens")
+                     else "max_tokens")
+            raise ContextLengthExceeded(
+                f"'{field}' is {asked}, more than the context length of '{model}' "
+                f"({context} tokens, prompt included); ask for fewer tokens.", param=field)
 
     def _worst_usd(self, request: ParsedRequest) -> float:
         """The most the request can cost: its prompt (bounded by its bytes) and all the
@@ -92,8 +112,10 @@ class RequestHandler:
                 raw = await read_body(body, headers.get("content-length"),
                                       self._max_body_bytes, self._body_timeout_s)
                 request = parsed(endpoint, decode_json(raw), self._limits, request_id,
-                                 headers, len(raw))
+                                 headers, len(raw), self._control)
                 settlement.parsed(request, self._pipeline.knows(request.llm.model))
+                admission.principal.may_use(request.llm.model)
+                self._check_context(request)
                 if self._rate_limiter is not None and self._rate_limiter.enabled:
                     llm = request.llm
                     tokens = self._rate_limiter.tokens_of(

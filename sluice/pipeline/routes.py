@@ -15,6 +15,7 @@ from opentelemetry.trace import Tracer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from sluice.accounting.stage_spend import StageLog
+from sluice.control_tokens import control_tokens_of
 from sluice.pipeline.cascade_runner import CascadeRunner, EngineCaller, Spawn
 from sluice.router.artifacts import load_scorer
 from sluice.router.cascade import CascadePolicy
@@ -50,12 +51,16 @@ def llm_grader(config: PlatformConfig, model: str, engines: EngineCaller) -> Gra
     """Ask the judge model for one token and read log P(Yes), log P(No) from vLLM.
 
     vLLM's `logprob_token_ids` returns the two labels' log-probabilities whether or not
-    they are among the top tokens.
+    they are among the top tokens. The graded answer is model output, which can spell a
+    control token in plain tokens: it is made plain text like a client's message.
     """
     ids, texts = _label_tokens(config, model)
+    control = control_tokens_of([config.model_source(
+        next(m for m in config.catalog.models if m.name == model))])
 
     async def grade(messages: list[dict[str, str]], spend: StageLog | None
                     ) -> tuple[float, float]:
+        messages = [{**m, "content": control.plain_text(m["content"])} for m in messages]
         request = ChatCompletionRequest.model_validate({
             "model": model, "messages": messages, "max_tokens": 1, "temperature": 0,
             "logprobs": True, "top_logprobs": len(ids), "logprob_token_ids": ids})

@@ -24,13 +24,53 @@ class ApiKey(Frozen):
     id: str = Field(pattern=_ID, description="The key's id: what ledgers and reports show.")
     tenant: str = Field(pattern=_ID, description="The tenant it spends for.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 (hex) of the secret.")
-    admin: bool = Field(default=False, description="May read every tenant's usage.")
+    admin: bool = Field(default=False, description="May read every tenant's usage and "
+                        "manage the keys in the key store.")
+    models: tuple[str, ...] = Field(default=(), description="The models (ids of "
+                                    "/v1/models) this key may call; empty: all. Another "
+                                    "model is a 403.")
+
+
+class StoredKey(ApiKey):
+    """A key created at runtime (`sluice keys create`, `POST /v1/admin/keys`) and kept in
+    Redis: the hash of its secret, never the secret, with its own limits and budget."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0, description="Its RPM limit.")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="Its TPM limit.")
+    daily_usd: float | None = Field(default=None, gt=0, description="Its budget per UTC day.")
+    monthly_usd: float | None = Field(default=None, gt=0, description="Its budget per UTC "
+                                      "month.")
+    created: float = Field(default=0.0, ge=0, description="Unix time of creation.")
+    rotated: float | None = Field(default=None, description="Unix time of the last rotation.")
+
+    def rate_limit(self) -> RateLimit | None:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            return None
+        return RateLimit(scope="key", id=self.id, requests_per_minute=self.requests_per_minute,
+                         tokens_per_minute=self.tokens_per_minute)
+
+    def budget(self) -> Budget | None:
+        if self.daily_usd is None and self.monthly_usd is None:
+            return None
+        return Budget(scope="key", id=self.id, daily_usd=self.daily_usd,
+                      monthly_usd=self.monthly_usd)
+
+    def public(self) -> dict[str, object]:
+        """What listing a key shows: everything but the hash of its secret."""
+        return self.model_dump(exclude={"sha256"})
 
 
 class AuthConfig(Frozen):
     required: bool = Field(default=False, description="Refuse requests without a known key.")
-    keys: tuple[ApiKey, ...] = Field(default=(), description="The API keys.")
+    keys: tuple[ApiKey, ...] = Field(default=(), description="The API keys of the profile "
+                                     "(GitOps: they cannot be rotated or revoked at runtime).")
     max_tags: int = Field(default=8, ge=0, description="Most tags one request may carry.")
+    key_store: bool = Field(default=True, description="Also accept the keys created at "
+                            "runtime, kept in the ledger's Redis (`sluice keys create`).")
+    key_refresh_s: float = Field(default=2.0, gt=0, description="Longest an ingress replica "
+                                 "uses its copy of the key store before re-reading it: a "
+                                 "created, rotated or revoked key takes effect everywhere "
+                                 "within this.")
 
     @model_validator(mode="after")
     def _unique(self) -> AuthConfig:

@@ -86,6 +86,13 @@ class ModelDeployment(Frozen):
         default=None, description="This model's placement-group bundles per replica, instead "
         "of the profile's (a custom resource here spreads replicas over nodes).",
     )
+    max_ongoing_requests: int | None = Field(
+        default=None, gt=0, description="Requests one replica holds at once (running and "
+        "waiting in its engine); default: twice the engine's max_num_seqs, else 64.")
+    max_queued_requests: int = Field(
+        default=256, ge=-1, description="Requests each ingress replica queues for this "
+        "model while every replica holds max_ongoing_requests; past it, a 503 "
+        "`model_overloaded` with Retry-After at once (-1: unbounded).")
 
     @model_validator(mode="after")
     def _bounds(self) -> ModelDeployment:
@@ -108,8 +115,19 @@ class IngressSettings(Frozen):
     )
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices) a request may ask.")
     max_tokens_limit: int = Field(
-        default=4096, ge=1, description="Largest `max_tokens` a request may ask."
+        default=4096, ge=1, description="Largest `max_tokens` a request may ask (and never "
+        "more than the context length of the models it may run)."
     )
+    max_logprobs: int = Field(
+        default=20, ge=0, description="Largest `top_logprobs` (chat), `logprobs` "
+        "(completions) and `prompt_logprobs` a request may ask; at most the engines' own "
+        "vLLM `max_logprobs` (20 unless engine_kwargs raise it).")
+    max_stop_chars: int = Field(
+        default=256, ge=1, description="Longest `stop` sequence, in characters (at most "
+        "vLLM's VLLM_MAX_STOP_STRINGS, 4, sequences): a stream holds back that much text.")
+    max_logit_bias: int = Field(
+        default=1024, ge=0, description="Most `logit_bias` entries a request may send "
+        "(each a token id with a bias from -100 to 100).")
     auto_route: Literal["small"] = Field(
         default="small",
         description="Where `auto` goes until the cascade is configured (said in x-sluice-route).",

@@ -104,6 +104,34 @@ def test_streamed_answers_are_cached_as_streams(oai) -> None:
     assert (cached_text, cached_tokens) == (text, tokens)
 
 
+def test_cached_answers_never_cross_tenants_exact_or_semantic(http) -> None:
+    """team-a's answer is a hit for team-a only: team-b asking the same question (or, with
+    the semantic cache, a paraphrase of it) is answered by the engine."""
+    team_a = {"authorization": "Bearer sk-test-team-a"}
+    team_b = {"authorization": "Bearer sk-test-team-b"}
+    body = _body()
+    assert http.post(URL, json=body, headers=team_a).headers["x-sluice-cache"] == "miss"
+    _until(lambda: _hit(http, body, team_a), 10, "team-a's own hit")
+    theirs = http.post(URL, json=body, headers=team_b)
+    assert theirs.status_code == 200 and theirs.headers["x-sluice-cache"] != "hit"
+
+    opt_in = {"x-sluice-semantic-cache": "allow"}
+    system = {"role": "system", "content": f"tenant test {uuid.uuid4().hex[:8]}"}
+
+    def asked(question: str) -> dict:
+        return {"model": "small", "max_tokens": 4, "temperature": 0,
+                "messages": [system, {"role": "user", "content": question}]}
+
+    http.post(URL, json=asked("What is the boiling point of water at sea level?"),
+              headers=team_a | opt_in)
+    paraphrase = asked("At sea level, what's the boiling point of water?")
+    mine = _until(lambda: _hit(http, paraphrase, team_a | opt_in), 20,
+                  "team-a's semantic hit")
+    assert mine.headers.get("x-sluice-cache-similarity")
+    other = http.post(URL, json=paraphrase, headers=team_b | opt_in)
+    assert other.status_code == 200 and other.headers["x-sluice-cache"] != "hit"
+
+
 def test_entries_expire_after_their_ttl(http, stack) -> None:
     ttl = stack.config.profile.response_cache.ttl_s
     body = _body()

@@ -153,3 +153,13 @@ def test_buffered_answer_replays_as_openai_chunks() -> None:
     assert '"finish_reason":"stop"' in events[1]
     assert '"usage":{"prompt_tokens":3' in events[2]
     assert len(list(sse_events("chat", response, include_usage=False))) == 3
+
+
+def test_a_route_without_a_judge_escalates_what_is_too_long_for_small() -> None:
+    engines = Engines(small_error=ContextLengthExceeded("too long", param="max_tokens"))
+    config = RouteConfig.model_validate({"name": "direct", "small": "small",
+                                         "large": "large"})
+    runner = CascadeRunner(CascadePolicy(config, random.Random(0)), engines, lambda c: None)
+    outcome = asyncio.run(runner.run("chat", _request(), StageLog()))
+    assert outcome.model == "large" and outcome.fallback == "small-context"
+    assert [c[0] for c in engines.calls] == ["small", "large"]

@@ -218,3 +218,23 @@ def test_an_engine_saying_not_now_is_retried_but_a_client_error_is_not() -> None
     with pytest.raises(SluiceError) as info:
         asyncio.run(call_engine(bad, "chat", _Request(), "small", 5, attempts=2, backoff_s=0))
     assert info.value.status == 400 and bad.calls == 1
+
+
+def test_a_full_queue_is_shed_at_once_as_503_model_overloaded_not_retried() -> None:
+    from ray.serve.exceptions import BackPressureError
+
+    calls = 0
+
+    def choose(_request):
+        nonlocal calls
+        calls += 1
+        raise BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    class _Full:
+        chat = _method(choose, lambda _sel, _request: _Gen())
+
+    with pytest.raises(Unavailable) as info:
+        asyncio.run(call_engine(_Full(), "chat", _Request(), "small", 5, attempts=3,
+                                backoff_s=1))
+    assert calls == 1 and info.value.status == 503
+    assert info.value.code == "model_overloaded" and info.value.headers["Retry-After"] == "1"

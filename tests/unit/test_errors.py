@@ -60,3 +60,11 @@ def test_a_dead_engine_reported_as_500_is_retriable() -> None:
                             "for the root cause.", "InternalServerError")
     assert isinstance(err, Unavailable) and err.status == 503
     assert not isinstance(from_engine_error(500, "some other failure"), Unavailable)
+
+
+def test_max_tokens_above_the_engines_context_is_context_length_exceeded() -> None:
+    """vLLM's wording for it; a cascade escalates on this error class."""
+    msg = ("max_tokens=3000 cannot be greater than max_model_len=2048. Please request fewer "
+           "output tokens.")
+    err = from_engine_error(400, msg, "BadRequestError", "max_tokens")
+    assert isinstance(err, ContextLengthExceeded) and err.param == "max_tokens"

@@ -145,9 +145,13 @@ def test_every_config_model_derives_from_the_one_frozen_base() -> None:
 
 
 def test_config_models_live_in_the_schema() -> None:
-    """Outside sluice/schema only data records are pydantic models (the ledger's record)."""
+    """Outside sluice/schema only data records are pydantic models (the ledger's record);
+    the OpenAPI document's wire shapes (`deployments/api_shapes.py`) describe HTTP bodies,
+    not configuration, and live beside the document they are rendered into."""
+    shapes = PACKAGE / "deployments" / "api_shapes.py"
     found = {f"{path.relative_to(PACKAGE.parent)}:{node.name}"
              for path in PACKAGE.rglob("*.py") if SCHEMA not in path.parents
+             and path != shapes
              for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.ClassDef)
              and any(ast.unparse(base).endswith("BaseModel") for base in node.bases)}

@@ -1,0 +1,191 @@
+"""Admission control under overload: a bounded queue (shed at once with 503) against Ray
+Serve LLM's default (max_ongoing_requests 10^9: every request accepted and queued in the
+engine), the same burst, the same machine, one after the other.
+
+    python -m loadtests.admission_bench --burst 128 --max-tokens 256 --out bench-results/admission
+
+Each variant is its own `sluice serve` (one ingress replica, `small` on one engine with
+max_num_seqs 8): `bounded` holds max_ongoing_requests 8 on the engine and queues
+max_queued_requests 8 at the ingress; `unbounded` holds 10^9 and queues without limit. A
+burst of `--burst` concurrent chat requests (max_tokens fixed, ignore_eos) is sent, twice;
+per request the status and latency; then the same burst to an unknown model (404, the
+cheapest refusal there is), the floor any refusal costs here under that burst. Prints
+progress; writes results.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PORT, REDIS_PORT = 8796, 6405
+VARIANTS = {"bounded": {"max_ongoing_requests": 8, "max_queued_requests": 8},
+            "unbounded": {"max_ongoing_requests": 10**9, "max_queued_requests": -1}}
+
+
+def _profile(tmp: Path, variant: dict[str, int]) -> Path:
+    profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
+    profile.pop("routing", None)
+    profile["catalog"] = str(ROOT / "platform/catalog.yaml")
+    profile["dashboard"] = {"enabled": False}
+    profile["semantic_cache"] = {"enabled": False}
+    profile["response_cache"] = {"enabled": False}  # every request reaches the engine
+    profile["engine_kwargs"] = {**profile["engine_kwargs"], "max_num_seqs": 8}
+    profile["models"] = {**profile["models"],
+                         "small": {"min_replicas": 1, "max_replicas": 1, **variant}}
+    path = tmp / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def _serve(profile: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(profile),
+             "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("sluice serve exited:\n" + log.read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=10).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    _stop(proc)
+    raise SystemExit("sluice serve not ready in 600 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _burst(n: int, max_tokens: int, model: str = "small"
+                 ) -> list[tuple[int, float, str]]:
+    body = {"model": model, "messages": [{"role": "user", "content": "count"}],
+            "max_tokens": max_tokens, "ignore_eos": True}
+    limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=600,
+                                 limits=limits) as client:
+        async def one(i: int) -> tuple[int, float, str]:
+            started = time.perf_counter()
+            r = await client.post("/v1/chat/completions",
+                                  json={**body, "user": f"bench-{i}"})
+            code = (r.json().get("error") or {}).get("code") or "" if r.status_code != 200 else ""
+            return r.status_code, time.perf_counter() - started, code
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(results: list[tuple[int, float, str]]) -> dict[str, Any]:
+    ok = [s for status, s, _ in results if status == 200]
+    shed = [s for status, s, _ in results if status == 503]
+    return {"requests": len(results), "ok": len(ok), "shed_503": len(shed),
+            "other": len(results) - len(ok) - len(shed),
+            "codes": sorted({c for _, _, c in results if c}),
+            "ok_p50_s": _pct(ok, 0.5), "ok_p99_s": _pct(ok, 0.99), "ok_max_s": max(ok or [0]),
+            "shed_p50_ms": None if not shed else _pct(shed, 0.5) * 1000,  # type: ignore[operator]
+            "shed_p99_ms": None if not shed else _pct(shed, 0.99) * 1000,  # type: ignore[operator]
+            "shed_mean_ms": statistics.fmean(shed) * 1000 if shed else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--burst", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default="bench-results/admission")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"burst": args.burst, "max_tokens": args.max_tokens,
+                              "command": " ".join(["python -m loadtests.admission_bench",
+                                                   *sys.argv[1:]]), "variants": {}}
+    raw: dict[str, list[tuple[int, float, str]]] = {}
+    for name, variant in VARIANTS.items():
+        tmp = Path(tempfile.mkdtemp(prefix=f"sluice-admission-{name}-"))
+        print(f"[admission] {name}: starting sluice serve ({variant})", flush=True)
+        proc = _serve(_profile(tmp, variant), tmp / "serve.log")
+        try:
+            asyncio.run(_burst(8, args.max_tokens))  # warm-up
+            rounds = []
+            for i in range(args.rounds):
+                results = asyncio.run(_burst(args.burst, args.max_tokens))
+                rounds.append(_summary(results))
+                raw.setdefault(name, []).extend(results)
+                print(f"[admission] {name} round {i + 1}/{args.rounds}: {rounds[-1]}",
+                      flush=True)
+            # the floor: the same burst refused by the cheapest check there is (an unknown
+            # model, 404 at parse time): what any refusal costs on this machine under it
+            floor = [s for status, s, _ in asyncio.run(
+                _burst(args.burst, args.max_tokens, model="no-such-model")) if status == 404]
+            report["variants"][name] = {
+                "settings": variant, "rounds": rounds, "all": _summary(raw[name]),
+                "refused_404_p50_ms": (_pct(floor, 0.5) or 0) * 1000,
+                "refused_404_p99_ms": (_pct(floor, 0.99) or 0) * 1000}
+            print(f"[admission] {name}: the same burst refused with 404: p50 "
+                  f"{report['variants'][name]['refused_404_p50_ms']:.0f} ms, p99 "
+                  f"{report['variants'][name]['refused_404_p99_ms']:.0f} ms", flush=True)
+        finally:
+            print(f"[admission] {name}: stopping", flush=True)
+            _stop(proc)
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    _plot(raw, out / "admission.png", args.burst)
+    print(json.dumps({k: v["all"] for k, v in report["variants"].items()}, indent=2))
+    print(f"[admission] wrote {out}/results.json and {out}/admission.png")
+    return 0
+
+
+def _plot(raw: dict[str, list[tuple[int, float, str]]], path: Path, burst: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, results in raw.items():
+        for status, style in ((200, "-"), (503, "--")):
+            xs = sorted(s for st, s, _ in results if st == status)
+            if xs:
+                ax.plot(xs, [(i + 1) / len(results) for i in range(len(xs))], style,
+                        label=f"{name}: {status} ({len(xs)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (s, log)")
+    ax.set_ylabel("share of requests")
+    ax.set_title(f"{burst} concurrent requests to one small engine")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Limits, keys and admission control across two real ingress replicas.
+
+Its own `sluice serve` (a subprocess, as the autoscaling test has): two ingress replicas
+behind Serve's proxy (transport `proxy`), one `small` engine with a small bounded queue
+(and a `large` no test uses), its own Redis holding the rate-limit counters, the key store
+and the ledger. Every response
+names the ingress replica that answered (`x-sluice-ingress`), so each test checks that both
+replicas took part. Run order matters only for the last test, which saturates the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from sluice.accounting.tenancy import key_hash
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+ROOT = Path(__file__).resolve().parents[2]
+PORT, REDIS_PORT = 8795, 6404
+ADMIN, LIMITED, OTHER = "sk-mi-admin", "sk-mi-limited", "sk-mi-other"
+RPM = 6  # the limited key's requests per minute, over both replicas together
+REFRESH_S = 2.0  # accounting.auth.key_refresh_s: the bound a key change takes effect within
+# small's engine replica holds MAX_ONGOING; each ingress replica queues MAX_QUEUED more: the
+# RPM burst's accepted requests fit even if all land on one ingress replica
+MAX_ONGOING, MAX_QUEUED = 2, 4
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _profile(tmp: Path) -> Path:
+    profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
+    profile.pop("routing", None)  # no cascade: `auto` is small
+    profile["catalog"] = str(ROOT / "platform/catalog.yaml")
+    profile["ingress"] = {**profile["ingress"], "transport": "proxy", "num_replicas": 2}
+    profile["dashboard"] = {"enabled": False}
+    profile["semantic_cache"] = {"enabled": False}
+    profile["models"] = {**profile["models"],
+                         "small": {"min_replicas": 1, "max_replicas": 1,
+                                   "max_ongoing_requests": MAX_ONGOING,
+                                   "max_queued_requests": MAX_QUEUED}}
+    keys = [{"id": "mi-admin", "tenant": "ops", "sha256": key_hash(ADMIN), "admin": True},
+            {"id": "mi-limited", "tenant": "t-mi", "sha256": key_hash(LIMITED)},
+            {"id": "mi-other", "tenant": "t-mi-other", "sha256": key_hash(OTHER)}]
+    profile["accounting"] = {
+        "auth": {"required": True, "keys": keys, "key_refresh_s": REFRESH_S},
+        "rate_limits": {"limits": [{"scope": "key", "id": "mi-limited",
+                                    "requests_per_minute": RPM}],
+                        "store_timeout_ms": 1000}}  # a loaded 2-core runner
+    path = tmp / "profile.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_ingress(tmp_path_factory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("multi-ingress")
+    log_path = tmp / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(_profile(tmp)),
+             "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{PORT}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                pytest.fail("sluice serve exited:\n" + log_path.read_text()[-3000:])
+            try:
+                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("not ready in 600 s:\n" + log_path.read_text()[-3000:])
+            time.sleep(2)
+        _both_replicas_up(url)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+
+
+def _both_replicas_up(url: str) -> None:
+    """Serve starts answering once one ingress replica runs; wait (bounded) for the second."""
+    deadline = time.monotonic() + 300
+    seen: set[str] = set()
+    while len(seen) < 2:
+        if time.monotonic() > deadline:
+            pytest.fail(f"only ingress replicas {seen} answered within 300 s")
+        seen.add(httpx.get(f"{url}/healthz", timeout=10).headers["x-sluice-ingress"])
+
+
+def _chat(url: str, secret: str, model: str = "small", max_tokens: int = 1,
+          **extra: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                      headers={"authorization": f"Bearer {secret}"},
+                      json={"model": model, "messages": MSG, "max_tokens": max_tokens,
+                            **extra})
+
+
+def _burst(url: str, secret: str, n: int, **kw: object) -> list[httpx.Response]:
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda _: _chat(url, secret, **kw), range(n)))
+
+
+def _everywhere(url: str, secret: str, n: int = 16) -> list[httpx.Response]:
+    """n concurrent authenticated requests that run no engine (GET /v1/usage checks the key
+    as inference does): concurrent, so Serve's proxy spreads them over both replicas
+    (one after another, it keeps choosing the same idle one)."""
+    def one(_: int) -> httpx.Response:
+        return httpx.get(f"{url}/v1/usage", timeout=60,
+                         headers={"authorization": f"Bearer {secret}"})
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _replicas_of(responses: list[httpx.Response]) -> set[str]:
+    return {r.headers.get("x-sluice-ingress", "?") for r in responses}
+
+
+def _admin(url: str, method: str, path: str, **kw: object) -> httpx.Response:
+    return httpx.request(method, f"{url}/v1/admin/keys{path}", timeout=30,
+                         headers={"authorization": f"Bearer {ADMIN}"}, **kw)
+
+
+def _until(what: str, check, bound_s: float) -> float:
+    """Seconds until check() holds; fails past bound_s."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > bound_s:
+            pytest.fail(f"{what} did not hold within {bound_s:.1f} s")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_a_burst_through_two_replicas_accepts_at_most_the_rpm(two_ingress: str) -> None:
+    url = two_ingress
+    responses = _burst(url, LIMITED, 4 * RPM)
+    statuses = [r.status_code for r in responses]
+    accepted = statuses.count(200)
+    assert len(_replicas_of(responses)) == 2  # both replicas took part of the burst
+    assert 1 <= accepted <= RPM, statuses  # one Redis counter: no per-replica slack
+    assert set(statuses) <= {200, 429}, statuses
+    for r in responses:
+        if r.status_code == 429:
+            body = r.json()["error"]
+            assert body["code"] == "rate_limit_exceeded" and body["type"] == "requests"
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.headers["x-ratelimit-limit-requests"] == str(RPM)
+            assert r.headers["x-ratelimit-remaining-requests"] == "0"
+            assert r.headers["x-ratelimit-reset-requests"]
+        else:
+            assert r.headers["x-ratelimit-limit-requests"] == str(RPM)
+    assert _chat(url, OTHER).status_code == 200  # another key is unaffected
+
+
+def test_a_key_is_created_used_rotated_and_revoked_on_every_replica(two_ingress: str) -> None:
+    url = two_ingress
+    ident = f"mi-app-{uuid.uuid4().hex[:8]}"  # `sluice serve` keeps its Redis between runs
+    created = _admin(url, "POST", "", json={"id": ident, "tenant": "t-app",
+                                            "models": ["small"], "requests_per_minute": 1000})
+    assert created.status_code == 201, created.text
+    card = created.json()
+    secret = card["key"]
+    assert card["id"] == ident and "sha256" not in card
+    took = _until("the new key accepted", lambda: _chat(url, secret).status_code == 200,
+                  REFRESH_S + 3)
+    print(f"created key in force after {took:.2f} s (bound {REFRESH_S} s)")
+    time.sleep(REFRESH_S)  # every replica has refreshed since the change
+    used = _everywhere(url, secret)
+    assert {r.status_code for r in used} == {200} and len(_replicas_of(used)) == 2
+    answer = _chat(url, secret)
+    assert answer.status_code == 200
+    assert answer.headers["x-ratelimit-limit-requests"] == "1000"  # the key's own limit
+    denied = _chat(url, secret, model="large")  # limited to `small`
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "model_not_allowed"
+    listed = _admin(url, "GET", "").json()["data"]
+    assert ident in [k["id"] for k in listed] and secret not in json.dumps(listed)
+
+    rotated = _admin(url, "POST", f"/{ident}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    new_secret = rotated.json()["key"]
+    time.sleep(REFRESH_S + 0.5)
+    old = _everywhere(url, secret)
+    assert {r.status_code for r in old} == {401} and len(_replicas_of(old)) == 2
+    assert _chat(url, new_secret).status_code == 200
+
+    revoked = _admin(url, "DELETE", f"/{ident}")
+    assert revoked.status_code == 200 and revoked.json()["deleted"] is True
+    time.sleep(REFRESH_S + 0.5)
+    gone = _everywhere(url, new_secret)
+    assert {r.status_code for r in gone} == {401} and len(_replicas_of(gone)) == 2
+    assert _admin(url, "DELETE", f"/{ident}").status_code == 404
+    # profile keys are GitOps: not changeable through the API; non-admins may not manage
+    assert _admin(url, "POST", "/mi-limited/rotate").status_code == 409
+    plain = httpx.get(f"{url}/v1/admin/keys", timeout=30,
+                      headers={"authorization": f"Bearer {OTHER}"})
+    assert plain.status_code == 403
+    assert httpx.get(f"{url}/v1/admin/keys", timeout=30).status_code == 401
+
+
+def test_the_cli_manages_the_same_store(two_ingress: str) -> None:
+    url = two_ingress
+    cli = [sys.executable, "-m", "sluice.cli", "keys"]
+    store = ["--redis-url", f"redis://127.0.0.1:{REDIS_PORT}"]
+    ident = f"mi-cli-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run([*cli, "create", "--id", ident, "--tenant", "t-cli", *store],
+                         capture_output=True, text=True, timeout=60, check=True)
+    secret = json.loads(out.stdout)["key"]
+    _until("the CLI's key accepted", lambda: _chat(url, secret).status_code == 200,
+           REFRESH_S + 3)
+    listed = subprocess.run([*cli, "list", *store], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert ident in listed.stdout and secret not in listed.stdout
+    subprocess.run([*cli, "revoke", ident, *store], capture_output=True, timeout=60,
+                   check=True)
+    time.sleep(REFRESH_S + 0.5)
+    assert {r.status_code for r in _everywhere(url, secret)} == {401}
+
+
+def test_an_overloaded_model_sheds_load_fast_with_retriable_503s(two_ingress: str) -> None:
+    """More concurrent requests than small's engine holds (MAX_ONGOING) plus what each
+    ingress queues (MAX_QUEUED): the rest are refused at once, not queued without bound;
+    every accepted one completes."""
+    url = two_ingress
+
+    def timed(_: int) -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        r = _chat(url, OTHER, max_tokens=64, ignore_eos=True)
+        return r, time.monotonic() - started
+
+    n = 24
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(timed, range(n)))
+    shed = [(r, s) for r, s in results if r.status_code == 503]
+    done = [(r, s) for r, s in results if r.status_code == 200]
+    assert len(shed) + len(done) == n, [r.status_code for r, _ in results]
+    assert shed and len(done) >= MAX_ONGOING
+    for r, _ in shed:
+        assert r.json()["error"]["code"] == "model_overloaded"
+        assert int(r.headers["retry-after"]) >= 1
+    for r, _ in done:
+        assert r.json()["usage"]["completion_tokens"] == 64
+    slowest_shed = max(s for _, s in shed)
+    print(f"{len(shed)} of {n} shed, slowest refusal {slowest_shed * 1000:.0f} ms; "
+          f"accepted took {min(s for _, s in done):.2f}-{max(s for _, s in done):.2f} s")
+    assert slowest_shed < max(s for _, s in done)  # refused before the work it would join
