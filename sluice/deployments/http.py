@@ -3,9 +3,10 @@
 This is the only module that turns an answer into headers and bytes (the pipeline returns
 data: `sluice.pipeline.settlement.Settled`). The headers name what answered:
 `x-sluice-model`, `x-sluice-route`, `x-sluice-cache` (and `-similarity`),
-`x-sluice-replica`, the cascade's `x-sluice-<stage>-score` and `x-sluice-fallback`,
-`x-sluice-budget: soft`, and `x-sluice-cost-usd` where the cost is known before the body
-is sent (JSON and buffered answers; a live stream carries it in its usage event).
+`x-sluice-replica` (and `x-sluice-retries`), the cascade's `x-sluice-<stage>-score` and
+`x-sluice-fallback`, `x-sluice-budget: soft`, and `x-sluice-cost-usd` where the cost is
+known before the body is sent (JSON and buffered answers; a live stream carries it in its
+usage event).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sluice.pipeline.settlement import Settled
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "x-sluice-replica"
+RETRIES_HEADER = "x-sluice-retries"  # engine replicas that failed before this one answered
 CACHE_HEADER = "x-sluice-cache"
 SIMILARITY_HEADER = "x-sluice-cache-similarity"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -112,6 +114,7 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers[SIMILARITY_HEADER] = f"{answer.similarity:.4f}"
     if answer.replica:
         headers[REPLICA_HEADER] = answer.replica
+        headers[RETRIES_HEADER] = str(answer.retries)
     for name, value in answer.scores.items():
         headers[f"x-sluice-{name}-score"] = f"{value:.4f}"
     if answer.fallback:

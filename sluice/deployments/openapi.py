@@ -134,6 +134,9 @@ _HEADERS: dict[str, Any] = {
     "x-sluice-cache": _header("The response cache's part.", enum=["hit", "miss", "bypass"]),
     "x-sluice-cache-similarity": _header("A semantic-cache hit's similarity."),
     "x-sluice-replica": _header("The engine replica that answered."),
+    "x-sluice-retries": _header("Engine replicas that failed this request before its first "
+                                "output, each retried on another (with `x-sluice-replica`).",
+                                pattern="^[0-9]+$"),
     "x-sluice-cost-usd": _header("The answer's cost, where it is known before the body "
                                  "(not on a live stream: its usage event has it)."),
     "x-sluice-budget": _header("`soft` once a budget passed its soft limit."),
@@ -153,9 +156,9 @@ def _refs(*names: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
 
 _EVERY = ("x-request-id", "x-sluice-ingress")  # on every response
 _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache",
-                   "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-cost-usd",
-                   "x-sluice-budget", "x-sluice-fallback", "x-sluice-router-score",
-                   "x-sluice-judge-score", *_RATE)
+                   "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-retries",
+                   "x-sluice-cost-usd", "x-sluice-budget", "x-sluice-fallback",
+                   "x-sluice-router-score", "x-sluice-judge-score", *_RATE)
 
 
 # ---- responses --------------------------------------------------------------------------

@@ -111,6 +111,9 @@ class Metrics:
         self.attributed_cost = Counter("sluice_attributed_cost_usd", "Cost attributed to "
                                        "API keys, tenants and tags (scope: key|tenant|tag).",
                                        ["scope", "id"], registry=r)
+        self.retries = Counter("sluice_engine_retries", "Engine calls retried on another "
+                               "replica after one failed before its first output, by model.",
+                               ["model"], registry=r)
         self.in_flight = Gauge("sluice_in_flight_requests", "Requests in flight at this "
                                "ingress replica.", ["model"], registry=r)
         if caches is not None or routes is not None:

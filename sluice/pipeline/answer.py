@@ -29,6 +29,7 @@ class Answer:
     buffered: bool = False  # the stream existed whole before it was sent (cached, judged)
     similarity: float | None = None  # of a semantic-cache hit
     replica: str | None = None  # the Serve replica that answered
+    retries: int = 0  # engine replicas that failed the call before `replica` answered
     scores: dict[str, float] = field(default_factory=dict)  # the cascade's stage scores
     fallback: str | None = None  # why a cascade stage fell back to the large model
     budget: str | None = None  # "soft": the caller's budget is past its soft limit

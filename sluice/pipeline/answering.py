@@ -66,7 +66,7 @@ class Pipeline:
             return self._hit(request, cached, decision.model, route, budget)
         stream = await self._engines.call(decision.model, request.endpoint, request.llm)
         answer = Answer(decision.model, route, cached.status.value, replica=stream.replica,
-                        budget=budget)
+                        retries=stream.retries, budget=budget)
         return self._from_engine(request, stream, answer, cached)
 
     async def _cascade(self, request: ParsedRequest, runner: CascadeRunner, tenant: str,
@@ -82,6 +82,7 @@ class Pipeline:
                                  **{f"sluice.score.{k}": v for k, v in outcome.scores.items()}})
         answer = Answer(outcome.model, outcome.route, cached.status.value,
                         replica=outcome.stream.replica if outcome.stream else outcome.replica,
+                        retries=outcome.stream.retries if outcome.stream else outcome.retries,
                         scores=outcome.scores, fallback=outcome.fallback, budget=budget)
         if outcome.stream is not None:
             return self._from_engine(request, outcome.stream, answer, cached)

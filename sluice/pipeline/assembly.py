@@ -24,7 +24,7 @@ from sluice.pipeline.answer_cache import AnswerCache
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.background import Background
 from sluice.pipeline.cascade_runner import CascadeRunner
-from sluice.pipeline.engines import Engines
+from sluice.pipeline.engines import Engines, Timeouts
 from sluice.pipeline.handler import RequestHandler
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
@@ -50,21 +50,36 @@ class Platform:
         return {name: r.policy.snapshot() for name, r in self.runners.items()}
 
 
+def engine_timeouts(config: PlatformConfig, models: Mapping[str, Any]) -> dict[str, Timeouts]:
+    """Each model's first-output and stall bounds: its deployment's, else the ingress's."""
+    ingress, deployed = config.profile.ingress, config.profile.models
+    out: dict[str, Timeouts] = {}
+    for name in models:
+        d = deployed.get(name)
+        first = d.first_token_timeout_s if d and d.first_token_timeout_s else None
+        stall = d.stall_timeout_s if d and d.stall_timeout_s else None
+        out[name] = Timeouts(first or ingress.first_token_timeout_s,
+                             stall or ingress.stall_timeout_s)
+    return out
+
+
 def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str | None
              ) -> Platform:
     profile, ingress = config.profile, config.profile.ingress
     background = Background()
     tracer = tracer_for(profile.tracing)
     spans = tracer or trace.NoOpTracer()  # the request's child spans
-    engines = Engines(handles, ingress.first_token_timeout_s, ingress.engine_attempts, spans)
     embedder = lazy_embedder()
     cache = AnswerCache(profile.response_cache, profile.semantic_cache, redis_url, embedder,
                         background.spawn, spans)
-    runners = build_runners(config, engines, background.spawn, embedder, tracer=spans)
-    routes = config.routing.routes if config.routing else ()
-    router = StaticRouter(config.catalog, ingress.auto_route, routes)
+    runners: dict[str, CascadeRunner] = {}  # (filled below; the metrics read it when scraped)
     metrics = Metrics(caches=cache.counters,
                       routes=lambda: {n: r.policy.snapshot() for n, r in runners.items()})
+    engines = Engines(handles, engine_timeouts(config, handles), ingress.engine_attempts, spans,
+                      on_retry=lambda model: metrics.retries.labels(model).inc())
+    runners.update(build_runners(config, engines, background.spawn, embedder, tracer=spans))
+    routes = config.routing.routes if config.routing else ()
+    router = StaticRouter(config.catalog, ingress.auto_route, routes)
     accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
     rate_limiter = RateLimiter(profile.accounting.rate_limits, redis_url, background.spawn,
                                replicas=ingress.num_replicas,

@@ -46,6 +46,7 @@ class CascadeOutcome:
     scores: dict[str, float] = field(default_factory=dict)
     fallback: str | None = None
     replica: str | None = None  # of a buffered answer (a stream knows its own)
+    retries: int = 0  # of a buffered answer's engine call (likewise)
 
 
 def _text(content: Any) -> str:
@@ -161,7 +162,7 @@ class CascadeRunner:
                 choice["logprobs"] = None
         self._maybe_shadow(endpoint, request, seen.answers[0] if seen.answers else "")
         return CascadeOutcome(SMALL, self._route.small, response=response, scores=scores,
-                              replica=small.replica)
+                              replica=small.replica, retries=small.retries)
 
     async def _stage(self, work: Awaitable[float], timeout_ms: float, name: str
                      ) -> float | None:

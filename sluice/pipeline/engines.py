@@ -4,7 +4,9 @@ The LLMServer yields, for a streaming request, lists of ready SSE strings; for a
 one, a single response object; for an engine-side rejection, an ErrorResponse (possibly inside
 the first list). The first item is awaited before any byte goes to the client, so every error
 the engine knows up front becomes a proper status code; an error after the stream started is
-sent as an SSE error event (the status line is already out).
+sent as an SSE error event (the status line is already out). A stream that goes quiet for
+longer than its model's stall timeout ends the same way, and a stream its reader abandons
+(the client left) cancels the engine request, so the engine stops generating for nobody.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -72,15 +75,44 @@ def overloaded(model: str, exc: serve_exceptions.BackPressureError) -> Unavailab
                        retry_after_s=max(1, int(retry or 1)))
 
 
+def stalled(model: str, stall_timeout_s: float) -> Unavailable:
+    return Unavailable(f"Model '{model}' stopped producing output for {stall_timeout_s:g} s "
+                       "mid-answer; retry.", code="engine_stalled")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a model's engine may take: to its first output (then 503, retried on
+    another replica where one is left), and between two outputs of a stream (then the
+    stream ends with an error event). None: no stall bound."""
+
+    first_item_s: float
+    stall_s: float | None = None
+
+
 class EngineStream:
     """One in-flight call: the first item (already checked for errors) and the rest."""
 
     def __init__(self, model: str, first: Any, rest: AsyncIterator[Any],
-                 replica: str | None = None) -> None:
+                 replica: str | None = None, retries: int = 0,
+                 stall_timeout_s: float | None = None) -> None:
         self.model = model
         self.first = first
         self._rest = rest
         self.replica = replica  # the Serve replica that answers
+        self.retries = retries  # replicas that failed the call before this one answered
+        self._stall_s = stall_timeout_s
+
+    async def _next(self) -> Any:
+        if self._stall_s is None:
+            return await self._rest.__anext__()
+        return await asyncio.wait_for(self._rest.__anext__(), timeout=self._stall_s)
+
+    def _abort(self) -> None:
+        """Cancel the engine request (Serve cancels the replica's task; vLLM aborts)."""
+        cancel = getattr(self._rest, "cancel", None)
+        if cancel is not None:
+            cancel()
 
     def whole(self) -> dict[str, Any]:
         """A non-streamed answer as JSON-ready data (the engine's typed response, once)."""
@@ -89,8 +121,9 @@ class EngineStream:
     async def events(self) -> AsyncIterator[list[sse.Event]]:
         """The stream's events, one list per engine item, read once (sluice.sse.read). A
         failure mid-stream ends it with an OpenAI-style error event; every stream ends with
-        [DONE]."""
-        done, named = False, False
+        [DONE]. Left unfinished by its reader (the client went away: the generator is
+        closed or cancelled), it cancels the engine request."""
+        done, named, ended = False, False, False
         try:
             item: Any = self.first
             while True:
@@ -99,11 +132,21 @@ class EngineStream:
                 named = named or any(e.payload is not None for e in events)
                 done = done or any(e.kind == sse.END for e in events)
                 yield events
-                item = await self._rest.__anext__()
+                item = await self._next()
         except StopAsyncIteration:
-            pass
+            ended = True
         except _RETRIABLE as exc:
+            ended = True
             yield sse.read(sse.encode(_unavailable(self.model, exc).body()))
+        except TimeoutError:
+            ended = True
+            self._abort()
+            log.warning("model %s: replica %s stalled for %.1f s mid-stream", self.model,
+                        self.replica, self._stall_s)
+            yield sse.read(sse.encode(stalled(self.model, self._stall_s or 0).body()))
+        finally:
+            if not ended:
+                self._abort()
         if not done:
             yield sse.read(sse.DONE)
 
@@ -112,10 +155,14 @@ class Engines:
     """The model deployments, called by name: one traced engine call each, with its own
     engine request id under the client's, retried before its first item (`call_engine`)."""
 
-    def __init__(self, handles: Mapping[str, DeploymentHandle], first_item_timeout_s: float,
-                 attempts: int, tracer: Tracer) -> None:
+    def __init__(self, handles: Mapping[str, DeploymentHandle],
+                 timeouts: Timeouts | Mapping[str, Timeouts], attempts: int, tracer: Tracer,
+                 on_retry: Callable[[str], None] | None = None) -> None:
         self._streams = {name: h.options(stream=True) for name, h in handles.items()}
-        self._timeout_s, self._attempts, self._tracer = first_item_timeout_s, attempts, tracer
+        self._timeouts = ({name: timeouts for name in handles}
+                          if isinstance(timeouts, Timeouts) else dict(timeouts))
+        self._attempts, self._tracer = attempts, tracer
+        self._on_retry = on_retry or (lambda _model: None)  # one call per retry (a metric)
 
     def __contains__(self, model: object) -> bool:
         return model in self._streams
@@ -129,15 +176,20 @@ class Engines:
                 attributes={"gen_ai.operation.name": operation, "gen_ai.provider.name": "vllm",
                             "gen_ai.request.model": model,
                             "sluice.stream": bool(engine_request.stream)}) as span:
+            timeouts = self._timeouts[model]
             stream = await call_engine(self._streams[model], endpoint, engine_request, model,
-                                       self._timeout_s, self._attempts)
-            span.set_attribute("sluice.replica", stream.replica or "")
+                                       timeouts.first_item_s, self._attempts,
+                                       stall_timeout_s=timeouts.stall_s)
+            span.set_attributes({"sluice.replica": stream.replica or "",
+                                 "sluice.retries": stream.retries})
+            for _ in range(stream.retries):
+                self._on_retry(model)
         return stream
 
 
 async def call_engine(
     handle: DeploymentHandle, method: str, request: Any, model: str, first_item_timeout_s: float,
-    attempts: int = 1, backoff_s: float = 0.05,
+    attempts: int = 1, backoff_s: float = 0.05, stall_timeout_s: float | None = None,
 ) -> EngineStream:
     """Start the call and wait (bounded) for its first item; raise SluiceError on failure.
 
@@ -146,7 +198,8 @@ async def call_engine(
     A replica that fails before the first item (its engine died, it went away, it is
     overloaded) is retried on another, up to `attempts` calls in all and within the same
     first-item deadline: nothing has reached the client yet, so a retry is invisible to it.
-    A timeout is not retried (a slow engine given more work gets slower).
+    A timeout is not retried (a slow engine given more work gets slower). A caller cancelled
+    while it waits (the client left) cancels the engine request.
     """
     bound = getattr(handle, method)
     loop = asyncio.get_running_loop()
@@ -170,6 +223,10 @@ async def call_engine(
             first, replica = await asyncio.wait_for(start(), timeout=deadline - loop.time())
         except StopAsyncIteration:
             raise _unavailable(model, RuntimeError("engine returned nothing")) from None
+        except asyncio.CancelledError:
+            for gen in started:
+                gen.cancel()
+            raise
         except TimeoutError:
             for gen in started:
                 gen.cancel()
@@ -194,7 +251,8 @@ async def call_engine(
             continue
         if error is not None:
             raise error
-        return EngineStream(model, first, started[0], replica)
+        return EngineStream(model, first, started[0], replica, retries=attempt,
+                            stall_timeout_s=stall_timeout_s)
     if isinstance(last, SluiceError):
         raise last
     raise _unavailable(model, last or RuntimeError("no attempt made")) from None

@@ -93,6 +93,12 @@ class ModelDeployment(Frozen):
         default=256, ge=-1, description="Requests each ingress replica queues for this "
         "model while every replica holds max_ongoing_requests; past it, a 503 "
         "`model_overloaded` with Retry-After at once (-1: unbounded).")
+    first_token_timeout_s: float | None = Field(
+        default=None, gt=0, description="This model's bound on the wait for an engine's "
+        "first output (default: ingress.first_token_timeout_s).")
+    stall_timeout_s: float | None = Field(
+        default=None, gt=0, description="This model's bound on the gap between two outputs "
+        "of a stream (default: ingress.stall_timeout_s).")
 
     @model_validator(mode="after")
     def _bounds(self) -> ModelDeployment:
@@ -150,6 +156,12 @@ class IngressSettings(Frozen):
     first_token_timeout_s: float = Field(
         default=300, gt=0,
         description="Longest wait for an engine's first output before answering 503.",
+    )
+    stall_timeout_s: float | None = Field(
+        default=60, gt=0,
+        description="Longest gap between two outputs of a stream once it started; past it "
+        "the engine request is cancelled and the stream ends with an SSE error event "
+        "(`engine_stalled`) and [DONE]. null: no bound.",
     )
     engine_attempts: int = Field(
         default=3, ge=1, le=10,

@@ -37,6 +37,7 @@ class FakeStream:
     def __init__(self, first: Any, replica: str = "replica-1") -> None:
         self.first = first
         self.replica = replica
+        self.retries = 0
 
     def whole(self) -> dict[str, Any]:
         return self.first.model_dump(mode="json")

@@ -184,6 +184,71 @@ def test_a_replica_failing_before_its_first_item_is_retried_on_another() -> None
                                      backoff_s=0))
     assert stream.replica == "r-1" and stream.first == 'data: {"id": 1}\n\n'
     assert handle.avoided == [[], ["r-0"]]  # the retry told the router whom to avoid
+    assert stream.retries == 1  # what x-sluice-retries and the metric report
+
+
+def test_an_answer_from_the_first_replica_has_no_retries() -> None:
+    stream = asyncio.run(call_engine(_Replicas(dead=0, exc=RuntimeError()), "chat",
+                                     _Request(), "small", 5, attempts=3))
+    assert stream.retries == 0
+
+
+# ---- a stream that stalls, or that its reader abandons ------------------------------------
+
+def _events(stream: EngineStream) -> list:
+    async def collect() -> list:
+        return [event async for chunk in stream.events() for event in chunk]
+    return asyncio.run(collect())
+
+
+def test_a_stream_that_stalls_ends_with_an_error_event_and_done_and_cancels_the_engine() -> None:
+    rest = _Gen(items=['data: {"id": 2}\n\n'], delay_s=1.0)
+    stream = EngineStream("small", ['data: {"id": 1}\n\n'], rest, stall_timeout_s=0.05)
+    first, error, done = _events(stream)
+    assert first.payload == {"id": 1}
+    assert error.kind == "error" and error.payload["error"]["code"] == "engine_stalled"
+    assert done.text == "data: [DONE]\n\n"
+    assert rest.cancelled
+
+
+def test_a_slow_stream_inside_its_stall_bound_is_not_cut() -> None:
+    rest = _Gen(items=['data: {"id": 2}\n\n', "data: [DONE]\n\n"], delay_s=0.05)
+    stream = EngineStream("small", ['data: {"id": 1}\n\n'], rest, stall_timeout_s=1.0)
+    kinds = [e.kind for e in _events(stream)]
+    assert "error" not in kinds and kinds[-1] == "done" and len(kinds) == 3
+    assert not rest.cancelled
+
+
+def test_a_stream_its_reader_abandons_cancels_the_engine_request() -> None:
+    rest = _Gen(items=['data: {"id": 2}\n\n'] * 5)
+
+    async def read_one_then_leave() -> None:
+        events = EngineStream("small", ['data: {"id": 1}\n\n'], rest).events()
+        await events.__anext__()
+        await events.aclose()  # what a client disconnect does to the response body
+
+    asyncio.run(read_one_then_leave())
+    assert rest.cancelled
+
+
+def test_a_stream_read_to_its_end_does_not_cancel() -> None:
+    rest = _Gen(items=["data: [DONE]\n\n"])
+    _events(EngineStream("small", ['data: {"id": 1}\n\n'], rest))
+    assert not rest.cancelled
+
+
+def test_a_caller_cancelled_while_waiting_for_the_first_item_cancels_the_engine() -> None:
+    gen = _Gen(items=["late"], delay_s=5)
+
+    async def leave_early() -> None:
+        task = asyncio.create_task(call_engine(_Handle(gen), "chat", object(), "small", 10))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave_early())
+    assert gen.cancelled
 
 
 def test_retries_are_bounded_and_end_in_a_retriable_503() -> None:
@@ -238,3 +303,29 @@ def test_a_full_queue_is_shed_at_once_as_503_model_overloaded_not_retried() -> N
                                 backoff_s=1))
     assert calls == 1 and info.value.status == 503
     assert info.value.code == "model_overloaded" and info.value.headers["Retry-After"] == "1"
+
+
+def test_engines_count_each_retry_per_model_and_use_that_models_timeouts() -> None:
+    from opentelemetry.trace import NoOpTracer
+
+    from sluice.pipeline.engines import Engines, Timeouts
+
+    class _Served(_Replicas):
+        def options(self, **_):
+            return self
+
+    class _LLMRequest:
+        request_id, stream = "req-1", True
+
+        def model_copy(self, update):
+            copy = _LLMRequest()
+            copy.__dict__.update(update)
+            return copy
+
+    retried: list[str] = []
+    engines = Engines({"small": _Served(dead=2, exc=ray_exceptions.ActorDiedError())},
+                      {"small": Timeouts(5, stall_s=0.5)}, attempts=3, tracer=NoOpTracer(),
+                      on_retry=retried.append)
+    stream = asyncio.run(engines.call("small", "chat", _LLMRequest()))
+    assert stream.retries == 2 and retried == ["small", "small"]
+    assert stream._stall_s == 0.5

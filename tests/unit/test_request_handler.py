@@ -60,9 +60,10 @@ class FakeEngines:
     """Engines' shape: `model in engines` and `call`, answering as an LLMServer does
     (a typed response, or lists of SSE strings)."""
 
-    def __init__(self, small_logprob: float = math.log(0.9), fail: Exception | None = None):
+    def __init__(self, small_logprob: float = math.log(0.9), fail: Exception | None = None,
+                 retries: int = 0):
         self.calls: list[tuple[str, bool]] = []
-        self._logprob, self._fail = small_logprob, fail
+        self._logprob, self._fail, self._retries = small_logprob, fail, retries
 
     def __contains__(self, model: object) -> bool:
         return model in ("small", "large")
@@ -72,7 +73,8 @@ class FakeEngines:
         if self._fail is not None:
             raise self._fail
         if not request.stream:
-            return EngineStream(model, _Response(model, self._logprob), _none(), "replica-1")
+            return EngineStream(model, _Response(model, self._logprob), _none(), "replica-1",
+                                retries=self._retries)
         head = {"id": f"chat-{model}", "object": "chat.completion.chunk", "model": model}
         first = [sse.encode({**head, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                        "content": ""}}]})]
@@ -147,11 +149,18 @@ def test_a_direct_json_answer_is_routed_priced_rendered_and_metered() -> None:
     assert engines.calls == [("large", False)]
     assert response.headers["x-sluice-model"] == "large"
     assert response.headers["x-sluice-replica"] == "replica-1"
+    assert response.headers["x-sluice-retries"] == "0"
     assert float(response.headers["x-sluice-cost-usd"]) == sent["usage"]["cost"]["total_usd"]
     assert sent["usage"]["cost"]["total_usd"] > 0
     assert metric(metrics, "sluice_requests_total", model="large", route="large",
                   status="200") == 1
     assert metric(metrics, "sluice_tokens_total", model="large", type="output") == 2
+
+
+def test_an_answer_after_a_failed_replica_says_how_many_replicas_failed_it() -> None:
+    h, _ = handler(FakeEngines(retries=2))
+    response, _ = send(h, {"model": "large", **CHAT})
+    assert response.headers["x-sluice-retries"] == "2"
 
 
 def test_a_stream_drops_the_usage_event_the_client_did_not_ask_for_but_counts_it() -> None:
