@@ -6,13 +6,17 @@ profile runs stock vllm on GPUs. Both go through the same LLMConfig: the differe
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+from ray.serve.llm.openai_api_models import CompletionRequest
 
 from sluice.autoscaling.latency import LatencyWindow, timed
 from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
+from sluice.deployments.engine_health import PROBE_PREFIX, HealthSettings, RequestWatch, probe
 from sluice.deployments.ray_compat import VLLMEngine
 from sluice.deployments.replica_router import ROUTER_CLASS
 from sluice.schema.platform import CatalogModel, PlatformConfig
@@ -21,6 +25,9 @@ DEFAULT_MAX_ONGOING = 64  # per replica, when the engine's max_num_seqs is not s
 SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
 # experimental_configs key: this model's replicas measure TTFT/TPOT for Sluice's SLO policy
 LATENCY_WINDOW = "sluice_latency_window"
+HEALTH = "sluice_health"  # experimental_configs key: the replica's HealthSettings
+PROBE_TIMEOUT_S = 10.0
+log = logging.getLogger(__name__)
 
 
 class SingleWorkerCpuEngine(VLLMEngine):
@@ -44,9 +51,37 @@ class SingleWorkerCpuEngine(VLLMEngine):
 class SluiceLLMServer(LLMServer):
     """Ray Serve LLM's LLMServer with Sluice's engine class; a model autoscaled by Sluice's SLO
     policy also reports its recent p95 TTFT and TPOT to Serve's autoscaler (custom metrics).
-    Measuring reads every chunk, so models without that policy skip it."""
+    Measuring reads every chunk, so models without that policy skip it. Every replica
+    watches its requests, and its health check probes the engine with a real completion
+    when they suggest it no longer answers (`engine_health`)."""
 
     _default_engine_cls = SingleWorkerCpuEngine
+
+    @property
+    def _watch(self) -> RequestWatch:
+        watch = self.__dict__.get("_sluice_watch")
+        if watch is None:
+            settings = HealthSettings(**self._llm_config.experimental_configs.get(HEALTH, {}))
+            watch = self.__dict__["_sluice_watch"] = RequestWatch(settings)
+        return watch
+
+    async def check_health(self) -> None:
+        await super().check_health()  # Ray Serve LLM's: is the engine core alive
+        why = self._watch.suspect
+        if why is None:
+            return
+        try:
+            await probe(self._probe, self._watch.settings.probe_timeout_s)
+        except Exception as exc:
+            log.error("engine replica unhealthy: %s, and %s", why, exc)
+            raise RuntimeError(f"{why}, and {exc}") from None
+        log.info("engine replica probed after %s: it answers", why)
+        self._watch.cleared()
+
+    async def _probe(self) -> Any:
+        return await self.completions(CompletionRequest(
+            model=self._llm_config.model_id, prompt="ok", max_tokens=1, stream=False,
+            request_id=f"{PROBE_PREFIX}-{uuid.uuid4().hex[:8]}"))
 
     @property
     def _latency(self) -> LatencyWindow:
@@ -57,6 +92,9 @@ class SluiceLLMServer(LLMServer):
 
     async def _run_request(self, request: Any, **kwargs: Any) -> Any:
         stream = await super()._run_request(request, **kwargs)
+        if str(getattr(request, "request_id", "")).startswith(PROBE_PREFIX):
+            return stream
+        stream = self._watch.watched(stream, bool(getattr(request, "stream", False)))
         if not self._llm_config.experimental_configs.get(LATENCY_WINDOW):
             return stream
         return timed(stream, self._latency)
@@ -125,6 +163,9 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         experimental_configs={
             "stream_batching_interval_ms": profile.stream_batching_interval_ms,
             LATENCY_WINDOW: deployment.autoscaling is not None,
+            HEALTH: {"silent_after_s": deployment.stall_timeout_s
+                     or profile.ingress.stall_timeout_s or 60.0,
+                     "probe_timeout_s": PROBE_TIMEOUT_S},
         },
         log_engine_metrics=False,
     )

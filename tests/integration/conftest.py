@@ -137,11 +137,15 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
     return path
 
 
+SMALL_STALL_S = 20.0  # a wedged small engine is found (and replaced) sooner than at 60 s
+
+
 def _test_config(run_dir: Path, webhook_url: str, ledger_url: str) -> PlatformConfig:
     """local-cpu, plus: the KV tier on, `small` as two replicas on two Ray nodes (one
-    `sluice_node` each) so cross-replica reuse through Redis is exercised, the semantic cache
-    available per request, a short response-cache TTL so expiry is observable, and request
-    spans written to a file the tests read; API keys, budgets and an alert webhook."""
+    `sluice_node` each, a 20 s stall bound) so cross-replica reuse through Redis is
+    exercised, the semantic cache available per request, a short response-cache TTL so
+    expiry is observable, and request spans written to a file the tests read; API keys,
+    budgets and an alert webhook."""
     config = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
     profile = config.profile
     ingress = profile.ingress.model_copy(update={"port": HTTP_PORT, "body_timeout_s": 3.0})
@@ -149,7 +153,7 @@ def _test_config(run_dir: Path, webhook_url: str, ledger_url: str) -> PlatformCo
     kv_tier = profile.kv_tier.model_copy(update={"enabled": True, "chunk_size": KV_CHUNK})
     semantic = profile.semantic_cache.model_copy(update={"enabled": True})
     small = profile.models["small"].model_copy(update={
-        "min_replicas": 2, "max_replicas": 2,
+        "min_replicas": 2, "max_replicas": 2, "stall_timeout_s": SMALL_STALL_S,
         "placement_bundles": ({"CPU": 1, NODE_RESOURCE: 1},)})
     tracing = TracingConfig(exporter="file", file=str(run_dir / "spans.jsonl"))
     dashboard = profile.dashboard.model_copy(update={"enabled": False})  # 2 cores: spare one
