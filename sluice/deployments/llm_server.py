@@ -78,6 +78,11 @@ class SluiceLLMServer(LLMServer):
         log.info("engine replica probed after %s: it answers", why)
         self._watch.cleared()
 
+    def engine_requests(self) -> int:
+        """Requests the engine holds now (vLLM's own count; for tests and operators)."""
+        client = getattr(self.engine, "_engine_client", None)
+        return int(client.get_num_unfinished_requests()) if client is not None else 0
+
     async def _probe(self) -> Any:
         return await self.completions(CompletionRequest(
             model=self._llm_config.model_id, prompt="ok", max_tokens=1, stream=False,

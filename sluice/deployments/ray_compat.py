@@ -9,6 +9,9 @@ The hooks, and why no public API does their job (Ray 2.60):
 - `LLMServer._default_engine_cls` and `LLMServer._run_request`: the engine class of a
   deployment, and the one method every chat/completions call passes through (the latency
   window of the SLO autoscaler wraps its stream);
+- `VLLMEngine._engine_client` (an instance attribute): vLLM's AsyncLLM, whose public
+  `get_num_unfinished_requests` tells how many requests the engine holds
+  (`SluiceLLMServer.engine_requests`, which tests use to see aborts reach the engine);
 - `RequestRouter._probe_queue_lens` and `RequestRouter._use_replica_queue_len_cache`: the
   queue-length probe and cache switch Serve's own power-of-two router uses; a custom router
   has no public way to ask a replica its queue length.
