@@ -27,7 +27,7 @@ def engine_env(config: KVTierConfig, redis_url: str) -> dict[str, str]:
     """LMCACHE_* settings for every engine process (redis:// or redis-sentinel:// URLs)."""
     return {
         "PYTHONHASHSEED": config.hash_seed,
-        **lmcache_env(redis_url),
+        **lmcache_env(redis_url, config.redis_timeout_s),
         "LMCACHE_CHUNK_SIZE": str(config.chunk_size),
         "LMCACHE_LOCAL_CPU": "True" if config.local_cpu else "False",
         "LMCACHE_MAX_LOCAL_CPU_SIZE": str(config.max_local_cpu_size_gb),

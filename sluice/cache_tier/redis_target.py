@@ -11,14 +11,29 @@ The URL's shape is checked with the profile, by sluice.schema.redis_url.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sluice.schema.redis_url import SENTINEL, parse_sentinel
 
 
-def lmcache_env(url: str) -> dict[str, str]:
-    """LMCache's remote settings for this target."""
+def lmcache_env(url: str, timeout_s: float | None = None) -> dict[str, str]:
+    """LMCache's remote settings for this target.
+
+    `timeout_s` bounds each Redis call of the engine's KV lookups and stores. LMCache's
+    Redis connector sets no socket timeout, and its lookup waits for the answer without a
+    bound, so a paused or unreachable Redis would stop the engine's scheduler until Redis
+    came back. redis-py reads `socket_timeout` and `socket_connect_timeout` from the URL's
+    query, which LMCache hands to it unchanged. A timed-out lookup counts as a miss (LMCache
+    catches the error), so the request is computed instead. LMCache's Sentinel connector
+    has a timeout of its own (1 s)."""
     if not url.startswith(SENTINEL):
-        return {"LMCACHE_REMOTE_URL": url}
+        if timeout_s is None:
+            return {"LMCACHE_REMOTE_URL": url}
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        query.setdefault("socket_timeout", f"{timeout_s:g}")
+        query.setdefault("socket_connect_timeout", f"{timeout_s:g}")
+        return {"LMCACHE_REMOTE_URL": urlunsplit(parts._replace(query=urlencode(query)))}
     target = parse_sentinel(url)
     auth = f"{target.username or ''}:{target.password or ''}@" if target.password else ""
     hosts = ",".join(f"{h}:{p}" for h, p in target.hosts)

@@ -63,3 +63,7 @@ class KVTierConfig(Frozen):
     hash_seed: str = Field(
         default="0", description="PYTHONHASHSEED of every engine: chunk keys must agree."
     )
+    redis_timeout_s: float = Field(
+        default=1.0, gt=0, description="Bound on each Redis call of an engine's KV lookups "
+        "and stores; a lookup that runs over it is a miss, so a paused or unreachable Redis "
+        "costs a request at most about this, not a stalled engine.")

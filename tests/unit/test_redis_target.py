@@ -37,6 +37,20 @@ def test_lmcache_gets_the_same_target_in_its_own_form() -> None:
     assert engine["REDIS_SERVICE_NAME"] == "master" and engine["PYTHONHASHSEED"] == "0"
 
 
+def test_the_engines_redis_calls_are_bounded_by_a_socket_timeout_redis_py_reads() -> None:
+    import redis
+
+    url = engine_env(KVTierConfig(enabled=True, redis_timeout_s=0.5),
+                     "redis://r:6379/2")["LMCACHE_REMOTE_URL"]
+    assert url == "redis://r:6379/2?socket_timeout=0.5&socket_connect_timeout=0.5"
+    # what LMCache does with it: redis.asyncio.ConnectionPool.from_url(url)
+    kwargs = redis.asyncio.ConnectionPool.from_url(url).connection_kwargs
+    assert kwargs["socket_timeout"] == 0.5 and kwargs["socket_connect_timeout"] == 0.5
+    assert kwargs["host"] == "r" and kwargs["db"] == 2
+    mine = lmcache_env("redis://r:6379?socket_timeout=3", 0.5)["LMCACHE_REMOTE_URL"]
+    assert "socket_timeout=3" in mine  # a timeout the URL already sets is kept
+
+
 def test_profile_rejects_a_bad_redis_url() -> None:
     from pydantic import ValidationError
 
