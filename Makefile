@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools serve observe test test-unit bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission loadtest plan models redis-server clean help
+.PHONY: setup observability-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission chaos loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -27,8 +27,15 @@ help:
 	@echo "make bench-ledger   - ledger store throughput and per-request accounting cost"
 	@echo "make bench-rate-limits - rate-limit check latency; how far a limit holds over replicas"
 	@echo "make bench-admission   - overload: bounded queue (503 at once) vs unbounded, same burst"
+	@echo "make chaos          - faults under load (engine, ingress, Redis): the chaos table"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
 	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
+	@echo "make cluster-up     - ray up CLUSTER (default cluster.yaml: AWS GPUs) with Sluice deployed"
+	@echo "make cluster-deploy - copy platform/ to the head and roll out the change (Serve config update)"
+	@echo "make cluster-status - Serve's status, /readyz and ray status on the cluster"
+	@echo "make cluster-logs   - the autoscaler's and Serve controller's recent logs on the head"
+	@echo "make cluster-attach / cluster-dashboard / cluster-api - shell, :8265 and :8000 forwarded here"
+	@echo "make cluster-down   - ray down CLUSTER (every node terminated)"
 
 setup: $(STAMP) redis-server models
 
@@ -118,6 +125,13 @@ bench-rate-limits: setup
 bench-admission: setup
 	$(BIN)/python -m loadtests.admission_bench --out bench-results/admission
 
+# one scenario at a time against a stack of its own (ports 8840, 6425, 6426), 4 req/s for
+# 40 s each; e.g. CHAOS_ARGS="--scenarios redis-pause --outage 30 --duration 60"
+CHAOS_ARGS ?=
+chaos: setup
+	$(BIN)/python -m loadtests.chaos --rate 4 --duration 40 --fault-at 10 --outage 10 --seed 0 \
+	  --out bench-results/chaos/chaos.json --plot docs/benchmarks/chaos.png $(CHAOS_ARGS)
+
 loadtest: setup observability-tools
 	mkdir -p bench-results/locust
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(URL) --model $(MODEL) \
@@ -125,6 +139,60 @@ loadtest: setup observability-tools
 
 plan: setup
 	$(BIN)/python -m loadtests.plan --url $(URL) --model $(MODEL) --out bench-results/plan-$(MODEL)
+
+# A Ray cluster (README, "Deploy to a cluster"): cluster.yaml is AWS with GPU workers;
+# CLUSTER=platform/clusters/onprem.yaml is your own machines over SSH. Ray's own launcher
+# does the work (`ray up/exec/rsync-up/attach/dashboard/down`); these wrap it.
+CLUSTER ?= cluster.yaml
+CLUSTER_PROFILE ?= platform/profiles/gpu-cluster.yaml
+# The Sluice the nodes install: an archive of this git commit (a tag or a commit id; the
+# default is the checked-out commit, without uncommitted changes)
+SLUICE_REF ?= HEAD
+# where the config mounts the repository's files on the head (its platform/ file mount)
+CLUSTER_ROOT = $(shell $(BIN)/python -c "import yaml; m = yaml.safe_load(open('$(CLUSTER)'))['file_mounts']; print(next(k for k, v in m.items() if v.strip('./') == 'platform').rsplit('/', 1)[0])")
+RAY := $(BIN)/ray
+
+# Ray's AWS launcher runs here and calls EC2 through boto3 (your AWS credentials: aws configure
+# or SSO); the local provider needs only ssh and rsync
+cluster-tools: $(STAMP)
+	@! grep -q '^  type: aws' $(CLUSTER) || $(BIN)/python -c "import boto3" 2>/dev/null || \
+	  $(BIN)/python -m pip install -q "boto3==1.44.5"
+
+cluster-source:
+	@mkdir -p .run/cluster
+	@git diff --quiet HEAD -- sluice pyproject.toml || echo "[cluster] note: uncommitted changes under sluice/ are not in the archive of $(SLUICE_REF)"
+	git archive --format=tar.gz --prefix=sluice/ -o .run/cluster/sluice.tar.gz $(SLUICE_REF)
+	git rev-parse $(SLUICE_REF)^{commit} > .run/cluster/COMMIT
+	@echo "[cluster] .run/cluster/sluice.tar.gz is commit $$(cat .run/cluster/COMMIT)"
+
+cluster-up: cluster-tools models cluster-source
+	$(RAY) up -y $(CLUSTER)
+	@echo "[cluster] engines start once GPU nodes join (minutes): make cluster-status CLUSTER=$(CLUSTER)"
+
+# A changed catalog, profile or routes file: copied to the head, then applied as a Serve
+# config update (Serve replaces the replicas, new ones ready before old ones stop; Ray is
+# not restarted)
+cluster-deploy: cluster-tools
+	$(RAY) rsync-up $(CLUSTER) platform/ '$(CLUSTER_ROOT)/platform/'
+	$(RAY) exec $(CLUSTER) "sluice deploy --profile $(CLUSTER_ROOT)/$(CLUSTER_PROFILE) --wait 1800"
+
+cluster-status: cluster-tools
+	$(RAY) exec $(CLUSTER) "sluice status --profile $(CLUSTER_ROOT)/$(CLUSTER_PROFILE); ray status"
+
+cluster-logs: cluster-tools
+	$(RAY) exec $(CLUSTER) "tail -n 40 /tmp/ray/session_latest/logs/monitor.out; tail -n 80 /tmp/ray/session_latest/logs/serve/controller_*.log; ray logs cluster 'serve/*'"
+
+cluster-attach: cluster-tools
+	$(RAY) attach $(CLUSTER)
+
+cluster-dashboard: cluster-tools
+	$(RAY) dashboard $(CLUSTER)
+
+cluster-api: cluster-tools
+	$(RAY) dashboard $(CLUSTER) --port 8000 --remote-port 8000
+
+cluster-down: cluster-tools
+	$(RAY) down -y $(CLUSTER)
 
 clean:
 	rm -rf .run bench-results

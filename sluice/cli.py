@@ -1,4 +1,5 @@
-"""`sluice` command line: build demo models, serve the platform locally."""
+"""`sluice` command line: build demo models, serve the platform locally, deploy it to a
+Ray cluster (`build`, `deploy`, `status`, `cluster`: sluice.deployments.cluster_cli)."""
 
 from __future__ import annotations
 
@@ -363,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--test-fraction", type=float, default=0.5)
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_cmd_route_calibrate)
+    from sluice.deployments.cluster_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

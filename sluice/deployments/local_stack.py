@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 
 from sluice.cache_tier.redis_server import LocalRedisServer
+from sluice.deployments.ray_env import HEADER_GUARD, ray_environment
 from sluice.observability.prometheus_server import LocalPrometheus
 from sluice.schema.platform import PlatformConfig
 
-HEADER_GUARD = "sluice.deployments.header_guard:middlewares"  # (header_guard.CALLBACK)
+__all__ = ["HEADER_GUARD", "LocalStack", "StackError"]
 
 log = logging.getLogger(__name__)
 APP_NAME = "sluice"
@@ -119,7 +120,12 @@ class LocalStack:
                        "logical CPUs each)")
         node = {"num_cpus": self._ray_num_cpus, "resources": {NODE_RESOURCE: 1}}
         dashboard = self.config.profile.dashboard
-        head = {**node, "include_dashboard": dashboard.enabled,
+        ingress = self.config.profile.ingress
+        # the custom resources a cluster profile pins its ingress replicas with (cluster.yaml
+        # gives them to the head node): here the head has them, so it runs on one machine too
+        pins = {name: amount * ingress.num_replicas for name, amount in ingress.resources.items()}
+        head = {**node, "resources": {**node["resources"], **pins},
+                "include_dashboard": dashboard.enabled,
                 **({"dashboard_host": dashboard.host, "dashboard_port": dashboard.port}
                    if dashboard.enabled else {})}
         if self._ray_nodes > 1:
@@ -138,7 +144,6 @@ class LocalStack:
             log_to_driver=os.environ.get("SLUICE_RAY_LOGS", "0") == "1",
         )
         self._ray_started = True
-        ingress = self.config.profile.ingress
         # With direct ingress, Serve 2.60's controller starts one proxy on the head node
         # whatever proxy_location says (it is the fallback entrance, forwarding to the
         # ingress replicas); http_options is where it listens, so it gets a port of its own
@@ -147,34 +152,7 @@ class LocalStack:
 
     def ray_environment(self) -> dict[str, str]:
         """Environment every Ray process inherits: engine settings, Serve's switches."""
-        profile = self.config.profile
-        ingress = profile.ingress
-        env = {
-            # Ray lowers its workers to nice 15 by default; the engines are the workload here.
-            "RAY_worker_niceness": "0",
-            # A direct-ingress replica waits at least this long before it stops, for an
-            # external load balancer to notice; nothing balances a local run, so Ctrl-C
-            # (serve.shutdown, 30 s budget) does not wait out the 30 s default
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-            # request headers Serve itself reads are made safe in front of it (a raw echo of
-            # x-request-id, a 500 on a non-UTF-8 byte): sluice.deployments.header_guard
-            "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": HEADER_GUARD,
-            **profile.engine_env,
-            **profile.ray_env,
-        }
-        # Ray Serve's throughput-optimized mode: user code and router on the replica's own
-        # event loop, gRPC between Serve components, buffered request logs.
-        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
-        if ingress.transport == "direct":
-            # ... and the ingress replica listening for HTTP itself, on exactly this port.
-            env.update({
-                "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-                "RAY_SERVE_DEFAULT_HTTP_HOST": ingress.host,
-                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ingress.port),
-                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ingress.port + 1),
-            })
-        return env
+        return ray_environment(self.config.profile, single_machine=True)
 
     def _deploy(self) -> None:
         from ray import serve

@@ -139,6 +139,12 @@ class IngressSettings(Frozen):
         description="Where `auto` goes until the cascade is configured (said in x-sluice-route).",
     )
     num_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each ingress replica reserves, e.g. "
+        "`{sluice_ingress: 1}`, which cluster.yaml gives only to the head node: the ingress "
+        "replicas then stay on the head (where the routing artifacts and Redis are) and never "
+        "keep a GPU node from scaling down. `sluice serve` gives them to its own head node.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024,
         description="Largest request body; a larger one is refused with 413 before it is "
@@ -253,6 +259,15 @@ class Profile(Frozen):
     replica_num_cpus: float = Field(
         default=1.0, ge=0, description="Logical CPUs of each Serve replica actor."
     )
+    max_surge_percent: int = Field(
+        default=0, ge=0, le=100,
+        description="While a Serve config update (`sluice deploy`, `serve deploy` of `sluice "
+        "build`'s output) replaces replicas, Serve may start this many more than each "
+        "deployment's target (percent, rounded up to whole replicas): the new ones become "
+        "ready before old ones stop, so a one-replica model keeps answering through a "
+        "rollout. Needs that spare capacity (cluster.yaml's max_workers leave it); until it "
+        "exists the old replicas keep serving and the rollout waits. 0: Serve's default, "
+        "stop an old replica, then start its replacement.")
     routing: str | None = Field(
         default=None,
         description="Routing config YAML (cascade routes such as `auto`), relative to this "
