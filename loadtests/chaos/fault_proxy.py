@@ -172,6 +172,13 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._link(reader, writer)
+        except asyncio.CancelledError:  # stop(): asyncio's server logs a handler's
+            _hard_close(writer)  # cancellation as an error; it is the end of the run
+
+    async def _link(self, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
         self.counters["accepted"] += 1
         try:
             up_reader, up_writer = await asyncio.wait_for(

@@ -17,11 +17,14 @@ import random
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
 
 from loadtests.chaos.fault_proxy import FaultProxy
+from loadtests.chaos.load import Traffic
+from loadtests.chaos.outcomes import INGRESS_HEADER
 from sluice.cache_tier.redis_server import LocalRedisServer
 
 APP = "sluice"
@@ -69,6 +72,25 @@ def ingress_replicas(root_pid: int) -> list[psutil.Process]:
     return descendants(root_pid, replica_pattern("SluiceIngress"))
 
 
+def replica_id(proc: psutil.Process) -> str | None:
+    """The Serve replica id of a replica actor process: from the Serve log file it holds
+    open (`replica_<app>_<deployment>_<id>.log`), else (an engine replica, whose logging
+    vLLM reconfigures) from its stderr, Ray's worker log, whose structured lines name the
+    replica's actor (`SERVE_REPLICA::<app>#<deployment>#<id>`)."""
+    try:
+        for f in proc.open_files():
+            found = re.search(rf"replica_{APP}_.+_([A-Za-z0-9]+)\.log$", f.path)
+            if found:
+                return found.group(1)
+        err = os.readlink(f"/proc/{proc.pid}/fd/2")
+        with open(err, "rb") as log:
+            head = log.read(4 * 2**20).decode(errors="replace")
+        found = re.search(rf"SERVE_REPLICA::{APP}#[^#\"]+#([A-Za-z0-9]+)", head)
+        return found.group(1) if found else None
+    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+        return None
+
+
 def _kill(proc: psutil.Process) -> None:
     os.kill(proc.pid, signal.SIGKILL)
 
@@ -80,6 +102,15 @@ class RedisUnderTest:
     def __init__(self, server: LocalRedisServer) -> None:
         self.server = server
         self.pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
     def start(self) -> None:
         self.server.start()
@@ -125,22 +156,42 @@ class Faults:
     """The fault actions of one stack; each returns what it did (for the results)."""
 
     def __init__(self, serve_pid: int, redis: RedisUnderTest, proxy: FaultProxy,
-                 rng: random.Random, model: str = "small") -> None:
+                 rng: random.Random, model: str = "small", hold_s: float = 3.0) -> None:
         self.serve_pid, self.redis, self.proxy = serve_pid, redis, proxy
-        self.rng, self.model = rng, model
+        self.rng, self.model, self.hold_s = rng, model, hold_s
+        self.traffic: Traffic | None = None  # the running load's (set by the runner)
+        # Steps run here, one thread for the whole run: a redis-server it starts dies with
+        # the thread that started it (LocalRedisServer's PR_SET_PDEATHSIG is per thread)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faults")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    def _victim(self, replicas: list[psutil.Process], header: str
+                ) -> tuple[psutil.Process, str, str]:
+        """The replica holding a stream in flight (waiting up to hold_s for one), else the
+        one the load used last, else a seeded choice; with its id and how it was chosen."""
+        ids = {p.pid: replica_id(p) for p in replicas}
+        if self.traffic is not None:
+            for why, busy in (("holding a stream", self.traffic.wait_in_flight(
+                    header, self.hold_s)), ("answered last", self.traffic.busiest(header))):
+                for proc in replicas:
+                    if busy is not None and ids[proc.pid] == busy:
+                        return proc, busy, why
+        proc = self.rng.choice(replicas)
+        return proc, ids[proc.pid] or f"? (ids {sorted(map(str, ids.values()))})", "seeded"
 
     def kill_engine(self) -> dict[str, Any]:
         """SIGKILL the vLLM engine process of one of the model's replicas."""
-        replicas = engine_replicas(self.serve_pid, self.model)
-        with_engine = [(r, engine_cores(r)) for r in replicas]
-        with_engine = [(r, e) for r, e in with_engine if e]
-        if not with_engine:
+        replicas = [r for r in engine_replicas(self.serve_pid, self.model) if engine_cores(r)]
+        if not replicas:
             raise RuntimeError(f"no engine process of {self.model} found")
-        replica, engines = self.rng.choice(with_engine)
+        replica, ident, why = self._victim(replicas, "x-sluice-replica")
+        engines = engine_cores(replica)
         for proc in engines:
             _kill(proc)
-        return {"replica_pid": replica.pid, "engine_pids": [p.pid for p in engines],
-                "replicas": len(replicas)}
+        return {"replica": ident, "chosen": why, "replica_pid": replica.pid,
+                "engine_pids": [p.pid for p in engines], "replicas": len(replicas)}
 
     def kill_engine_replica(self) -> dict[str, Any]:
         """SIGKILL one of the model's replica actor processes (its engine is orphaned and
@@ -148,24 +199,31 @@ class Faults:
         replicas = engine_replicas(self.serve_pid, self.model)
         if not replicas:
             raise RuntimeError(f"no replica of {self.model} found")
-        victim = self.rng.choice(replicas)
+        victim, ident, why = self._victim(replicas, "x-sluice-replica")
         _kill(victim)
-        return {"replica_pid": victim.pid, "replicas": len(replicas)}
+        return {"replica": ident, "chosen": why, "replica_pid": victim.pid,
+                "replicas": len(replicas)}
 
     def kill_ingress(self) -> dict[str, Any]:
         replicas = ingress_replicas(self.serve_pid)
         if not replicas:
             raise RuntimeError("no ingress replica found")
-        victim = self.rng.choice(replicas)
+        victim, ident, why = self._victim(replicas, INGRESS_HEADER)
         _kill(victim)
-        return {"ingress_pid": victim.pid, "replicas": len(replicas)}
+        return {"ingress": ident, "chosen": why, "ingress_pid": victim.pid,
+                "replicas": len(replicas)}
 
     def redis_kill(self) -> dict[str, Any]:
-        return {"redis_pid": self.redis.kill()}
+        """SIGKILL redis-server; while it is down the proxy refuses connections, as the
+        dead server's port would (not accept-then-reset)."""
+        pid = self.redis.kill()
+        self.proxy.refuse(True)
+        return {"redis_pid": pid}
 
     def redis_start(self) -> dict[str, Any]:
         started = time.monotonic()
         self.redis.start()
+        self.proxy.refuse(False)
         return {"redis_pid": self.redis.pid, "start_s": round(time.monotonic() - started, 2)}
 
     def redis_pause(self) -> dict[str, Any]:
@@ -189,3 +247,12 @@ class Faults:
     def proxy_pass(self) -> dict[str, Any]:
         self.proxy.pass_through()
         return {"pass_through": True}
+
+    def heal(self) -> None:
+        """Undo whatever a scenario left broken (a step that failed, a run cut short):
+        the proxy passes through, Redis runs and is not paused."""
+        if not self.redis.running:
+            self.redis.start()
+        else:
+            self.redis.resume()
+        self.proxy.pass_through()

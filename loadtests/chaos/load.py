@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -63,17 +65,66 @@ def plan(spec: LoadSpec, seed: int, id_prefix: str) -> list[PlannedRequest]:
     return out
 
 
+@dataclass
+class Traffic:
+    """The requests in flight and those finished, as the load goes; the fault steps read
+    it from their thread to pick a victim the load is using (hence the lock)."""
+
+    in_flight: dict[int, Observation] = field(default_factory=dict)
+    finished: list[Observation] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def started(self, obs: Observation) -> None:
+        with self._lock:
+            self.in_flight[obs.index] = obs
+
+    def ended(self, obs: Observation) -> None:
+        with self._lock:
+            self.in_flight.pop(obs.index, None)
+            self.finished.append(obs)
+
+    def busiest(self, header: str) -> str | None:
+        """The value of `header` (a replica's name) most common among the requests in
+        flight that have their headers (streams being read); else the latest answer's."""
+        with self._lock:
+            flying = Counter(o.headers[header] for o in self.in_flight.values()
+                             if header in o.headers)
+            if flying:
+                return flying.most_common(1)[0][0]
+            for obs in reversed(self.finished):
+                if header in obs.headers:
+                    return obs.headers[header]
+        return None
+
+    def wait_in_flight(self, header: str, timeout_s: float) -> str | None:
+        """Block (a fault step's thread) until a request in flight names its replica in
+        `header` (a stream being read), up to timeout_s; that replica, or None."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                for obs in self.in_flight.values():
+                    if header in obs.headers:
+                        return obs.headers[header]
+            time.sleep(0.005)
+        return None
+
+    def counts(self) -> tuple[list[Observation], int]:
+        with self._lock:
+            return list(self.finished), len(self.in_flight)
+
+
 def _kept(headers: httpx.Headers) -> dict[str, str]:
     return {k: headers[k] for k in KEPT_HEADERS if k in headers}
 
 
 def _error_of(text: str) -> str:
+    """`code: message` of an OpenAI error body; "" for anything else."""
     try:
-        err = json.loads(text).get("error") or {}
+        err = json.loads(text).get("error")
     except (ValueError, AttributeError):
         return ""
-    if not isinstance(err, dict):
-        return str(err)[:300]
+    if not isinstance(err, dict) or "message" not in err:
+        return ""
     return f"{err.get('code') or err.get('type') or ''}: {str(err.get('message'))[:300]}"
 
 
@@ -92,9 +143,10 @@ async def _read_stream(resp: httpx.Response, obs: Observation) -> None:
 
 
 async def send(client: httpx.AsyncClient, req: PlannedRequest, started: float,
-               timeout_s: float) -> Observation:
+               timeout_s: float, traffic: Traffic) -> Observation:
     """One request, bounded by timeout_s end to end (connect, headers, whole body)."""
     obs = Observation(req.index, req.request_id, req.stream, time.monotonic() - started)
+    traffic.started(obs)
     headers = {"x-request-id": req.request_id}
     try:
         async with asyncio.timeout(timeout_s):
@@ -111,7 +163,9 @@ async def send(client: httpx.AsyncClient, req: PlannedRequest, started: float,
                         except (ValueError, AttributeError):
                             obs.error = f"not an answer: {text[:300]}"
                     else:
-                        obs.error = _error_of(text) or f"(not error JSON) {text[:300]}"
+                        obs.error = _error_of(text)
+                        obs.openai_error = bool(obs.error)
+                        obs.error = obs.error or f"(not error JSON) {text[:300]}"
                 obs.body_complete = True
     except (TimeoutError, httpx.TimeoutException):
         obs.timed_out = True
@@ -119,6 +173,7 @@ async def send(client: httpx.AsyncClient, req: PlannedRequest, started: float,
         obs.transport_error = type(exc).__name__
         obs.error = obs.error or str(exc)[:300]
     obs.ended_s = time.monotonic() - started
+    traffic.ended(obs)
     return obs
 
 
@@ -127,12 +182,13 @@ Progress = Callable[[float, list[Observation], int], None]
 
 async def run(base_url: str, requests: list[PlannedRequest], spec: LoadSpec,
               started: float, progress: Progress | None = None,
-              progress_every_s: float = 5.0) -> list[Observation]:
+              progress_every_s: float = 5.0, traffic: Traffic | None = None
+              ) -> list[Observation]:
     """Send every planned request at its time (relative to `started`, a monotonic clock
     reading) and wait for all of them; `progress(t, finished, in_flight)` every few s."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     timeout = httpx.Timeout(spec.client_timeout_s + 5)  # the hard bound is asyncio's
-    finished: list[Observation] = []
+    traffic = traffic if traffic is not None else Traffic()
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
         tasks: list[asyncio.Task[Observation]] = []
         next_report = progress_every_s
@@ -140,12 +196,11 @@ async def run(base_url: str, requests: list[PlannedRequest], spec: LoadSpec,
             delay = started + req.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(send(client, req, started, spec.client_timeout_s))
-            task.add_done_callback(lambda t: finished.append(t.result()))
-            tasks.append(task)
+            tasks.append(asyncio.create_task(
+                send(client, req, started, spec.client_timeout_s, traffic)))
             now = time.monotonic() - started
             if progress is not None and now >= next_report:
-                progress(now, finished, len(tasks) - len(finished))
+                progress(now, *traffic.counts())
                 next_report += progress_every_s
         results = await asyncio.gather(*tasks)
     return sorted(results, key=lambda o: o.index)

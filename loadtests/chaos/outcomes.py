@@ -29,6 +29,8 @@ OK, RETRIABLE, OTHER, INGRESS_LOST, HUNG, TRUNCATED = (
 KINDS = (OK, RETRIABLE, OTHER, INGRESS_LOST, HUNG, TRUNCATED)
 RETRIES_HEADER = "x-sluice-retries"
 INGRESS_HEADER = "x-sluice-ingress"
+# error codes of refusals before admission, which by design have no ledger record
+PRE_ADMISSION = ("invalid_api_key", "budget_exceeded", "key_store_unavailable")
 KEPT_HEADERS = ("retry-after", INGRESS_HEADER, RETRIES_HEADER, "x-sluice-replica",
                 "content-type", "x-request-id")
 
@@ -46,6 +48,7 @@ class Observation:
     headers: dict[str, str] = field(default_factory=dict)  # the KEPT_HEADERS present
     body_ok: bool = False  # a JSON answer with choices (non-streaming, 200)
     error: str = ""  # the error JSON's code and message, or what failed
+    openai_error: bool = False  # the body was OpenAI's error JSON (Sluice rendered it)
     done: bool = False  # the stream carried `data: [DONE]`
     error_event: bool = False  # the stream carried an SSE error event
     body_complete: bool = False  # the HTTP body ended cleanly (no transport error)
@@ -64,17 +67,22 @@ class Observation:
     @property
     def accepted(self) -> bool:
         """Sluice took the request and gave it an outcome: a whole response (status and a
-        body that ended) from an ingress replica. These must each be in the ledger once."""
-        return (self.status is not None and self.body_complete and not self.timed_out
-                and INGRESS_HEADER in self.headers)
+        body that ended) that Sluice rendered (it names its ingress replica, or it is
+        OpenAI's error JSON: Serve's proxy answers in plain text), other than a refusal
+        before admission (no key, no budget). These must each be in the ledger once."""
+        if self.status is None or not self.body_complete or self.timed_out:
+            return False
+        if INGRESS_HEADER not in self.headers and not self.openai_error:
+            return False
+        return not (self.status == 401 or self.error.split(":")[0] in PRE_ADMISSION)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"retries": self.retries, "accepted": self.accepted}
 
 
 def _retriable_status(obs: Observation) -> bool:
-    return obs.status in (429, 503) and bool(obs.headers.get("retry-after")) and bool(
-        obs.error)
+    return (obs.status in (429, 503) and bool(obs.headers.get("retry-after"))
+            and obs.openai_error)
 
 
 def classify(obs: Observation, ingress_killed_s: float | None = None) -> str:
