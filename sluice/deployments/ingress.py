@@ -24,7 +24,8 @@ from sluice.deployments import openapi
 from sluice.deployments.http import body_of, create_app, render, request_id
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
-from sluice.pipeline.request import Endpoint, read_body
+from sluice.pipeline.request import Endpoint
+from sluice.pipeline.request_body import read_body
 from sluice.schema.platform import PlatformConfig
 
 log = logging.getLogger(__name__)

@@ -46,14 +46,8 @@ from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
-from sluice.pipeline.request import (
-    Endpoint,
-    ParsedRequest,
-    RequestLimits,
-    decode_json,
-    parsed,
-    read_body,
-)
+from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
+from sluice.pipeline.request_body import decode_json, read_body
 from sluice.pipeline.settlement import Settled, Settlement
 
 

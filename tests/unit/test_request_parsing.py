@@ -1,7 +1,8 @@
 import pytest
 
 from sluice.errors import InvalidRequest
-from sluice.pipeline.request import RequestLimits, decode_json, parse_request, with_usage_event
+from sluice.pipeline.request import RequestLimits, parse_request, with_usage_event
+from sluice.pipeline.request_body import decode_json
 
 LIMITS = RequestLimits(max_n=8, max_tokens=4096)
 CHAT = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
@@ -74,7 +75,7 @@ def test_every_stream_asks_the_engine_for_usage_and_says_if_the_client_did() -> 
 
 
 def test_a_deeply_nested_body_is_a_client_error() -> None:
-    from sluice.pipeline.request import decode_json
+    from sluice.pipeline.request_body import decode_json
 
     raw = b'{"model": "small", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(InvalidRequest, match="nested too deeply"):
@@ -99,7 +100,7 @@ def test_an_oversized_body_is_413_before_it_is_read() -> None:
     import asyncio
 
     from sluice.errors import PayloadTooLarge
-    from sluice.pipeline.request import read_body
+    from sluice.pipeline.request_body import read_body
 
     read: list[bytes] = []
 
@@ -122,7 +123,7 @@ def test_a_body_that_never_finishes_is_408_within_the_timeout() -> None:
     import time
 
     from sluice.errors import BodyTimeout
-    from sluice.pipeline.request import read_body
+    from sluice.pipeline.request_body import read_body
 
     async def slow_loris():
         yield b'{"model": "small", '
@@ -247,7 +248,7 @@ def test_an_odd_content_length_is_413_or_ignored_never_a_crash(declared: str) ->
     import asyncio
 
     from sluice.errors import PayloadTooLarge
-    from sluice.pipeline.request import read_body
+    from sluice.pipeline.request_body import read_body
 
     if declared.isascii():
         with pytest.raises(PayloadTooLarge):
