@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import uuid
 import threading
 import time
 from pathlib import Path
@@ -81,10 +82,13 @@ def test_pause_resume_and_heal(faults: Faults) -> None:
 
 
 def test_the_victim_is_the_replica_holding_a_stream(monkeypatch) -> None:
+    # A token of this test's own: in `make test` a live stack's Ray workers (real
+    # ServeReplica processes) are descendants of this pytest process too.
+    token = f"victim-test-{uuid.uuid4().hex}"
     procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
-                               f"ServeReplica:sluice:SluiceIngress-{i}"]) for i in range(2)]
+                               f"ServeReplica:sluice:SluiceIngress-{i}", token]) for i in range(2)]
     try:
-        found = descendants(os.getpid(), r"ServeReplica:sluice:SluiceIngress")
+        found = descendants(os.getpid(), rf"ServeReplica:sluice:SluiceIngress.*{token}")
         assert [p.pid for p in found] == [p.pid for p in procs]  # oldest first
         traffic = Traffic()
         faults = Faults(0, None, None, random.Random(3), hold_s=0.2)  # type: ignore[arg-type]
