@@ -44,6 +44,40 @@ def lmcache_env(url: str, timeout_s: float | None = None) -> dict[str, str]:
 POOL_SIZE = 64  # connections per client; more concurrent calls wait for one
 
 
+def _closed_transport(exc: RuntimeError) -> bool:
+    """uvloop's words for a write to a transport its peer has closed (MagicStack/uvloop#506:
+    `unable to perform operation on <TCPTransport closed=True ...>; the handler is closed`);
+    asyncio's own loop raises an OSError, which redis-py already reads as a lost connection."""
+    text = str(exc)
+    return "handler is closed" in text or "closed=True" in text
+
+
+def _safe_connection(base: type) -> type:
+    """`base` (a redis.asyncio connection class) whose writes to a reset connection fail as
+    redis-py's ConnectionError, as they do on asyncio's own loop.
+
+    On Ray Serve's uvloop loop a reset pooled connection raised RuntimeError instead, which
+    neither redis-py's retries nor STORE_ERRORS take for an outage: in the chaos run it
+    escaped as 500s from the key store, the rate limits and the response cache, and killed
+    the ledger writer's task. redis-py already disconnects the connection on any error, so
+    the pool opens a new one; here the error is only named for what it is."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class SafeConnection(base):  # type: ignore[misc, valid-type]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            try:
+                await super().send_packed_command(command, check_health)
+            except RuntimeError as exc:
+                if not _closed_transport(exc):
+                    raise
+                await self.disconnect(nowait=True)
+                raise RedisConnectionError(f"Error writing to a closed connection: {exc}"
+                                           ) from exc
+
+    SafeConnection.__name__ = SafeConnection.__qualname__ = f"Safe{base.__name__}"
+    return SafeConnection
+
+
 def async_client(url: str, timeout_s: float) -> Any:
     """redis.asyncio client with tight socket timeouts; through Sentinel, the current master.
 
@@ -51,16 +85,28 @@ def async_client(url: str, timeout_s: float) -> Any:
     connections: redis-py's default pool refuses calls past its limit at once
     (MaxConnectionsError), which a caller would read as the store being down."""
     from redis.asyncio import BlockingConnectionPool, Redis
-    from redis.asyncio.sentinel import Sentinel
+    from redis.asyncio.connection import Connection, parse_url
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
+    # One immediate retry of a call whose connection was lost (a pooled connection the
+    # server or the network reset: the retry opens a new one). Not of a timeout: a slow
+    # Redis is bounded by timeout_s, not doubled.
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if not url.startswith(SENTINEL):
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s)
+        options: dict[str, Any] = {"socket_timeout": timeout_s,
+                                   "socket_connect_timeout": timeout_s, "retry": retry,
+                                   **parse_url(url)}  # (from_url's order: the URL's last)
+        options["connection_class"] = _safe_connection(
+            options.get("connection_class", Connection))  # (rediss: SSLConnection)
+        pool = BlockingConnectionPool(max_connections=POOL_SIZE, timeout=timeout_s, **options)
         return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
     target = parse_sentinel(url)
     sentinel = Sentinel(list(target.hosts), socket_timeout=timeout_s,
                         socket_connect_timeout=timeout_s)
     return sentinel.master_for(target.service, socket_timeout=timeout_s,
                                socket_connect_timeout=timeout_s, username=target.username,
-                               password=target.password)
+                               password=target.password, retry=retry,
+                               connection_class=_safe_connection(SentinelManagedConnection))

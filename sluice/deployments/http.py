@@ -102,9 +102,18 @@ def create_app() -> FastAPI:
     async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
         rid = client_request_id(request)
         log.error("unhandled error in ingress (request id %s)", rid, exc_info=exc)
-        return error_response(unexpected(exc, rid))
+        response = error_response(unexpected(exc, rid))
+        # Starlette sends this response from outside every middleware (its
+        # ServerErrorMiddleware), so the ingress name is added here, from the request's scope
+        name = request.scope.get(INGRESS_NAME_KEY)
+        if isinstance(name, str):
+            response.headers["x-sluice-ingress"] = name
+        return response
 
     return app
+
+
+INGRESS_NAME_KEY = "sluice.ingress"  # the answering ingress replica, set by the ingress
 
 
 def answer_headers(answer: Answer) -> dict[str, str]:

@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from sluice.accounting.key_admin import MAX_BODY_BYTES as MAX_KEY_BODY_BYTES
 from sluice.accounting.tenancy import Principal
 from sluice.deployments import openapi
-from sluice.deployments.http import body_of, create_app, render, request_id
+from sluice.deployments.http import INGRESS_NAME_KEY, body_of, create_app, render, request_id
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
@@ -66,6 +66,7 @@ class _IngressName:
             await self._app(scope, receive, send)
             return
         name = self._replica()
+        scope[INGRESS_NAME_KEY] = name.decode()  # for the last-resort 500 (sluice.http)
 
         async def named(message: Any) -> None:
             if message["type"] == "http.response.start":

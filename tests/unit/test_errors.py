@@ -55,6 +55,31 @@ def test_a_bug_is_a_500_with_the_request_id_never_a_retriable_503() -> None:
     assert "not something to retry" in error["message"]
 
 
+def test_a_bug_s_500_names_the_ingress_replica_like_every_other_response() -> None:
+    """Starlette sends the last-resort 500 from outside the middleware that names the
+    replica: the chaos run's 500s had no x-sluice-ingress."""
+    from fastapi.testclient import TestClient
+
+    from sluice.deployments.http import create_app
+    from sluice.deployments.ingress import _IngressName
+
+    app = create_app()
+    app.add_middleware(_IngressName)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise KeyError("a programming error")
+
+    @app.get("/fine")
+    async def fine() -> dict[str, str]:
+        return {}
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        bug, ok = client.get("/boom"), client.get("/fine")
+    assert bug.status_code == 500 and bug.headers["x-sluice-ingress"] == "local"
+    assert ok.headers["x-sluice-ingress"] == "local"
+
+
 def test_a_dead_engine_reported_as_500_is_retriable() -> None:
     err = from_engine_error(500, "EngineCore encountered an issue. See stack trace (above) "
                             "for the root cause.", "InternalServerError")

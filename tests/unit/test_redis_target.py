@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from sluice.cache_tier.kv_tier import engine_env
@@ -61,3 +63,52 @@ def test_profile_rejects_a_bad_redis_url() -> None:
     assert Profile.model_validate(base | {"redis_url": "redis://h:1"}).redis_url
     with pytest.raises(ValidationError, match="redis_url"):
         Profile.model_validate(base | {"redis_url": "redis-sentinel://h:1"})
+
+
+
+async def _get_after_lost_connection(client: object, retries: int | None = None) -> str:
+    """A GET on a pooled connection whose transport the loop has closed: what uvloop does
+    when the peer resets a connection (its connection_lost) while redis-py still holds it
+    as connected. Returns the value read or the error's type."""
+    import asyncio
+
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    await client.set("k", "v")  # type: ignore[attr-defined]
+    conn = client.connection_pool._available_connections[0]  # type: ignore[attr-defined]
+    if retries is not None:
+        conn.retry = Retry(NoBackoff(), retries)
+    conn._writer.transport.abort()
+    await asyncio.sleep(0.05)
+    try:
+        return str(await client.get("k"))  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - the error's type is what is measured
+        return type(exc).__name__
+    finally:
+        await client.aclose()  # type: ignore[attr-defined]
+
+
+def test_a_lost_connection_on_uvloop_is_a_connection_error_and_is_replaced(
+        redis_server) -> None:
+    """Ray Serve runs the ingress on uvloop, where a write to a reset pooled connection
+    raised RuntimeError ('the handler is closed', MagicStack/uvloop#506), which redis-py
+    neither retried nor read as a lost connection, and STORE_ERRORS did not name (500s in
+    the chaos run). Sluice's client reads it as a lost connection and retries it once on a
+    new one."""
+    import asyncio
+
+    import uvloop
+    from redis.asyncio import Redis
+
+    from sluice.cache_tier.redis_target import async_client
+    from sluice.cache_tier.store_errors import STORE_ERRORS
+
+    url = redis_server.url
+    assert uvloop.run(_get_after_lost_connection(Redis.from_url(url), 3)) == "RuntimeError"
+    assert asyncio.run(_get_after_lost_connection(Redis.from_url(url))) == "ConnectionError"
+    assert uvloop.run(_get_after_lost_connection(async_client(url, 1.0))) == "b'v'"
+    # without the retry, the error is one every caller handles as the store failing
+    assert uvloop.run(_get_after_lost_connection(async_client(url, 1.0), 0)) == "ConnectionError"
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    assert issubclass(RedisConnectionError, STORE_ERRORS)
