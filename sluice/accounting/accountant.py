@@ -109,7 +109,8 @@ class Accountant:
 
     def settle(self, admission: Admission, request_id: str, model: str, status: int,
                outcome: Outcome | None, cost_usd: float, route: str = "error",
-               stages: Sequence[StageSpend] = (), hold_id: str = "") -> LedgerRecord:
+               stages: Sequence[StageSpend] = (), hold_id: str = "", context: str = ""
+               ) -> LedgerRecord:
         """Record the request (its outcome, or only its status when it failed); `stages`:
         the engine work it paid for besides its answer (a cascade's draft, judge)."""
         tokens = Tokens.of(outcome.usage if outcome is not None else None)
@@ -125,7 +126,7 @@ class Accountant:
             completion_tokens=tokens.completion,
             latency_s=round(self._clock() - admission.arrived, 6),
             ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9),
-            estimated=bool(outcome and outcome.estimated), hold_id=hold_id)
+            estimated=bool(outcome and outcome.estimated), hold_id=hold_id, context=context)
         self.guard.spent(record)
         if self.ledger is not None:
             self.ledger.record(record)

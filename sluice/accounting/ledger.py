@@ -106,6 +106,8 @@ class LedgerRecord(BaseModel):
     cost_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     estimated: bool = Field(default=False, description="Tokens and cost are an estimate: "
                             "the answer ended before its usage (client gone, engine failed).")
+    context: str = Field(default="", description="What an overflow of its model's context "
+                         "became (x-sluice-context): routed, trimmed N messages, ...")
     hold_id: str = Field(default="", description="The budget hold its worst case was "
                          "held under; writing this record releases it.")
 

@@ -130,6 +130,8 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers["x-sluice-fallback"] = answer.fallback
     if answer.budget:
         headers["x-sluice-budget"] = answer.budget
+    if answer.context:
+        headers["x-sluice-context"] = answer.context
     return headers
 
 

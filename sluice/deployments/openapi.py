@@ -141,6 +141,9 @@ _HEADERS: dict[str, Any] = {
                                  "(not on a live stream: its usage event has it)."),
     "x-sluice-budget": _header("`soft` once a budget passed its soft limit."),
     "x-sluice-fallback": _header("The cascade stage that failed (then `large` answered)."),
+    "x-sluice-context": _header("What the model's context policy did to a request that "
+                                "did not fit: `routed` (x-sluice-model names the model), "
+                                "`trimmed N messages, T tokens`, `max_tokens lowered A->B`."),
     "x-sluice-router-score": _header("The pre-router's score."),
     "x-sluice-judge-score": _header("The judge's score."),
     **_RATE,
@@ -158,7 +161,7 @@ _EVERY = ("x-request-id", "x-sluice-ingress")  # on every response
 _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache",
                    "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-retries",
                    "x-sluice-cost-usd", "x-sluice-budget", "x-sluice-fallback",
-                   "x-sluice-router-score", "x-sluice-judge-score", *_RATE)
+                   "x-sluice-context", "x-sluice-router-score", "x-sluice-judge-score", *_RATE)
 
 
 # ---- responses --------------------------------------------------------------------------
@@ -235,6 +238,10 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
           "request (any other value: the default)."),
         h("x-sluice-semantic-cache", "`allow` opts this request in to the semantic cache; "
           "`off` out of it."),
+        h("x-sluice-context", "The context policy for this request, when the profile lets "
+          "clients choose: `reject` (400 when it does not fit), `route` (the cheapest model "
+          "that fits), `trim` (drop the oldest turns of a chat).",
+          enum=["reject", "route", "trim"]),
         h("traceparent", "W3C trace context: the request's span is its child."),
     ]
 

@@ -20,6 +20,8 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - sluice_ledger_records_total{result}, sluice_ledger_write_errors_total,
   sluice_ledger_buffered                                      ledger health (accountant)
 - sluice_alert_webhook_total{result}                          counter (sent|failed)
+- sluice_context_overflows_total{model, policy, outcome, tenant} counter (rejected|routed|
+  trimmed|lowered: what an overflow of the model's context became)
 - sluice_cache_lookups_total{cache, result}                   counter (response|semantic)
 - sluice_cascade_requests_total{route, path}                  counter (small|large|small>large|..)
 - sluice_cascade_escalation_rate{route}                       gauge
@@ -114,6 +116,10 @@ class Metrics:
         self.retries = Counter("sluice_engine_retries", "Engine calls retried on another "
                                "replica after one failed before its first output, by model.",
                                ["model"], registry=r)
+        self.context_overflows = Counter(
+            "sluice_context_overflows", "Requests whose prompt and answer overflowed the "
+            "context of the model asked for, by what the policy made of them (rejected, "
+            "routed, trimmed, lowered).", ["model", "policy", "outcome", "tenant"], registry=r)
         self.in_flight = Gauge("sluice_in_flight_requests", "Requests in flight at this "
                                "ingress replica.", ["model"], registry=r)
         if caches is not None or routes is not None:

@@ -33,6 +33,7 @@ class Answer:
     scores: dict[str, float] = field(default_factory=dict)  # the cascade's stage scores
     fallback: str | None = None  # why a cascade stage fell back to the large model
     budget: str | None = None  # "soft": the caller's budget is past its soft limit
+    context: str | None = None  # what its context overflow became (x-sluice-context)
 
     @property
     def hit(self) -> bool:

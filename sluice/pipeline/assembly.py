@@ -25,9 +25,11 @@ from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.background import Background
 from sluice.pipeline.cascade_runner import CascadeRunner
 from sluice.pipeline.engines import Engines, Timeouts
+from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.handler import RequestHandler
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
+from sluice.pipeline.token_counter import TokenCounter
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import PlatformConfig
 
@@ -91,8 +93,19 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                            max_stop_chars=ingress.max_stop_chars,
                            max_logit_bias=ingress.max_logit_bias)
     control = control_tokens_of(config.model_source(m) for m in config.catalog.models)
+    counter = TokenCounter({m.name: config.model_source(m) for m in config.catalog.models})
+
+    def price(model: str, prompt: int, completion: int) -> float:
+        return pricer.price({"prompt_tokens": prompt, "completion_tokens": completion},
+                            model, hit=False).total_usd
+
+    def overflowed(model: str, policy: str, outcome: str, tenant: str) -> None:
+        metrics.context_overflows.labels(model, policy, outcome, tenant).inc()
+
+    gate = ContextGate(profile.context, router, counter, price, overflowed)
     handler = RequestHandler(pipeline, accountant, pricer, metrics, limits,
                              ingress.max_body_bytes, rate_limiter, tracer,
-                             body_timeout_s=ingress.body_timeout_s, control_tokens=control)
+                             body_timeout_s=ingress.body_timeout_s, control_tokens=control,
+                             context_gate=gate)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
                     background, KeyAdmin(accountant.keys))

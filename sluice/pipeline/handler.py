@@ -12,7 +12,10 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
 5. **body**: read with its size limit (413) and time limit (408), decoded and validated
    into the engine's typed request (400 names the field; `sluice.control_tokens` makes a
    chat's control-token strings plain text); a key limited to other models gets 403; more
-   completion tokens than the models' context is a 400 `context_length_exceeded`;
+   completion tokens than the models' context is a 400 `context_length_exceeded`; then the
+   prompt is counted in the model's tokens and the model's context policy applied
+   (`context_gate`: reject with a 400, route to a model that fits, trim the chat, lower
+   max_tokens);
 6. **rate limits and budget holds**: the key's and the tenant's requests and tokens per
    minute, one request and its token reservation taken from all of them at once (429 with
    `Retry-After`); then the request's worst-case cost (prompt + max_tokens on every model
@@ -46,6 +49,7 @@ from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
+from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
 from sluice.pipeline.request_body import decode_json, read_body
 from sluice.pipeline.settlement import Settled, Settlement
@@ -57,11 +61,13 @@ class RequestHandler:
                  rate_limiter: RateLimiter | None = None, tracer: Tracer | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  body_timeout_s: float | None = None,
-                 control_tokens: ControlTokens | None = None) -> None:
+                 control_tokens: ControlTokens | None = None,
+                 context_gate: ContextGate | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
         self._body_timeout_s, self._control = body_timeout_s, control_tokens
+        self._gate = context_gate
 
     def _check_context(self, request: ParsedRequest) -> None:
         """More completion tokens than any model the request may run has context for is a
@@ -109,7 +115,12 @@ class RequestHandler:
                                  headers, len(raw), self._control)
                 settlement.parsed(request, self._pipeline.knows(request.llm.model))
                 admission.principal.may_use(request.llm.model)
-                self._check_context(request)
+                if self._gate is None or not self._gate.lowers(request):
+                    self._check_context(request)
+                gated = (await self._gate.apply(request, admission.principal)
+                         if self._gate is not None else None)
+                if gated is not None and gated.note:
+                    settlement.context = gated.note
                 if self._rate_limiter is not None and self._rate_limiter.enabled:
                     llm = request.llm
                     tokens = self._rate_limiter.tokens_of(
@@ -123,6 +134,8 @@ class RequestHandler:
                     settlement.held(await guard.reserve(
                         admission.principal, self._worst_usd(request), admission.arrived))
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
+                if gated is not None:
+                    answer.context = gated.note
             return await settlement.settle(answer)
         except BaseException as exc:
             settlement.failed(exc)  # (a no-op if the answer's outcome already ended)

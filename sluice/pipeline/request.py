@@ -305,6 +305,7 @@ class ParsedRequest:
     client_usage: bool = True  # a stream's usage event goes to the client (it asked)
     body_bytes: int = 0  # the body's size as received
     added_bytes: int = 0  # what making control tokens plain text added to the prompt
+    prompt_tokens: int | None = None  # counted with the model's tokenizer (context_gate)
 
     @property
     def prompt_field(self) -> str:
@@ -326,7 +327,10 @@ class ParsedRequest:
                 + 8 * (len(messages) if isinstance(messages, list) else 1) + 8)
 
     def prompt_tokens_guess(self) -> int:
-        """About 4 bytes of body a token (OpenAI's own rule of thumb for rate limits)."""
+        """The counted prompt tokens; before they are counted, about 4 bytes of body a
+        token (OpenAI's own rule of thumb for rate limits)."""
+        if self.prompt_tokens is not None:
+            return self.prompt_tokens
         return self.body_bytes // 4
 
     def estimate(self, token_events: int) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class Settlement:
         self._hold: Hold | None = None
         self._ended = False  # the outcome was settled (by failed() or by the answer's end)
         self._reservation: Reservation | None = None
+        self.context = ""  # what the request's context overflow became (context_gate)
 
     def admitted(self, admission: Admission) -> None:
         self._admission = admission
@@ -115,7 +116,7 @@ class Settlement:
             self._meter.charged(spent)
             self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                     status, None, spent.total_usd, stages=self.spend.stages,
-                                    hold_id=self._hold_id)
+                                    hold_id=self._hold_id, context=self.context)
 
     async def settle(self, answer: Answer) -> Settled:
         assert self._request is not None and self._admission is not None
@@ -158,7 +159,7 @@ class Settlement:
             end_span(self._span, outcome)
         self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                 outcome.status, outcome, outcome.cost_usd,
-                                stages=self.spend.stages, hold_id=self._hold_id)
+                                stages=self.spend.stages, hold_id=self._hold_id, context=self.context)
 
     @property
     def _hold_id(self) -> str:

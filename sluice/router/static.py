@@ -49,6 +49,17 @@ class StaticRouter:
             param="model",
         )
 
+    def stages(self, requested: str) -> list[CatalogModel]:
+        """The models that may answer a request for `requested`, first tried first: a
+        route's small then large model; otherwise the one it resolves to (404 if none)."""
+        route = self._routes.get(requested)
+        if route is None:
+            return [self._models[self.decide(requested).model]]
+        return [self._models[n] for n in (route.small, route.large) if n in self._models]
+
+    def catalog(self) -> list[CatalogModel]:
+        return list(self._models.values())
+
     def models_at_worst(self, requested: str) -> list[CatalogModel]:
         """Every catalog model a request for `requested` may run: a route's small and large
         models and its LLM judge; otherwise the one it resolves to (404 if none)."""

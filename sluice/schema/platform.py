@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from sluice.schema.accounting import AccountingConfig, Pricing
 from sluice.schema.base import Frozen
 from sluice.schema.caches import KVTierConfig, ResponseCacheConfig, SemanticCacheConfig
+from sluice.schema.context import ContextSettings
 from sluice.schema.observability import TracingConfig
 from sluice.schema.redis_url import validate_url
 from sluice.schema.routing import RoutingConfig
@@ -241,6 +242,10 @@ class Profile(Frozen):
         default_factory=SemanticCacheConfig,
         description="Answers for questions close in meaning (opt-in; needs the response cache).",
     )
+    context: ContextSettings = Field(
+        default_factory=ContextSettings,
+        description="What a request whose prompt and answer overflow its model's context "
+        "gets: reject, route to a model that fits, or trim the conversation; per model.")
     ray_env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of every Ray process (Ray Serve's RAY_SERVE_* switches); "
@@ -309,6 +314,9 @@ class PlatformConfig(Frozen):
         stray = set(self.profile.semantic_cache.models) - served
         if stray:
             raise ValueError(f"semantic_cache.models: unknown model(s) {sorted(stray)}")
+        stray = set(self.profile.context.models) - served
+        if stray:
+            raise ValueError(f"context.models: unknown model(s) {sorted(stray)}")
         return self
 
     def model_source(self, model: CatalogModel) -> str:

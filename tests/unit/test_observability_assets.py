@@ -139,6 +139,7 @@ def exported(catalog_slos: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
         metrics.in_flight.labels(model).inc()
         metrics.cost.labels(model).inc(0.001)  # as the ingress's response pricer does
     metrics.record(UNROUTED, "chat", 400, duration_s=0.01)
+    metrics.context_overflows.labels("small", "trim", "trimmed", "acme").inc()  # context_gate
     asyncio.run(_accounting(metrics))
     out: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):

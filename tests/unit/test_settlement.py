@@ -49,9 +49,10 @@ class Ledger:
         self.settled: list[dict[str, Any]] = []
 
     def settle(self, admission, request_id, model, status, outcome, cost_usd, route="error",
-               stages=(), hold_id="") -> None:
+               stages=(), hold_id="", context="") -> None:
         self.settled.append({"status": status, "outcome": outcome, "cost": cost_usd,
-                             "stages": list(stages), "hold_id": hold_id})
+                             "stages": list(stages), "hold_id": hold_id,
+                             "context": context})
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -106,6 +107,20 @@ def test_a_json_answer_gets_its_cost_header_and_usage_block_and_ends_at_once() -
     (o,) = ledger.outcomes
     assert (o.status, o.model, o.response_id, o.finish_reasons) == (200, "small", "c1", ["stop"])
     assert o.cost_usd == 0.002 and o.usage == sent["usage"]
+
+
+def test_what_a_context_overflow_became_is_in_the_header_and_the_ledger() -> None:
+    s, ledger = settlement()
+    s.context = "trimmed 4 messages, 1,200 tokens"
+    answer = Answer("small", "small", "miss", whole={"choices": [], "usage": dict(USAGE)},
+                    context=s.context)
+    out = render(asyncio.run(s.settle(answer)))
+    assert out.headers["x-sluice-context"] == "trimmed 4 messages, 1,200 tokens"
+    assert ledger.settled[0]["context"] == "trimmed 4 messages, 1,200 tokens"
+    failed, ledger = settlement()
+    failed.context = "routed"
+    failed.failed(RuntimeError("engine gone"))
+    assert ledger.settled[0]["context"] == "routed"
 
 
 def test_a_cache_hit_costs_nothing_and_says_so() -> None:
