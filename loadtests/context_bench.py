@@ -12,8 +12,11 @@ each policy makes of conversations that outgrow the small model.
    sessions, each growing one turn per request (a user question of about 100 tokens, then
    the engine's answer appended) for `--turns` turns, so each outgrows `small`'s 2,048
    tokens around turn 10. Every session is replayed under `reject`, `route` and `trim`
-   (`x-sluice-context`); per policy, the share of requests answered and their cost
-   (`usage.cost.total_usd`, the platform's own prices), against `reject`.
+   (`x-sluice-context`), and `trim` once more with no headroom (a stack of its own); per
+   policy, the share of requests answered, their cost (`usage.cost.total_usd`, the
+   platform's own prices) against `reject`, and the share of prompt tokens the engine's
+   prefix cache served (`cached_tokens`). Each variant's sessions have words of their own,
+   so none reuses another's cached prefixes.
 
 Prints progress; writes results.json and a plot.
 """
@@ -37,7 +40,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT, REDIS_PORT = 8797, 6407
-POLICIES = ("reject", "route", "trim")
+# (label, x-sluice-context, small's trim_headroom): one stack per headroom
+VARIANTS = (("reject", "reject", 0.2), ("route", "route", 0.2), ("trim", "trim", 0.2),
+            ("trim, no headroom", "trim", 0.0))
 WORDS = ["river", "stone", "lamp", "orbit", "quiet", "number", "garden", "signal", "paper",
          "winter", "copper", "thread", "market", "silver", "window"]
 
@@ -116,8 +121,9 @@ def counting(repeats: int) -> dict[str, Any]:
     return out
 
 
-def _profile(tmp: Path) -> Path:
+def _profile(tmp: Path, headroom: float) -> Path:
     profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
+    profile["context"] = {"models": {"small": {"trim_headroom": headroom}}}
     profile.pop("routing", None)
     profile["catalog"] = str(ROOT / "platform/catalog.yaml")
     profile["dashboard"] = {"enabled": False}
@@ -178,6 +184,8 @@ def _session(client: httpx.Client, policy: str, seed: int, turns: int,
             answer = r.json()
             row["cost_usd"] = answer["usage"]["cost"]["total_usd"]
             row["prompt_tokens"] = answer["usage"]["prompt_tokens"]
+            row["cached_tokens"] = ((answer["usage"].get("prompt_tokens_details") or {})
+                                    .get("cached_tokens") or 0)
             reply = answer["choices"][0]["message"]["content"] or ""
         else:
             row["cost_usd"] = 0.0
@@ -189,37 +197,45 @@ def _session(client: httpx.Client, policy: str, seed: int, turns: int,
     return rows
 
 
+def _summary(rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == 200]
+    prompt = sum(r["prompt_tokens"] for r in ok)
+    return {
+        "requests": len(rows), "answered": len(ok), "answered_share": len(ok) / len(rows),
+        "by_model": {m: sum(r["model"] == m for r in ok) for m in sorted({r["model"] for r in ok})},
+        "overflow_outcomes": sum(bool(r["context"]) for r in ok),
+        "cost_usd": sum(r["cost_usd"] for r in ok),
+        "cost_per_answer_usd": sum(r["cost_usd"] for r in ok) / len(ok) if ok else None,
+        "prompt_tokens": prompt,
+        "cached_share": sum(r["cached_tokens"] for r in ok) / prompt if prompt else None,
+        "wall_s": wall_s,
+        "first_overflow_turn": min((r["turn"] for r in rows
+                                    if r["status"] != 200 or r["context"]), default=None)}
+
+
 def policies(sessions: int, turns: int, max_tokens: int) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-context-bench-"))
-    proc = _serve(_profile(tmp), tmp / "serve.log")
     out: dict[str, Any] = {}
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=300) as client:
-            for policy in POLICIES:
-                rows: list[dict[str, Any]] = []
-                t0 = time.monotonic()
-                for s in range(sessions):
-                    rows += _session(client, policy, s, turns, max_tokens)
-                    print(f"[{policy}] session {s + 1}/{sessions}: "
-                          f"{sum(r['status'] == 200 for r in rows)}/{len(rows)} answered",
-                          flush=True)
-                ok = [r for r in rows if r["status"] == 200]
-                out[policy] = {
-                    "requests": len(rows), "answered": len(ok),
-                    "answered_share": len(ok) / len(rows),
-                    "by_model": {m: sum(r["model"] == m for r in ok)
-                                 for m in sorted({r["model"] for r in ok})},
-                    "overflow_outcomes": sum(bool(r["context"]) for r in ok),
-                    "cost_usd": sum(r["cost_usd"] for r in ok),
-                    "cost_per_answer_usd": (sum(r["cost_usd"] for r in ok) / len(ok)
-                                            if ok else None),
-                    "wall_s": time.monotonic() - t0,
-                    "first_overflow_turn": min((r["turn"] for r in rows
-                                                if r["status"] != 200 or r["context"]),
-                                               default=None)}
-                print(f"[{policy}] {json.dumps(out[policy])}", flush=True)
-    finally:
-        _stop(proc)
+    for headroom in sorted({h for _, _, h in VARIANTS}, reverse=True):
+        tmp = Path(tempfile.mkdtemp(prefix="sluice-context-bench-"))
+        proc = _serve(_profile(tmp, headroom), tmp / "serve.log")
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=300) as client:
+                for index, (label, policy, h) in enumerate(VARIANTS):
+                    if h != headroom:
+                        continue
+                    rows: list[dict[str, Any]] = []
+                    t0 = time.monotonic()
+                    for s in range(sessions):
+                        # other words per variant: no variant reuses another's prefixes
+                        rows += _session(client, policy, 1000 * index + s, turns, max_tokens)
+                        print(f"[{label}] session {s + 1}/{sessions}: "
+                              f"{sum(r['status'] == 200 for r in rows)}/{len(rows)} answered",
+                              flush=True)
+                    out[label] = {"policy": policy, "trim_headroom": headroom,
+                                  **_summary(rows, time.monotonic() - t0)}
+                    print(f"[{label}] {json.dumps(out[label])}", flush=True)
+        finally:
+            _stop(proc)
     return out
 
 

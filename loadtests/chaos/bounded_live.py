@@ -11,18 +11,13 @@ request (`loadtests.chaos.promise`): none hung, no stream truncated without an e
 no error other than a retriable one (an ingress kill may lose the requests that replica
 held, as connection errors, never as a success without a body), the ledger holds each
 accepted request exactly once, and the success rate is back to >= 99% within the bound.
-The Redis connection resets run last: the broken connections they leave in the ingress's
-pools (the first bug below) fail requests minutes later, in whatever scenario comes next.
+The Redis connection resets run last (broken pooled connections once failed requests
+minutes later, in whatever scenario came next).
 
-Two scenarios show platform bugs this module cannot fix (their code is not the harness's),
-marked xfail with what fails:
-- Redis connections reset under the ingress (redis-proxy): redis-py on Serve's uvloop
-  raises RuntimeError ("unable to perform operation on <TCPTransport closed=True>; the
-  handler is closed", MagicStack/uvloop#506) when it writes to a pooled connection the
-  peer reset; `sluice.cache_tier.store_errors.STORE_ERRORS` does not name it, so the key
-  store read in admission and the rate-limit reservation let it out as a 500, and the
-  broken connection stays in the pool (a 500 of that kind came about a minute after the
-  resets, in the next scenario, when this test ran before the ingress kill).
+One scenario shows a platform bug this module cannot fix (its code is not the harness's),
+marked xfail with what fails (the Redis connection resets were the other, until the
+ingress's Redis clients read uvloop's "handler is closed" RuntimeError as a lost
+connection and retried it on a new one: `sluice.cache_tier.redis_target`):
 - An ingress replica SIGKILLed loses the ledger records it still buffered (records are
   written in batches every `ledger.flush_interval_s`, 0.2 s, from memory): an answer the
   client got in those last moments has no record. Whether one falls in that window depends
@@ -152,11 +147,6 @@ def test_a_killed_engine_beside_a_healthy_replica(chaos) -> None:
         o.as_dict() for o in failed]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a Redis connection reset under the ingress is a 500: redis-py "
-                   "on uvloop raises RuntimeError (handler is closed), which STORE_ERRORS "
-                   "(sluice/cache_tier/store_errors.py) does not name, in the key store "
-                   "read (admission) and the rate-limit reservation")
 @pytest.mark.timeout(300)
 def test_slow_then_reset_redis_connections_cost_no_request(chaos) -> None:
     result = _run(chaos, "redis-proxy")

@@ -158,12 +158,14 @@ class ContextFit:
 
     def _trim(self, settings: ContextPolicy, own: Candidate, messages: Messages,
               prompt: int, max_tokens: int | None) -> Fit | None:
-        """The fewest oldest turns dropped for the request to fit (a binary search: the
-        prompt shrinks as turns go); with nothing left to drop, `max_tokens` lowered."""
+        """The fewest oldest turns dropped for the request to fit within its context less
+        the policy's headroom (a binary search: the prompt shrinks as turns go); with
+        nothing left to drop, `max_tokens` lowered."""
         _, groups, _ = turns(messages)
         if not groups:
             return None
         room = max_tokens or settings.min_output_tokens
+        target = own.context - int(settings.trim_headroom * own.context)
 
         def tokens(k: int) -> int:
             return self._count(own.name, [messages[i] for i in _kept(messages, groups[:k])])
@@ -178,11 +180,13 @@ class ContextFit:
                        max_tokens=own.context - least, asked_max_tokens=max_tokens,
                        kept=kept, dropped_messages=len(messages) - len(kept),
                        dropped_tokens=prompt - least)
+        if least + room > target:
+            target = own.context  # the headroom cannot be had: only what must go
         lo, hi, best = 1, len(groups), least  # tokens(hi) fits; find the least k that does
         while lo < hi:
             mid = (lo + hi) // 2
             counted = tokens(mid)
-            if counted + room <= own.context:
+            if counted + room <= target:
                 hi, best = mid, counted
             else:
                 lo = mid + 1

@@ -31,6 +31,13 @@ class ContextPolicy(Frozen):
         description="When the prompt fits but the prompt plus `max_tokens` does not (after "
         "routing or trimming), lower `max_tokens` to what remains (said in "
         "x-sluice-context) instead of refusing.")
+    trim_headroom: float = Field(
+        default=0.2, ge=0, lt=0.9,
+        description="`trim` cuts this share of the context more than it must: the kept "
+        "conversation then grows for a few turns before it is cut again, and those turns "
+        "reuse its prefix from the engine's prefix cache (a conversation cut to the brim "
+        "loses its oldest turn every turn, so its prompt's start changes every time and "
+        "nothing is reused). 0: drop only what must go.")
     min_output_tokens: int = Field(
         default=16, ge=1,
         description="Room a routed, trimmed or lowered request keeps for its answer: a "

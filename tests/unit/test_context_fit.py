@@ -35,6 +35,7 @@ def counter(full: list[dict[str, Any]], calls: list[str] | None = None):
 
 
 DEFAULT = ContextPolicy()
+EXACT = ContextPolicy(trim_headroom=0)  # trim only what must go
 
 
 def decide(messages, policy, settings=DEFAULT, own=SMALL, others=(), max_tokens=None,
@@ -76,7 +77,7 @@ def test_trim_drops_the_fewest_oldest_turns_and_keeps_system_and_the_latest_turn
     messages = conversation(20, 20, 20, 20, 20, 20, 10)  # system, u a u a u a u
     full = counter(messages)("small", None)
     assert full == 2 + 8 + 6 * 23 + 13  # 161
-    fit = decide(messages, "trim", max_tokens=10)
+    fit = decide(messages, "trim", EXACT, max_tokens=10)
     assert isinstance(fit, Fit) and fit.outcome == "trimmed" and fit.kept is not None
     kept = [messages[i] for i in fit.kept]
     assert kept[0]["role"] == "system" and kept[-1] is messages[-1]
@@ -142,3 +143,19 @@ def test_trim_counts_logarithmically_many_times(n_turns: int) -> None:
         "trim", ContextPolicy(), Candidate("small", 60), [], 10, messages)
     assert isinstance(fit, Fit) and fit.outcome == "trimmed"
     assert len(calls) <= 3 + n_turns.bit_length()
+
+
+def test_trim_cuts_a_headroom_more_so_the_next_turns_reuse_the_kept_prefix() -> None:
+    messages = conversation(20, 20, 20, 20, 20, 20, 10)  # 161 tokens
+    fit = decide(messages, "trim", ContextPolicy(trim_headroom=0.4), max_tokens=10)
+    assert isinstance(fit, Fit) and fit.prompt_tokens + 10 <= 60  # 100 less 40%
+    assert fit.dropped_messages == 6  # (with no headroom: 4, test above)
+    # the next turns grow the kept conversation without another cut
+    grown = [messages[i] for i in fit.kept or ()] + [
+        {"role": "assistant", "content": words(5)}, {"role": "user", "content": words(5)}]
+    again = decide(grown, "trim", ContextPolicy(trim_headroom=0.4), max_tokens=10)
+    assert isinstance(again, Fit) and again.outcome == "fits"
+    # where the headroom cannot be had, only what must go is cut
+    tight = conversation(20, 20, 70)  # the latest turn alone: 2+8+73 = 83 > 60 - 10
+    fit = decide(tight, "trim", ContextPolicy(trim_headroom=0.4), max_tokens=10)
+    assert isinstance(fit, Fit) and fit.outcome == "trimmed" and fit.prompt_tokens == 83
