@@ -118,6 +118,26 @@ class EngineStream:
         """A non-streamed answer as JSON-ready data (the engine's typed response, once)."""
         return self.first.model_dump(mode="json")  # type: ignore[no-any-return]
 
+    def _named(self, event: sse.Event) -> sse.Event:
+        """vLLM's own error event for an engine that died mid-stream (`code` 500,
+        "EngineCore encountered an issue") as what it is to a client: Sluice's retriable
+        `engine_unavailable`, the same event a replica lost mid-stream gives."""
+        error = (event.payload or {}).get("error") if event.kind == sse.ERROR else None
+        if not isinstance(error, dict):
+            return event
+        try:
+            code = int(error.get("code") or 500)
+        except (TypeError, ValueError):
+            return event
+        mapped = from_engine_error(code, str(error.get("message") or ""), error.get("type"))
+        if not isinstance(mapped, Unavailable) or mapped.code != "engine_unavailable":
+            return event
+        log.warning("model %s: replica %s's engine failed mid-stream: %s", self.model,
+                    self.replica, str(error.get("message"))[:200])
+        unavailable = Unavailable(f"Model '{self.model}' stopped mid-stream (its engine "
+                                  "failed); retry the request.")
+        return sse.read(sse.encode(unavailable.body()))[0]
+
     async def events(self) -> AsyncIterator[list[sse.Event]]:
         """The stream's events, one list per engine item, read once (sluice.sse.read). A
         failure mid-stream ends it with an OpenAI-style error event; every stream ends with
@@ -129,6 +149,7 @@ class EngineStream:
             while True:
                 events = sse.read("".join(item) if isinstance(item, list) else str(item),
                                   parse_first=not named)
+                events = [self._named(e) for e in events]
                 named = named or any(e.payload is not None for e in events)
                 done = done or any(e.kind == sse.END for e in events)
                 yield events

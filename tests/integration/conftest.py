@@ -181,12 +181,26 @@ def ledger_redis() -> Iterator[LocalRedisServer]:
 
 
 @pytest.fixture(scope="session")
-def stack(alert_sink: AlertSink, ledger_redis: LocalRedisServer) -> Iterator[LocalStack]:
+def stack(alert_sink: AlertSink, ledger_redis: LocalRedisServer,
+          request: pytest.FixtureRequest) -> Iterator[LocalStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="sluice-test-"))
     config = _test_config(run_dir, alert_sink.url, ledger_redis.url)
     with LocalStack(config, run_dir, redis_port=REDIS_PORT, ray_nodes=2,
                     ready_timeout_s=600) as s:
+        request.config.stash[SHARED_STACK] = s
         yield s
+
+
+SHARED_STACK = pytest.StashKey[LocalStack]()
+
+
+@pytest.fixture(scope="module")
+def shared_stack_stopped(request: pytest.FixtureRequest) -> None:
+    """The session's shared stack stopped now, if it was started (its fixture's teardown
+    then finds it stopped): for the `alone` tests, which run after every test using it."""
+    shared = request.config.stash.get(SHARED_STACK, None)
+    if shared is not None:
+        shared.stop()
 
 
 @pytest.fixture(scope="session")
@@ -227,4 +241,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The README's own commands run first, on a machine nothing else uses yet; tests that
     break the shared stack (killing an engine) run after all the others."""
     items.sort(key=lambda item: (0 if item.path.name == FIRST
+                                 else 3 if item.get_closest_marker("alone")
                                  else 2 if item.get_closest_marker("destructive") else 1))

@@ -144,6 +144,19 @@ def test_mid_stream_failure_ends_with_error_event_and_done() -> None:
     assert done.kind == "done" and done.text == "data: [DONE]\n\n"
 
 
+def test_vllms_mid_stream_engine_death_event_is_sluices_engine_unavailable() -> None:
+    """The chaos run's engine kill: vLLM sent its own 500 event ("EngineCore encountered an
+    issue"); the client gets Sluice's retriable engine_unavailable, other errors pass."""
+    dead = ('data: {"error": {"message": "EngineCore encountered an issue. See stack trace '
+            '(above) for the root cause.", "type": "InternalServerError", "code": 500}}\n\n')
+    other = 'data: {"error": {"message": "bad grammar", "type": "BadRequestError", "code": 400}}\n\n'
+    for item, code in ((dead, "engine_unavailable"), (other, 400)):
+        stream = EngineStream("small", ['data: {"id": 1}\n\n'], _Gen(items=[item, "data: [DONE]\n\n"]))
+        first, error, done = _events(stream)
+        assert error.kind == "error" and error.payload["error"]["code"] == code
+        assert done.text == "data: [DONE]\n\n"
+
+
 def test_first_item_and_the_serving_replica_are_returned() -> None:
     stream = _call(_Gen(items=['data: {"id": 1}\n\n', "data: [DONE]\n\n"]))
     assert stream.first == 'data: {"id": 1}\n\n' and stream.replica == "r-1"
