@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from loadtests import own_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT, REDIS_PORT = 8797, 6407
@@ -135,34 +135,12 @@ def _profile(tmp: Path, headroom: float) -> Path:
 
 
 def _serve(profile: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(profile),
-             "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("sluice serve exited:\n" + log.read_text()[-3000:])
-        try:
-            if httpx.get(f"http://127.0.0.1:{PORT}/readyz", timeout=10).status_code == 200:
-                print(f"[serve] ready on :{PORT}", flush=True)
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    _stop(proc)
-    raise SystemExit("sluice serve not ready in 600 s")
+    proc = own_stack.serve(profile, log, PORT, REDIS_PORT)
+    print(f"[serve] ready on :{PORT}", flush=True)
+    return proc
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+_stop = own_stack.stop
 
 
 def _session(client: httpx.Client, policy: str, seed: int, turns: int,

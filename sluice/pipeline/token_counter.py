@@ -17,7 +17,6 @@ keeps serving other requests meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -158,9 +157,3 @@ class TokenCounter:
             return tokens.chat(messages if messages is not None
                                else plain_messages(request.messages), request)
         return tokens.completion(request.prompt)
-
-    async def count(self, model: str, request: LLMRequest, size_chars: int,
-                    messages: Messages | None = None) -> int | None:
-        if size_chars <= INLINE_CHARS and model in self._loaded:
-            return self.count_now(model, request, messages)
-        return await asyncio.to_thread(self.count_now, model, request, messages)

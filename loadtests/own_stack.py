@@ -1,0 +1,46 @@
+"""A `sluice serve` of a benchmark's own: a subprocess on its own ports, ready or not in a
+bounded time, stopped with Ctrl-C (then killed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve(profile: Path, log: Path, port: int, redis_port: int,
+          ready_timeout_s: float = 600) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(profile),
+             "--port", str(port), "--redis-port", str(redis_port), "--no-dashboard"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("sluice serve exited:\n" + log.read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    stop(proc)
+    raise SystemExit(f"sluice serve not ready in {ready_timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
