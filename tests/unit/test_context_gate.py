@@ -13,7 +13,6 @@ import pytest
 
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.tenancy import Principal
-from sluice.demo_models import build_tokenizer
 from sluice.errors import ContextLengthExceeded, InvalidRequest
 from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.request import RequestLimits, parsed
@@ -31,20 +30,6 @@ ROUTE = RouteConfig.model_validate({
     "judge": {"kind": "logprob", "threshold": 0.5, "timeout_ms": 500,
               "provenance": {"method": "manual", "reason": "unit test"}}})
 ANYONE = Principal("k", "acme")
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("demo-tokenizer")
-    build_tokenizer(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tokenizer(demo_dir: Path):
-    from vllm.tokenizers import get_tokenizer
-
-    return get_tokenizer(str(demo_dir))  # as the engine loads it
 
 
 def gate(demo_dir: Path, settings: dict[str, Any] | None = None,
