@@ -26,6 +26,7 @@ from starlette.routing import Match
 
 from sluice import sse
 from sluice.accounting.rate_limits import headers as quota_headers
+from sluice.deployments import anthropic_api
 from sluice.errors import ClientGone, MethodNotAllowed, NotFound, SluiceError, unexpected
 from sluice.observability.outcome import COST_HEADER
 from sluice.pipeline.answer import Answer
@@ -61,8 +62,11 @@ def request_id(request: Request) -> str:
     return client_request_id(request) or f"req-{uuid.uuid4().hex}"
 
 
-def error_response(err: SluiceError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def error_response(err: SluiceError, request: Request | None = None) -> JSONResponse:
+    """The error as OpenAI's error JSON, or as Anthropic's on the Messages endpoint."""
+    anthropic = request is not None and request.url.path == anthropic_api.PATH
+    body = anthropic_api.sluice_error_body(err) if anthropic else err.body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 def allowed_methods(request: Request) -> str:
@@ -83,8 +87,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Sluice", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(SluiceError)
-    async def _sluice_error(_: Request, exc: SluiceError) -> JSONResponse:
-        return error_response(exc)
+    async def _sluice_error(request: Request, exc: SluiceError) -> JSONResponse:
+        return error_response(exc, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -93,16 +97,16 @@ def create_app() -> FastAPI:
             allow = allowed_methods(request) or headers.get("Allow", "")
             return error_response(MethodNotAllowed(
                 f"Method {request.method} is not allowed on {request.url.path[:200]}; "
-                f"allowed: {allow}.", headers={**headers, "Allow": allow}))
+                f"allowed: {allow}.", headers={**headers, "Allow": allow}), request)
         err = NotFound(str(exc.detail), headers=headers)
         err.status = exc.status_code
-        return error_response(err)
+        return error_response(err, request)
 
     @app.exception_handler(Exception)
     async def _last_resort(request: Request, exc: Exception) -> JSONResponse:
         rid = client_request_id(request)
         log.error("unhandled error in ingress (request id %s)", rid, exc_info=exc)
-        response = error_response(unexpected(exc, rid))
+        response = error_response(unexpected(exc, rid), request)
         # Starlette sends this response from outside every middleware (its
         # ServerErrorMiddleware), so the ingress name is added here, from the request's scope
         name = request.scope.get(INGRESS_NAME_KEY)
@@ -144,9 +148,10 @@ class _SettledStream(StreamingResponse):
     """A streamed answer that ends its settlement even when the body never started (the
     client left before the first byte, so the body generator's `finally` never ran)."""
 
-    def __init__(self, settled: Settled, headers: dict[str, str]) -> None:
+    def __init__(self, settled: Settled, headers: dict[str, str],
+                 body: AsyncIterator[str] | None = None) -> None:
         assert settled.events is not None
-        super().__init__(_sse_text(settled.events), media_type="text/event-stream",
+        super().__init__(body or _sse_text(settled.events), media_type="text/event-stream",
                          headers=headers)
         self._end = settled.end
 
@@ -157,10 +162,15 @@ class _SettledStream(StreamingResponse):
             self._end(True)  # a no-op when the body ended it
 
 
-def render(settled: Settled) -> Response:
+def _headers(settled: Settled) -> dict[str, str]:
     headers = {**answer_headers(settled.answer), **quota_headers(settled.quota)}
     if settled.cost_usd is not None:
         headers[COST_HEADER] = f"{settled.cost_usd:.9f}"
+    return headers
+
+
+def render(settled: Settled) -> Response:
+    headers = _headers(settled)
     if settled.whole is not None:
         return Response(json.dumps(settled.whole), media_type="application/json",
                         headers=headers)
@@ -168,3 +178,22 @@ def render(settled: Settled) -> Response:
         text = "".join(event.text for chunk in settled.buffered for event in chunk)
         return Response(text, media_type="text/event-stream", headers=headers)
     return _SettledStream(settled, {**headers, "cache-control": "no-cache"})
+
+
+async def _replayed(chunks: list[list[sse.Event]]) -> AsyncIterator[list[sse.Event]]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def render_message(settled: Settled) -> Response:
+    """The answer in Anthropic's Messages shape (`anthropic_api`), same headers."""
+    headers = _headers(settled)
+    if settled.whole is not None:
+        return JSONResponse(anthropic_api.message(settled.whole), headers=headers)
+    if settled.buffered is not None:
+        text = "".join([e async for e in anthropic_api.message_events(
+            _replayed(settled.buffered))])
+        return Response(text, media_type="text/event-stream", headers=headers)
+    assert settled.events is not None
+    return _SettledStream(settled, {**headers, "cache-control": "no-cache"},
+                          anthropic_api.message_events(settled.events))

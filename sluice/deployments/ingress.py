@@ -20,8 +20,15 @@ from ray.serve.handle import DeploymentHandle
 
 from sluice.accounting.key_admin import MAX_BODY_BYTES as MAX_KEY_BODY_BYTES
 from sluice.accounting.tenancy import Principal
-from sluice.deployments import openapi
-from sluice.deployments.http import INGRESS_NAME_KEY, body_of, create_app, render, request_id
+from sluice.deployments import anthropic_api, openapi
+from sluice.deployments.http import (
+    INGRESS_NAME_KEY,
+    body_of,
+    create_app,
+    render,
+    render_message,
+    request_id,
+)
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
@@ -115,6 +122,16 @@ class SluiceIngress:
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         return await self._answer("completions", request)
+
+    @app.post(anthropic_api.PATH, include_in_schema=False)  # Anthropic's API: its own docs
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API, answered by the same pipeline as a chat completion
+        (`sluice.deployments.anthropic_api`)."""
+        body = anthropic_api.chat_body(body_of(request), request.headers.get("content-length"),
+                                       self._config.profile.ingress.max_body_bytes)
+        settled = await self._platform.handler.handle(
+            "chat", anthropic_api.chat_headers(request.headers), body, request_id(request))
+        return await render_message(settled)
 
     async def _answer(self, endpoint: Endpoint, request: Request) -> Response:
         settled = await self._platform.handler.handle(endpoint, request.headers,

@@ -115,6 +115,11 @@ def test_readme_commands_work_as_written(tmp_path: Path) -> None:
         assert "CompletionUsage(" in done.stdout and "completion_tokens=16" in done.stdout, \
             done.stdout[-1000:]
 
+        lang, script = readme_block("messages-python")  # Anthropic's SDK, same server
+        done = _run([sys.executable, "-c", script], env)
+        assert lang == "python" and done.returncode == 0, done.stderr[-3000:]
+        assert 0 < int(done.stdout.split()[-1]) <= 64, done.stdout[-1000:]  # output_tokens
+
         lang, ray_tools = readme_block("quickstart-ray")
         done = _run(["bash", "-euo", "pipefail", "-c", ray_tools], env)
         assert lang == "bash" and done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
