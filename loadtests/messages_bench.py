@@ -40,6 +40,7 @@ GREEDY = {"temperature": 0}  # Anthropic's SDK no longer takes temperature itsel
 def _profile(tmp: Path) -> Path:
     profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
     profile["catalog"] = str(ROOT / "platform/catalog.yaml")
+    profile["routing"] = str(ROOT / "platform/routing/routes.yaml")
     profile["response_cache"] = {**profile.get("response_cache", {}), "enabled": False}
     profile["semantic_cache"] = {"enabled": False}
     profile["dashboard"] = {"enabled": False}
@@ -133,6 +134,8 @@ def _plot(results: dict[str, Any], path: Path) -> None:
                else "/v1/messages (anthropic SDK)")
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel("p50 latency (ms)")
+    top = max(results[api][k]["p50_ms"] for api in ("chat", "messages") for k in kinds)
+    ax.set_ylim(0, top * 1.4)  # room for the legend above the bars
     ax.set_title(f"small, max_tokens {MAX_TOKENS}, {results['chat']['whole']['n']} requests each")
     ax.legend()
     fig.tight_layout()
