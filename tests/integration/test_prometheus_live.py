@@ -61,7 +61,8 @@ def _chat(model: str, text: str, **extra: Any) -> dict[str, Any]:
 
 def _workload(http: httpx.Client) -> None:
     """A little of everything the dashboard shows: each model and route, streams, a cache
-    hit, a client error, the judge's shadow pairs, budgeted tenants, tags."""
+    hit, a client error, a context overflow, the judge's shadow pairs, budgeted tenants,
+    tags."""
     run = uuid.uuid4().hex[:8]
     tags = {"x-sluice-tags": f"prom-{run}"}
     stream = {"stream": True, "stream_options": {"include_usage": True}}
@@ -82,6 +83,11 @@ def _workload(http: httpx.Client) -> None:
         sent.append(http.post("/v1/chat/completions", json=_chat("auto", f"b {run}"),
                               headers={"authorization": f"Bearer {secret}"}))
     assert http.post("/v1/chat/completions", json={"model": "small"}).status_code == 400
+    # a prompt and answer past small's 2,048-token context: its policy (reject) refuses it
+    overflow = http.post("/v1/chat/completions", json={**_chat("small", f"o {run}"),
+                                                       "max_tokens": 2047})
+    assert overflow.status_code == 400, overflow.text
+    assert overflow.json()["error"]["code"] == "context_length_exceeded"
     statuses = [r.status_code for r in sent]
     assert set(statuses) <= {200, 429} and statuses.count(200) >= len(sent) - 2, statuses
 
