@@ -38,6 +38,7 @@ REPLICA_HEADER = "x-sluice-replica"
 RETRIES_HEADER = "x-sluice-retries"  # engine replicas that failed before this one answered
 CACHE_HEADER = "x-sluice-cache"
 SIMILARITY_HEADER = "x-sluice-cache-similarity"
+FAILOVER_HEADER = "x-sluice-failover"  # the models of a failover chain that did not answer
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -136,6 +137,8 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers["x-sluice-budget"] = answer.budget
     if answer.context:
         headers["x-sluice-context"] = answer.context
+    if answer.failed_over:
+        headers[FAILOVER_HEADER] = ",".join(answer.failed_over)
     return headers
 
 

@@ -178,9 +178,10 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
 
 def build_llm_deployments(config: PlatformConfig, redis_url: str | None = None
                           ) -> dict[str, Application]:
-    """Every catalog model as a bound LLMServer application, keyed by model name."""
+    """Every catalog model Sluice runs as a bound LLMServer application, keyed by model
+    name (a provider's model has no engine here)."""
     return {
         model.name: build_llm_deployment(llm_config_for(config, model, redis_url),
                                          deployment_cls=SluiceLLMServer)
-        for model in config.catalog.models
+        for model in config.catalog.local
     }

@@ -144,6 +144,9 @@ _HEADERS: dict[str, Any] = {
     "x-sluice-context": _header("What the model's context policy did to a request that "
                                 "did not fit: `routed` (x-sluice-model names the model), "
                                 "`trimmed N messages, T tokens`, `max_tokens lowered A->B`."),
+    "x-sluice-failover": _header("The models of the requested model's failover chain that "
+                                 "did not answer (failed before the first byte, or put "
+                                 "aside); x-sluice-model names the one that did."),
     "x-sluice-router-score": _header("The pre-router's score."),
     "x-sluice-judge-score": _header("The judge's score."),
     **_RATE,
@@ -161,7 +164,8 @@ _EVERY = ("x-request-id", "x-sluice-ingress")  # on every response
 _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache",
                    "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-retries",
                    "x-sluice-cost-usd", "x-sluice-budget", "x-sluice-fallback",
-                   "x-sluice-context", "x-sluice-router-score", "x-sluice-judge-score", *_RATE)
+                   "x-sluice-context", "x-sluice-failover", "x-sluice-router-score",
+                   "x-sluice-judge-score", *_RATE)
 
 
 # ---- responses --------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def deployment_names(config: PlatformConfig) -> list[str]:
     """The deployments the builder creates (Ray Serve LLM names each `<class>:<model id>`;
     tests/unit/test_cluster_build.py checks these against a built app)."""
     return [INGRESS_DEPLOYMENT, *(LLM_DEPLOYMENT.format(model=m.name)
-                                  for m in config.catalog.models)]
+                                  for m in config.catalog.local)]
 
 
 def serve_config(args: ServeAppArgs, config: PlatformConfig) -> dict[str, Any]:

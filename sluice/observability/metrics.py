@@ -20,6 +20,8 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - sluice_ledger_records_total{result}, sluice_ledger_write_errors_total,
   sluice_ledger_buffered                                      ledger health (accountant)
 - sluice_alert_webhook_total{result}                          counter (sent|failed)
+- sluice_failovers_total{model, to}                           counter (a call `model` did not
+  answer, answered by `to`, a later model of its failover chain)
 - sluice_context_overflows_total{model, policy, outcome, tenant} counter (rejected|routed|
   trimmed|lowered: what an overflow of the model's context became)
 - sluice_cache_lookups_total{cache, result}                   counter (response|semantic)
@@ -116,6 +118,10 @@ class Metrics:
         self.retries = Counter("sluice_engine_retries", "Engine calls retried on another "
                                "replica after one failed before its first output, by model.",
                                ["model"], registry=r)
+        self.failovers = Counter("sluice_failovers", "Calls a model did not answer (it failed "
+                                 "before its first output, or was put aside), answered by a "
+                                 "later model of its failover chain.",
+                                 ["model", "to"], registry=r)
         self.context_overflows = Counter(
             "sluice_context_overflows", "Requests whose prompt and answer overflowed the "
             "context of the model asked for, by what the policy made of them (rejected, "

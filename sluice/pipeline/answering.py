@@ -65,8 +65,9 @@ class Pipeline:
         if cached.body is not None:
             return self._hit(request, cached, decision.model, route, budget)
         stream = await self._engines.call(decision.model, request.endpoint, request.llm)
-        answer = Answer(decision.model, route, cached.status.value, replica=stream.replica,
-                        retries=stream.retries, budget=budget)
+        # a failover chain's later model answered: it is the model (and the price)
+        answer = Answer(stream.model, route, cached.status.value, replica=stream.replica,
+                        retries=stream.retries, budget=budget, failed_over=stream.failed_over)
         return self._from_engine(request, stream, answer, cached)
 
     async def _cascade(self, request: ParsedRequest, runner: CascadeRunner, tenant: str,

@@ -24,9 +24,11 @@ from sluice.pipeline.answer_cache import AnswerCache
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.background import Background
 from sluice.pipeline.cascade_runner import CascadeRunner
-from sluice.pipeline.engines import Engines, Timeouts
 from sluice.pipeline.context_gate import ContextGate
+from sluice.pipeline.engines import Engines, Timeouts
+from sluice.pipeline.failover import Breaker
 from sluice.pipeline.handler import RequestHandler
+from sluice.pipeline.providers import provider_engines
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
 from sluice.pipeline.token_counter import TokenCounter
@@ -78,7 +80,11 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
     metrics = Metrics(caches=cache.counters,
                       routes=lambda: {n: r.policy.snapshot() for n, r in runners.items()})
     engines = Engines(handles, engine_timeouts(config, handles), ingress.engine_attempts, spans,
-                      on_retry=lambda model: metrics.retries.labels(model).inc())
+                      on_retry=lambda model: metrics.retries.labels(model).inc(),
+                      providers=provider_engines(config.catalog.models),
+                      failover={m.name: m.failover for m in config.catalog.models},
+                      breaker=Breaker(ingress.failover_threshold, ingress.failover_cooldown_s),
+                      on_failover=lambda model, to: metrics.failovers.labels(model, to).inc())
     runners.update(build_runners(config, engines, background.spawn, embedder, tracer=spans))
     routes = config.routing.routes if config.routing else ()
     router = StaticRouter(config.catalog, ingress.auto_route, routes)
@@ -92,8 +98,9 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                            max_logprobs=ingress.max_logprobs,
                            max_stop_chars=ingress.max_stop_chars,
                            max_logit_bias=ingress.max_logit_bias)
-    control = control_tokens_of(config.model_source(m) for m in config.catalog.models)
-    counter = TokenCounter({m.name: config.model_source(m) for m in config.catalog.models})
+    control = control_tokens_of(config.model_source(m) for m in config.catalog.local)
+    # a provider's model is not counted here (its tokenizer is the provider's): it decides
+    counter = TokenCounter({m.name: config.model_source(m) for m in config.catalog.local})
 
     def price(model: str, prompt: int, completion: int) -> float:
         return pricer.price({"prompt_tokens": prompt, "completion_tokens": completion},

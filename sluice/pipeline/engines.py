@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from sluice import sse
 from sluice.errors import SluiceError, Unavailable, from_engine_error
 from sluice.observability.tracing import OPERATIONS
+from sluice.pipeline.failover import Breaker
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class EngineStream:
         self._rest = rest
         self.replica = replica  # the Serve replica that answers
         self.retries = retries  # replicas that failed the call before this one answered
+        self.failed_over: tuple[str, ...] = ()  # models of the chain before this one
         self._stall_s = stall_timeout_s
 
     async def _next(self) -> Any:
@@ -173,22 +175,70 @@ class EngineStream:
 
 
 class Engines:
-    """The model deployments, called by name: one traced engine call each, with its own
-    engine request id under the client's, retried before its first item (`call_engine`)."""
+    """The models, called by name: a model Sluice runs through its deployment (one traced
+    engine call, with its own engine request id under the client's, retried on another
+    replica before its first item: `call_engine`), a provider's over HTTP
+    (`sluice.pipeline.providers`). A call that fails before its first item with a retriable
+    error goes to the next model of the model's failover chain (`sluice.pipeline.failover`);
+    the stream names the models it passed (`failed_over`)."""
 
     def __init__(self, handles: Mapping[str, DeploymentHandle],
                  timeouts: Timeouts | Mapping[str, Timeouts], attempts: int, tracer: Tracer,
-                 on_retry: Callable[[str], None] | None = None) -> None:
+                 on_retry: Callable[[str], None] | None = None,
+                 providers: Mapping[str, Any] | None = None,
+                 failover: Mapping[str, Sequence[str]] | None = None,
+                 breaker: Breaker | None = None,
+                 on_failover: Callable[[str, str], None] | None = None) -> None:
         self._streams = {name: h.options(stream=True) for name, h in handles.items()}
         self._timeouts = ({name: timeouts for name in handles}
                           if isinstance(timeouts, Timeouts) else dict(timeouts))
         self._attempts, self._tracer = attempts, tracer
         self._on_retry = on_retry or (lambda _model: None)  # one call per retry (a metric)
+        self._providers = dict(providers or {})
+        self._failover = {name: tuple(chain) for name, chain in (failover or {}).items()}
+        self.breaker = breaker or Breaker()
+        self._on_failover = on_failover or (lambda _model, _to: None)  # (model, answerer)
 
     def __contains__(self, model: object) -> bool:
-        return model in self._streams
+        return model in self._streams or model in self._providers
 
     async def call(self, model: str, endpoint: str, request: Any) -> EngineStream:
+        declared = [model, *self._failover.get(model, ())]
+        chain = self.breaker.order(declared)  # those put aside last
+        failed: list[str] = []
+        for i, backend in enumerate(chain):
+            try:
+                stream = await self._call_one(backend, endpoint, request)
+            except Unavailable as exc:
+                self.breaker.failed(backend, _aside_s(exc))
+                failed.append(backend)
+                if i + 1 == len(chain):
+                    raise
+                log.warning("model %s: %s failed before answering (%s); failing over to %s",
+                            model, backend, exc.code, chain[i + 1])
+                continue
+            self.breaker.succeeded(backend)
+            if backend != model:
+                self._on_failover(model, backend)  # another model of the chain answered
+            # the chain's models that did not answer: failed now, or ahead of it but aside
+            ahead = declared[:declared.index(backend)]
+            stream.failed_over = tuple(m for m in declared if m in failed or m in ahead)
+            return stream
+        raise AssertionError("a chain has at least the model itself")
+
+    async def _call_one(self, model: str, endpoint: str, request: Any) -> EngineStream:
+        provider = self._providers.get(model)
+        if provider is not None:
+            operation = OPERATIONS.get(endpoint, endpoint)
+            with self._tracer.start_as_current_span(
+                    f"{operation} {model}", kind=SpanKind.CLIENT,
+                    attributes={"gen_ai.operation.name": operation,
+                                "gen_ai.provider.name": provider.endpoint.api,
+                                "gen_ai.request.model": provider.endpoint.model,
+                                "sluice.stream": bool(request.stream)}) as span:
+                stream = await provider.call(endpoint, request)
+                span.set_attribute("sluice.replica", stream.replica or "")
+                return stream  # type: ignore[no-any-return]
         engine_request = request.model_copy(update={
             "model": model, "request_id": f"{request.request_id}.{uuid.uuid4().hex[:8]}"})
         operation = OPERATIONS.get(endpoint, endpoint)
@@ -206,6 +256,16 @@ class Engines:
             for _ in range(stream.retries):
                 self._on_retry(model)
         return stream
+
+
+def _aside_s(exc: Unavailable) -> float | None:
+    """How long a provider's 429 asked to be left alone (its Retry-After)."""
+    if exc.code != "provider_rate_limited":
+        return None
+    try:
+        return float(exc.headers.get("Retry-After", "1"))
+    except ValueError:
+        return None
 
 
 async def call_engine(

@@ -25,13 +25,46 @@ from sluice.schema.serving import SLO, AutoscalingSettings, ReplicaRoutingConfig
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
+class ProviderEndpoint(Frozen):
+    """A hosted model behind an OpenAI-compatible API (OpenAI itself, or any provider or
+    server that speaks its `/chat/completions` and `/completions`)."""
+
+    api: Literal["openai"] = Field(default="openai", description="The API it speaks.")
+    base_url: str = Field(pattern=r"^https?://", description="The API's base URL, up to "
+                          "and including its version, e.g. https://api.openai.com/v1.")
+    model: str = Field(min_length=1, description="The provider's own id of the model.")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable that holds its API key (never the key "
+        "itself); unset: no key is sent.")
+    first_token_timeout_s: float = Field(
+        default=30, gt=0, description="A stream: longest wait for its first event; past it "
+        "the call fails over (or is a 503).")
+    stall_timeout_s: float = Field(
+        default=30, gt=0, description="A stream: longest gap between two of its events.")
+    request_timeout_s: float = Field(
+        default=300, gt=0, description="Not streamed: longest wait for the whole answer "
+        "(a provider sends nothing before it is done); past it, as a stream's first event.")
+    max_connections: int = Field(default=64, ge=1, description="Concurrent calls at most "
+                                 "(the pool's bound), per ingress replica.")
+
+
 class CatalogModel(Frozen):
     """What a model is, independent of where it runs."""
 
     name: str = Field(
         pattern=MODEL_NAME_PATTERN, description="Served model id (the API's `model`)."
     )
-    source: str = Field(description="Local path (relative to the repo root) or a hub id.")
+    source: str | None = Field(
+        default=None, description="Local path (relative to the repo root) or a hub id: a "
+        "model Sluice runs on its own engines. Exactly one of source and provider.")
+    provider: ProviderEndpoint | None = Field(
+        default=None, description="A hosted model Sluice calls over HTTP instead of running "
+        "it (no engine, no entry in the profile's models).")
+    failover: tuple[str, ...] = Field(
+        default=(), description="Other catalog models, in order, that answer a request this "
+        "one fails before its first byte (engine or provider down, overloaded, rate-limited, "
+        "timed out); each is put aside for a cooldown after repeated failures.")
     tier: Literal["small", "large"] = Field(description="Cascade tier this model fills.")
     context_length: int = Field(gt=0, description="Maximum prompt + completion tokens.")
     demo: bool = Field(
@@ -42,6 +75,20 @@ class CatalogModel(Frozen):
                      "autoscaling).")
     pricing: Pricing | None = Field(default=None, description="What an answer costs: token "
                                     "prices or GPU time (sluice.accounting.cost).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CatalogModel:
+        if (self.source is None) == (self.provider is None):
+            raise ValueError(f"model {self.name}: set exactly one of source (a model Sluice "
+                             "runs) and provider (a hosted one)")
+        if self.name in self.failover:
+            raise ValueError(f"model {self.name}: failover names the model itself")
+        return self
+
+    @property
+    def local(self) -> bool:
+        """Sluice runs it on engines of its own (it has a source, not a provider)."""
+        return self.provider is None
 
 
 class Catalog(Frozen):
@@ -58,6 +105,20 @@ class Catalog(Frozen):
         if "auto" in names:
             raise ValueError("'auto' is reserved for the cascade and cannot name a model")
         return models
+
+    @model_validator(mode="after")
+    def _failover_known(self) -> Catalog:
+        names = {m.name for m in self.models}
+        for m in self.models:
+            stray = [f for f in m.failover if f not in names]
+            if stray:
+                raise ValueError(f"model {m.name}: failover names unknown model(s) {stray}")
+        return self
+
+    @property
+    def local(self) -> tuple[CatalogModel, ...]:
+        """The models Sluice runs itself (each has engines and a profile entry)."""
+        return tuple(m for m in self.models if m.local)
 
     def by_tier(self, tier: str) -> CatalogModel:
         for m in self.models:
@@ -170,6 +231,12 @@ class IngressSettings(Frozen):
         "the engine request is cancelled and the stream ends with an SSE error event "
         "(`engine_stalled`) and [DONE]. null: no bound.",
     )
+    failover_threshold: int = Field(
+        default=3, ge=1, description="Failures in a row before a model of a failover chain "
+        "is put aside (tried only after the others) for failover_cooldown_s.")
+    failover_cooldown_s: float = Field(
+        default=30, gt=0, description="How long a failing model of a failover chain is put "
+        "aside (a provider's 429 puts it aside for its Retry-After instead).")
     engine_attempts: int = Field(
         default=3, ge=1, le=10,
         description="Engine calls per request before giving up: a replica that fails before "
@@ -296,12 +363,13 @@ class PlatformConfig(Frozen):
     @model_validator(mode="after")
     def _every_model_deployed(self) -> PlatformConfig:
         names = {m.name for m in self.catalog.models}
-        missing = names - set(self.profile.models)
-        unknown = set(self.profile.models) - names
+        local = {m.name for m in self.catalog.local}
+        missing = local - set(self.profile.models)
+        unknown = set(self.profile.models) - local
         if missing or unknown:
             raise ValueError(
-                f"profile.models must name exactly the catalog models; "
-                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+                f"profile.models must name exactly the catalog models Sluice runs (not the "
+                f"provider ones); missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
         if self.routing is not None:
             self.routing.check_models(names)
@@ -321,6 +389,8 @@ class PlatformConfig(Frozen):
 
     def model_source(self, model: CatalogModel) -> str:
         """Absolute path for local sources; hub ids unchanged."""
+        if model.source is None:
+            raise ValueError(f"model {model.name} is a provider's: it has no source")
         candidate = self.root / model.source
         if model.source.startswith((".", "/")) or candidate.exists():
             return str(candidate.resolve())

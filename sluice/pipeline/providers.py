@@ -1,0 +1,197 @@
+"""Hosted models: a catalog model whose `provider` is an OpenAI-compatible API, called over
+HTTP instead of through an engine deployment.
+
+The call has the shape of an engine call (`EngineStream`: the first item awaited before any
+byte goes to the client, then the rest), so everything after it (caches, metering, pricing,
+the ledger, traces, failover) treats a provider's answer as any other. The request is the
+one the client sent, parsed and bounded by the ingress, with the model set to the
+provider's id. One pooled `httpx.AsyncClient` per provider model and ingress replica
+(`max_connections` bounds its concurrency), never a blocking call.
+
+A provider's refusal before the first byte is named as Sluice names an engine's: its 4xx as
+the same 4xx (the client's mistake, with the provider's message), its 429, 5xx, timeouts and
+connection errors as Sluice's retriable 503 (`provider_unavailable`, with the provider's
+Retry-After where it sent one), which the failover chain reads (`sluice.pipeline.failover`).
+A stream that breaks after it started ends with an error event, as an engine's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from sluice import sse
+from sluice.errors import SluiceError, Unavailable, from_engine_error
+from sluice.pipeline.engines import EngineStream
+from sluice.schema.platform import ProviderEndpoint
+
+log = logging.getLogger(__name__)
+PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+# fields of Sluice's parsed request that are not the provider's business
+_PRIVATE = ("request_id", "sluice_avoid_replicas")
+
+
+class _Whole:
+    """A non-streamed answer in the shape EngineStream.whole() reads."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        return self._data
+
+
+RATE_LIMITED = "provider_rate_limited"  # its 429: the failover chain puts it aside that long
+
+
+def unavailable(model: str, why: str, retry_after_s: int = 1,
+                code: str = "provider_unavailable") -> Unavailable:
+    return Unavailable(f"Model '{model}' is not available right now ({why}); retry shortly.",
+                       code=code, retry_after_s=max(1, retry_after_s))
+
+
+def _retry_after(response: httpx.Response) -> int:
+    try:
+        return max(1, int(float(response.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1
+
+
+def refusal(model: str, response: httpx.Response, body: bytes) -> SluiceError:
+    """A provider's error status as Sluice's error: 429 and 5xx (and 408) are retriable."""
+    status = response.status_code
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    message = str(error.get("message") if isinstance(error, dict) else error or "")[:500]
+    if status in (408, 429) or status >= 500:
+        return unavailable(model, f"its provider answered {status}"
+                           + (f": {message}" if message else ""), _retry_after(response),
+                           RATE_LIMITED if status == 429 else "provider_unavailable")
+    param = error.get("param") if isinstance(error, dict) else None
+    return from_engine_error(status, message or f"The provider refused the request ({status}).",
+                             None, param)
+
+
+class _Events:
+    """The rest of a provider's stream, one SSE event per item; closing it (the reader
+    left, or a stall) closes the connection, which is how an HTTP call is cancelled."""
+
+    def __init__(self, model: str, response: httpx.Response) -> None:
+        self._model, self._response = model, response
+        self._lines = response.aiter_lines()
+        self._done = False
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            while True:
+                line = await self._lines.__anext__()
+                if line.startswith("data:"):
+                    event = f"{sse.DATA}{line[5:].strip()}\n\n"
+                    if sse.ends(event):
+                        self._done = True
+                    return event
+        except StopAsyncIteration:
+            self._done = True
+            await self._response.aclose()
+            raise
+        except httpx.HTTPError as exc:  # the connection broke mid-stream: say so, then end
+            self._done = True
+            await self._response.aclose()
+            log.warning("model %s: its provider's stream broke: %r", self._model, exc)
+            return sse.encode(unavailable(self._model, f"its provider's stream broke: "
+                                          f"{type(exc).__name__}").body())
+
+    def cancel(self) -> None:
+        self._done = True
+        asyncio.ensure_future(self._response.aclose())
+
+
+class ProviderEngine:
+    """One hosted model: `call` has the contract of `Engines.call` for a local model."""
+
+    def __init__(self, name: str, endpoint: ProviderEndpoint,
+                 environ: Mapping[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name, self.endpoint = name, endpoint
+        env = os.environ if environ is None else environ
+        key = env.get(endpoint.api_key_env) if endpoint.api_key_env else None
+        if endpoint.api_key_env and not key:
+            log.warning("model %s: %s is not set; calling its provider without a key", name,
+                        endpoint.api_key_env)
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        limits = httpx.Limits(max_connections=endpoint.max_connections,
+                              max_keepalive_connections=endpoint.max_connections)
+        # every bound is Sluice's own: the start of a call within its first-token (a stream)
+        # or request (not streamed) bound, a stream's gaps within its stall bound
+        self._client = httpx.AsyncClient(base_url=endpoint.base_url.rstrip("/"),
+                                         headers=headers, limits=limits,
+                                         timeout=httpx.Timeout(None), transport=transport)
+        self.replica = f"provider:{urlsplit(endpoint.base_url).netloc}"
+
+    def body(self, request: Any) -> dict[str, Any]:
+        data = request.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+        for key in _PRIVATE:
+            data.pop(key, None)
+        data["model"] = self.endpoint.model
+        return data
+
+    async def call(self, endpoint: str, request: Any) -> EngineStream:
+        body = self.body(request)
+        streamed = bool(body.get("stream"))
+        bound = (self.endpoint.first_token_timeout_s if streamed
+                 else self.endpoint.request_timeout_s)
+        try:
+            return await asyncio.wait_for(self._start(endpoint, body, streamed), bound)
+        except TimeoutError:
+            raise unavailable(self.name, f"its provider did not answer within {bound:g} s"
+                              ) from None
+        except httpx.HTTPError as exc:
+            raise unavailable(self.name, f"its provider could not be reached: "
+                              f"{type(exc).__name__}") from None
+
+    async def _start(self, endpoint: str, body: dict[str, Any], streamed: bool
+                     ) -> EngineStream:
+        request = self._client.build_request("POST", PATHS[endpoint], json=body)
+        response = await self._client.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                raise refusal(self.name, response, await response.aread())
+            if not streamed:
+                data = json.loads(await response.aread())
+                return EngineStream(self.name, _Whole(data), _nothing(), self.replica)
+            events = _Events(self.name, response)
+            first = await events.__anext__()
+        except BaseException:
+            await response.aclose()
+            raise
+        return EngineStream(self.name, first, events, self.replica,
+                            stall_timeout_s=self.endpoint.stall_timeout_s)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _nothing() -> Any:
+    return
+    yield  # an async generator with no items
+
+
+def provider_engines(models: Any, environ: Mapping[str, str] | None = None
+                     ) -> dict[str, ProviderEngine]:
+    """The catalog's provider models, by name."""
+    return {m.name: ProviderEngine(m.name, m.provider, environ)
+            for m in models if m.provider is not None}

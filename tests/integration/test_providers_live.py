@@ -1,0 +1,133 @@
+"""A hosted model behind Sluice, and its failover chain, on real servers (#21).
+
+No hosted provider is reachable here, so vLLM's own OpenAI server stands in for one (the
+demo `small` weights served as `their-small`), behind the chaos harness's TCP fault proxy
+(`loadtests.chaos.fault_proxy`). A `sluice serve` of its own runs `small` on its engine and
+serves the catalog model `hosted`, a provider model pointing at the proxy, whose failover
+chain is `[small]`. Shown: `hosted` answers through both front doors with the official
+`openai` and `anthropic` SDKs, streamed or not, priced at its own prices in the ledger; when
+the provider is down or stalls past its first-byte bound, every request is still answered
+(by `small`, named in `x-sluice-failover`), the failing provider is put aside after
+`failover_threshold` failures, and it answers again once its cooldown is over.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import pytest
+from openai import OpenAI
+
+from loadtests.provider_stack import ProviderStack, Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+SETTINGS = Settings()
+PRICES = SETTINGS.prices
+FIRST_BYTE_S, COOLDOWN_S, THRESHOLD = (SETTINGS.first_byte_s, SETTINGS.cooldown_s,
+                                       SETTINGS.threshold)
+MSG = [{"role": "user", "content": "Name a river."}]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[dict]:
+    running = ProviderStack(SETTINGS)
+    try:
+        try:
+            running.start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield {"url": running.url, "proxy": running.proxy}
+    finally:
+        running.stop()
+
+
+def _ask(url: str, **extra: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "model": "hosted", "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] Name a river."}],
+        **extra})
+
+
+def test_a_hosted_model_answers_through_both_front_doors_at_its_own_prices(stack) -> None:
+    url = stack["url"]
+    models = {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
+    assert {"small", "hosted"} <= models
+    gpt = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    raw = gpt.chat.completions.with_raw_response.create(
+        model="hosted", max_tokens=8, temperature=0,
+        messages=[{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] hello"}])
+    reply = raw.parse()
+    assert raw.headers["x-sluice-model"] == "hosted" and "x-sluice-failover" not in raw.headers
+    assert raw.headers["x-sluice-replica"] == f"provider:127.0.0.1:{SETTINGS.proxy_port}"
+    assert reply.model == "their-small"  # the provider's own id of what answered
+    usage = reply.usage
+    assert usage.completion_tokens > 0
+    price = (usage.prompt_tokens * PRICES["input_per_1m"]
+             + usage.completion_tokens * PRICES["output_per_1m"]) / 1e6
+    assert float(raw.headers["x-sluice-cost-usd"]) == pytest.approx(price, rel=1e-6)
+
+    streamed = "".join(c.choices[0].delta.content or "" for c in gpt.chat.completions.create(
+        model="hosted", max_tokens=8, temperature=0, stream=True,
+        messages=[{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] hello"}])
+        if c.choices)
+    assert streamed
+
+    claude = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    message = claude.messages.create(model="hosted", max_tokens=8, messages=MSG)
+    assert message.content[0].text and message.usage.output_tokens > 0
+    with claude.messages.stream(model="hosted", max_tokens=8, messages=MSG) as stream:
+        assert "".join(stream.text_stream)
+
+    def ledgered() -> float:
+        report = httpx.get(f"{url}/v1/usage", params={"group_by": "model"}, timeout=30).json()
+        row = next((g for g in report["data"] if g["group"] == "hosted"), None)
+        return row["requests"] if row else 0
+
+    deadline = time.monotonic() + 30
+    while ledgered() < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ledgered() >= 4  # each answer of the provider, once
+
+
+def test_a_provider_down_or_stalled_fails_over_and_comes_back(stack) -> None:
+    url, proxy = stack["url"], stack["proxy"]
+    assert _ask(url).headers["x-sluice-model"] == "hosted"
+    proxy.refuse(True)
+    proxy.reset()  # the pooled connections too: the provider is gone
+    try:
+        started = time.monotonic()
+        answers = [_ask(url) for _ in range(THRESHOLD + 2)]
+        took = time.monotonic() - started
+    finally:
+        proxy.pass_through()
+    assert [r.status_code for r in answers] == [200] * len(answers), [r.text for r in answers]
+    assert {r.headers["x-sluice-model"] for r in answers} == {"small"}
+    assert {r.headers["x-sluice-failover"] for r in answers} == {"hosted"}
+    print(f"{len(answers)} answers with the provider down took {took:.1f} s")
+
+    # put aside: while its cooldown lasts it is not tried, though it is back now
+    aside = _ask(url)
+    assert aside.headers["x-sluice-model"] == "small", aside.headers
+    time.sleep(COOLDOWN_S + 1)
+    back = _ask(url)
+    assert back.status_code == 200 and back.headers["x-sluice-model"] == "hosted"
+    assert "x-sluice-failover" not in back.headers
+
+    proxy.set_latency(FIRST_BYTE_S + 2)  # slower than its first-byte bound
+    try:
+        started = time.monotonic()
+        stalled = _ask(url, stream=True)
+        took = time.monotonic() - started
+    finally:
+        proxy.pass_through()
+    assert stalled.status_code == 200 and stalled.headers["x-sluice-model"] == "small"
+    assert stalled.text.rstrip().endswith("data: [DONE]") and '"error"' not in stalled.text
+    assert took < FIRST_BYTE_S + 30, took  # its bound, then small's answer
+    print(f"a stalled provider's stream was answered by small after {took:.1f} s")
+
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    assert 'sluice_failovers_total{model="hosted",to="small"}' in metrics
