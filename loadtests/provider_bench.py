@@ -15,7 +15,8 @@ provider model, failing over to `small`):
    directly, alternating: what a failed-over answer costs over a plain `small` answer, for
    the first requests (each tries the provider first) and once the provider is put aside.
    Then the provider back, stalled instead (the proxy holds its bytes past its first-byte
-   bound): the time to `small`'s answer.
+   bound): the time to `small`'s streamed answer (a stream's first event is bounded by
+   `first_token_timeout_s`; an answer not streamed waits up to `request_timeout_s`).
 
 Prints progress; writes results.json and a plot.
 """
@@ -56,10 +57,12 @@ def _streamed(client: OpenAI, model: str) -> tuple[float, float]:
     return (first or end) - started, end - started
 
 
-def _answered(url: str, model: str) -> tuple[float, str, str]:
+def _answered(url: str, model: str, stream: bool = False) -> tuple[float, str, str]:
+    """Seconds to the whole answer, the model that answered, the models that did not."""
     started = time.perf_counter()
     r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-        "model": model, "max_tokens": MAX_TOKENS, "temperature": 0, "messages": _prompt()})
+        "model": model, "max_tokens": MAX_TOKENS, "temperature": 0, "messages": _prompt(),
+        "stream": stream})
     r.raise_for_status()
     return (time.perf_counter() - started, r.headers["x-sluice-model"],
             r.headers.get("x-sluice-failover", ""))
@@ -114,9 +117,10 @@ def failover(stack: ProviderStack, n: int) -> dict[str, Any]:
         proxy.pass_through()
     time.sleep(stack.settings.cooldown_s + 1)
     assert _answered(stack.url, "hosted")[1] == "hosted"  # back
-    proxy.set_latency(stack.settings.first_byte_s + 2)
+    proxy.set_latency(stack.settings.first_byte_s + 2)  # a stream's first-event bound
     try:
-        stalled = [_answered(stack.url, "hosted") for _ in range(stack.settings.threshold)]
+        stalled = [_answered(stack.url, "hosted", stream=True)
+                   for _ in range(stack.settings.threshold)]
     finally:
         proxy.pass_through()
     assert all(m == "small" for _, m, _ in stalled)
