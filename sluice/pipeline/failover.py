@@ -55,8 +55,3 @@ class Breaker:
     def succeeded(self, backend: str) -> None:
         state = self._state(backend)
         state.failures, state.aside_until = 0, float("-inf")
-
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        now = self.clock()
-        return {b: {"failures": s.failures, "aside_s": max(0.0, s.aside_until - now)}
-                for b, s in self._states.items()}
