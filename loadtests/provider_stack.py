@@ -1,7 +1,9 @@
 """A hosted model on this machine: vLLM's own OpenAI server standing in for a provider,
 behind the chaos harness's TCP fault proxy, and a `sluice serve` of its own whose catalog
-has `small` (on its own engine) and `hosted` (a provider model pointing at the proxy, with
-the failover chain `[small]`). Used by `tests/integration/test_providers_live.py` and
+has `small` (on its own engine), `hosted` (a provider model pointing at the proxy, with
+the failover chain `[small]`) and `claude` (the same server's Anthropic-compatible
+`/v1/messages`, called as Anthropic's API, behind the HTTP fault proxy that can answer 429s
+in its place; its chain is `[small]` too). Used by `tests/integration/test_providers_live.py` and
 `loadtests/provider_bench.py`.
 """
 
@@ -21,6 +23,7 @@ import httpx
 import yaml
 
 from loadtests.chaos.fault_proxy import FaultProxy
+from loadtests.chaos.http_faults import HttpFaults
 
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDER_KEY = "sk-provider"  # the stand-in provider's API key (vLLM's --api-key)
@@ -33,6 +36,7 @@ class Settings:
     redis_port: int = 6432
     vllm_port: int = 8864
     proxy_port: int = 8865
+    http_faults_port: int = 8866  # in front of the same server, for `claude`
     first_byte_s: float = 3.0  # hosted's first_token_timeout_s
     threshold: int = 2  # ingress.failover_threshold
     cooldown_s: float = 20.0  # ingress.failover_cooldown_s
@@ -51,8 +55,14 @@ def _catalog(tmp: Path, s: Settings) -> Path:
                            "first_token_timeout_s": s.first_byte_s},
               "failover": ["small"],
               "pricing": {"mode": "tokens", "tokens": dict(s.prices)}}
+    claude = {**hosted, "name": "claude",
+              "description": "vLLM's /v1/messages standing in for Anthropic's API",
+              "provider": {"api": "anthropic", "auth": "bearer",  # vLLM's --api-key: bearer
+                           "base_url": f"http://127.0.0.1:{s.http_faults_port}/v1",
+                           "model": "their-small", "api_key_env": KEY_ENV,
+                           "first_token_timeout_s": s.first_byte_s}}
     path = tmp / "catalog.yaml"
-    path.write_text(yaml.safe_dump({"models": [small, hosted]}))
+    path.write_text(yaml.safe_dump({"models": [small, hosted, claude]}))
     return path
 
 
@@ -90,6 +100,7 @@ class ProviderStack:
         self.url = f"http://127.0.0.1:{settings.port}"
         self.provider_url = f"http://127.0.0.1:{settings.vllm_port}"  # direct, no proxy
         self.proxy: FaultProxy | None = None
+        self.http_faults: HttpFaults | None = None
         self._procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def _spawn(self, argv: list[str], env: dict[str, str], log: Path) -> None:
@@ -131,6 +142,8 @@ class ProviderStack:
                     {**env, KEY_ENV: PROVIDER_KEY}, self.tmp / "serve.log")
         self.proxy = FaultProxy(("127.0.0.1", s.proxy_port),
                                 ("127.0.0.1", s.vllm_port)).start()
+        self.http_faults = HttpFaults(("127.0.0.1", s.http_faults_port),
+                                      self.provider_url).start()
         self._wait(f"{self.provider_url}/health")
         self._wait(f"{self.url}/readyz")
         return self
@@ -138,6 +151,8 @@ class ProviderStack:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
+        if self.http_faults is not None:
+            self.http_faults.stop()
         for proc, _ in reversed(self._procs):
             _stop(proc)
 

@@ -252,6 +252,9 @@ class Readiness(BaseModel):
     replicas: dict[str, int]
     response_cache: str
     kv_tier: str
+    providers: dict[str, str] | None = Field(
+        default=None, description="Hosted models: ready, aside (put aside by the breaker) or "
+        "unavailable (why); reported, not counted in `status`.")
 
 
 SHAPES: tuple[type[BaseModel], ...] = (

@@ -112,6 +112,7 @@ class SluiceIngress:
         if platform is not None:
             await platform.accountant.close()
             await platform.rate_limiter.close()
+            await platform.engines.close()  # the providers' connection pools
 
     # ---- inference -------------------------------------------------------------------
 
@@ -219,13 +220,17 @@ class SluiceIngress:
         )
         models = {n: ("ready" if ok else "unavailable") for n, ok in zip(names, results)}
         ready = all(results)
-        cache = await self._cache.health()
+        cache, providers = await asyncio.gather(self._cache.health(),
+                                                self._platform.engines.providers_ready())
         # the KV tier shares this Redis; engines keep serving (recomputing) without it
         kv_tier = cache if self._config.profile.kv_tier.enabled else "disabled"
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "models": models,
              "replicas": await asyncio.to_thread(_running_replicas),
-             "response_cache": cache, "kv_tier": kv_tier},
+             "response_cache": cache, "kv_tier": kv_tier,
+             # reported, not gating: a provider's outage is every ingress replica's alike
+             # (taking them out of a load balancer helps no one), and its chain answers
+             **({"providers": providers} if providers else {})},
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "5"},
         )

@@ -49,6 +49,7 @@ class Platform:
     metrics: Metrics
     background: Background
     key_admin: KeyAdmin
+    engines: Engines
 
     def route_snapshots(self) -> dict[str, dict[str, Any]]:
         return {name: r.policy.snapshot() for name, r in self.runners.items()}
@@ -115,4 +116,4 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                              body_timeout_s=ingress.body_timeout_s, control_tokens=control,
                              context_gate=gate)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
-                    background, KeyAdmin(accountant.keys))
+                    background, KeyAdmin(accountant.keys), engines)

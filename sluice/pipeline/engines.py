@@ -226,27 +226,25 @@ class Engines:
             return stream
         raise AssertionError("a chain has at least the model itself")
 
+    def _span(self, model: str, endpoint: str, system: str, asked: str, streamed: bool
+              ) -> Any:
+        operation = OPERATIONS.get(endpoint, endpoint)
+        return self._tracer.start_as_current_span(
+            f"{operation} {model}", kind=SpanKind.CLIENT,
+            attributes={"gen_ai.operation.name": operation, "gen_ai.provider.name": system,
+                        "gen_ai.request.model": asked, "sluice.stream": streamed})
+
     async def _call_one(self, model: str, endpoint: str, request: Any) -> EngineStream:
         provider = self._providers.get(model)
         if provider is not None:
-            operation = OPERATIONS.get(endpoint, endpoint)
-            with self._tracer.start_as_current_span(
-                    f"{operation} {model}", kind=SpanKind.CLIENT,
-                    attributes={"gen_ai.operation.name": operation,
-                                "gen_ai.provider.name": provider.endpoint.api,
-                                "gen_ai.request.model": provider.endpoint.model,
-                                "sluice.stream": bool(request.stream)}) as span:
+            with self._span(model, endpoint, provider.endpoint.api, provider.endpoint.model,
+                            bool(request.stream)) as span:
                 stream = await provider.call(endpoint, request)
                 span.set_attribute("sluice.replica", stream.replica or "")
                 return stream  # type: ignore[no-any-return]
         engine_request = request.model_copy(update={
             "model": model, "request_id": f"{request.request_id}.{uuid.uuid4().hex[:8]}"})
-        operation = OPERATIONS.get(endpoint, endpoint)
-        with self._tracer.start_as_current_span(
-                f"{operation} {model}", kind=SpanKind.CLIENT,
-                attributes={"gen_ai.operation.name": operation, "gen_ai.provider.name": "vllm",
-                            "gen_ai.request.model": model,
-                            "sluice.stream": bool(engine_request.stream)}) as span:
+        with self._span(model, endpoint, "vllm", model, bool(engine_request.stream)) as span:
             timeouts = self._timeouts[model]
             stream = await call_engine(self._streams[model], endpoint, engine_request, model,
                                        timeouts.first_item_s, self._attempts,
@@ -256,6 +254,19 @@ class Engines:
             for _ in range(stream.retries):
                 self._on_retry(model)
         return stream
+
+    async def providers_ready(self, timeout_s: float = 3.0) -> dict[str, str]:
+        """Each hosted model's state for /readyz: `ready` (its API answered), `aside` (the
+        breaker put it aside: its chain answers for it) or `unavailable (why)`."""
+        names = list(self._providers)
+        probes = await asyncio.gather(*(self._providers[n].ready(timeout_s) for n in names))
+        return {n: "aside" if self.breaker.aside(n) else probe
+                for n, probe in zip(names, probes)}
+
+    async def close(self) -> None:
+        """Close the providers' connection pools (the ingress is shutting down)."""
+        await asyncio.gather(*(p.close() for p in self._providers.values()),
+                             return_exceptions=True)
 
 
 def _aside_s(exc: Unavailable) -> float | None:

@@ -1,5 +1,5 @@
-"""Hosted models: a catalog model whose `provider` is an OpenAI-compatible API, called over
-HTTP instead of through an engine deployment.
+"""Hosted models: a catalog model whose `provider` is an OpenAI-compatible API or
+Anthropic's Messages API, called over HTTP instead of through an engine deployment.
 
 The call has the shape of an engine call (`EngineStream`: the first item awaited before any
 byte goes to the client, then the rest), so everything after it (caches, metering, pricing,
@@ -13,6 +13,11 @@ the same 4xx (the client's mistake, with the provider's message), its 429, 5xx, 
 connection errors as Sluice's retriable 503 (`provider_unavailable`, with the provider's
 Retry-After where it sent one), which the failover chain reads (`sluice.pipeline.failover`).
 A stream that breaks after it started ends with an error event, as an engine's does.
+
+Behind Anthropic's API (`api: anthropic`) a chat request is translated into a Messages
+request and the answer, whole or streamed, back into a chat completion
+(`sluice.pipeline.anthropic_wire`), so the rest of the pipeline sees OpenAI's shapes either
+way; such a model serves no `/v1/completions` (a 400 naming `model`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from sluice import sse
-from sluice.errors import SluiceError, Unavailable, from_engine_error
+from sluice.errors import InvalidRequest, SluiceError, Unavailable, from_engine_error
+from sluice.pipeline import anthropic_wire
 from sluice.pipeline.engines import EngineStream
 from sluice.schema.platform import ProviderEndpoint
 
@@ -83,41 +89,61 @@ def refusal(model: str, response: httpx.Response, body: bytes) -> SluiceError:
 
 class _Events:
     """The rest of a provider's stream, one SSE event per item; closing it (the reader
-    left, or a stall) closes the connection, which is how an HTTP call is cancelled."""
+    left, or a stall) closes the connection, which is how an HTTP call is cancelled. The
+    response is closed once the stream ended too, so its connection goes back to the pool."""
 
     def __init__(self, model: str, response: httpx.Response) -> None:
         self._model, self._response = model, response
         self._lines = response.aiter_lines()
+        self._ready: list[str] = []
         self._done = False
 
     def __aiter__(self) -> _Events:
         return self
 
+    def _convert(self, data: str) -> list[str]:
+        """One `data:` line of the provider's stream as the chunks it stands for."""
+        return [f"{sse.DATA}{data}\n\n"]
+
     async def __anext__(self) -> str:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            while True:
+        while not self._ready:
+            if self._done:
+                await self._response.aclose()
+                raise StopAsyncIteration
+            try:
                 line = await self._lines.__anext__()
-                if line.startswith("data:"):
-                    event = f"{sse.DATA}{line[5:].strip()}\n\n"
-                    if sse.ends(event):
-                        self._done = True
-                    return event
-        except StopAsyncIteration:
-            self._done = True
-            await self._response.aclose()
-            raise
-        except httpx.HTTPError as exc:  # the connection broke mid-stream: say so, then end
-            self._done = True
-            await self._response.aclose()
-            log.warning("model %s: its provider's stream broke: %r", self._model, exc)
-            return sse.encode(unavailable(self._model, f"its provider's stream broke: "
-                                          f"{type(exc).__name__}").body())
+            except StopAsyncIteration:
+                self._done = True
+                continue
+            except httpx.HTTPError as exc:  # the connection broke mid-stream: say so, end
+                self._done = True
+                log.warning("model %s: its provider's stream broke: %r", self._model, exc)
+                self._ready.append(sse.encode(unavailable(
+                    self._model, f"its provider's stream broke: {type(exc).__name__}").body()))
+                continue
+            if line.startswith("data:"):
+                self._ready.extend(self._convert(line[5:].strip()))
+        chunk = self._ready.pop(0)
+        if sse.ends(chunk):
+            self._done, self._ready = True, []
+        return chunk
 
     def cancel(self) -> None:
         self._done = True
         asyncio.ensure_future(self._response.aclose())
+
+
+class _AnthropicEvents(_Events):
+    """Anthropic's stream read as chat completion chunks: each of its events stands for
+    none, one or a few chunks (`anthropic_wire.StreamTranslator`)."""
+
+    def __init__(self, model: str, response: httpx.Response) -> None:
+        super().__init__(model, response)
+        self._translator = anthropic_wire.StreamTranslator()
+
+    def _convert(self, data: str) -> list[str]:
+        event = sse.payload(f"{sse.DATA}{data}")
+        return list(self._translator.translate(event)) if event is not None else []
 
 
 class ProviderEngine:
@@ -132,7 +158,12 @@ class ProviderEngine:
         if endpoint.api_key_env and not key:
             log.warning("model %s: %s is not set; calling its provider without a key", name,
                         endpoint.api_key_env)
-        headers = {"authorization": f"Bearer {key}"} if key else {}
+        headers: dict[str, str] = {}
+        if key:
+            headers.update({"x-api-key": key} if endpoint.key_header == "x-api-key"
+                           else {"authorization": f"Bearer {key}"})
+        if endpoint.api == "anthropic":
+            headers["anthropic-version"] = anthropic_wire.VERSION
         limits = httpx.Limits(max_connections=endpoint.max_connections,
                               max_keepalive_connections=endpoint.max_connections)
         # every bound is Sluice's own: the start of a call within its first-token (a stream)
@@ -142,15 +173,22 @@ class ProviderEngine:
                                          timeout=httpx.Timeout(None), transport=transport)
         self.replica = f"provider:{urlsplit(endpoint.base_url).netloc}"
 
-    def body(self, request: Any) -> dict[str, Any]:
+    def body(self, endpoint: str, request: Any) -> dict[str, Any]:
         data = request.model_dump(mode="json", exclude_unset=True, exclude_none=True)
         for key in _PRIVATE:
             data.pop(key, None)
+        if self.endpoint.api == "anthropic":
+            if endpoint != "chat":
+                raise InvalidRequest(f"Model '{self.name}' is served by Anthropic's Messages "
+                                     "API and answers chat requests only "
+                                     "(/v1/chat/completions, /v1/messages).", param="model")
+            return anthropic_wire.messages_request(data, self.endpoint.model,
+                                                   self.endpoint.default_max_tokens)
         data["model"] = self.endpoint.model
         return data
 
     async def call(self, endpoint: str, request: Any) -> EngineStream:
-        body = self.body(request)
+        body = self.body(endpoint, request)
         streamed = bool(body.get("stream"))
         bound = (self.endpoint.first_token_timeout_s if streamed
                  else self.endpoint.request_timeout_s)
@@ -165,21 +203,38 @@ class ProviderEngine:
 
     async def _start(self, endpoint: str, body: dict[str, Any], streamed: bool
                      ) -> EngineStream:
-        request = self._client.build_request("POST", PATHS[endpoint], json=body)
+        anthropic = self.endpoint.api == "anthropic"
+        path = "/messages" if anthropic else PATHS[endpoint]
+        request = self._client.build_request("POST", path, json=body)
         response = await self._client.send(request, stream=True)
         try:
             if response.status_code >= 400:
                 raise refusal(self.name, response, await response.aread())
             if not streamed:
                 data = json.loads(await response.aread())
+                if anthropic:
+                    data = anthropic_wire.chat_response(data)
                 return EngineStream(self.name, _Whole(data), _nothing(), self.replica)
-            events = _Events(self.name, response)
+            events = (_AnthropicEvents if anthropic else _Events)(self.name, response)
             first = await events.__anext__()
         except BaseException:
             await response.aclose()
             raise
         return EngineStream(self.name, first, events, self.replica,
                             stall_timeout_s=self.endpoint.stall_timeout_s)
+
+    async def ready(self, timeout_s: float) -> str:
+        """`ready` if its API lists models (`GET /models`, with its key, as OpenAI's and
+        Anthropic's both serve) within `timeout_s`, else `unavailable (why)`."""
+        try:
+            response = await asyncio.wait_for(self._client.get("/models"), timeout_s)
+        except TimeoutError:
+            return f"unavailable (no answer in {timeout_s:g} s)"
+        except httpx.HTTPError as exc:
+            return f"unavailable ({type(exc).__name__})"
+        if response.status_code == 200:
+            return "ready"
+        return f"unavailable ({response.status_code})"
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -27,9 +27,19 @@ MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 class ProviderEndpoint(Frozen):
     """A hosted model behind an OpenAI-compatible API (OpenAI itself, or any provider or
-    server that speaks its `/chat/completions` and `/completions`)."""
+    server that speaks its `/chat/completions` and `/completions`) or Anthropic's Messages
+    API (`/messages`: chat only)."""
 
-    api: Literal["openai"] = Field(default="openai", description="The API it speaks.")
+    api: Literal["openai", "anthropic"] = Field(
+        default="openai", description="The API it speaks: `openai` (chat and completions) or "
+        "`anthropic` (Messages; chat requests are translated both ways).")
+    auth: Literal["bearer", "x-api-key"] | None = Field(
+        default=None, description="How its key is sent: `Authorization: Bearer` or "
+        "Anthropic's `x-api-key` header; unset: the API's own way (bearer for openai, "
+        "x-api-key for anthropic).")
+    default_max_tokens: int = Field(
+        default=4096, ge=1, description="anthropic: the `max_tokens` sent when the request "
+        "names none (Anthropic's API requires it).")
     base_url: str = Field(pattern=r"^https?://", description="The API's base URL, up to "
                           "and including its version, e.g. https://api.openai.com/v1.")
     model: str = Field(min_length=1, description="The provider's own id of the model.")
@@ -47,6 +57,10 @@ class ProviderEndpoint(Frozen):
         "(a provider sends nothing before it is done); past it, as a stream's first event.")
     max_connections: int = Field(default=64, ge=1, description="Concurrent calls at most "
                                  "(the pool's bound), per ingress replica.")
+
+    @property
+    def key_header(self) -> str:
+        return self.auth or ("x-api-key" if self.api == "anthropic" else "bearer")
 
 
 class CatalogModel(Frozen):

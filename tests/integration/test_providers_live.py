@@ -8,7 +8,10 @@ chain is `[small]`. Shown: `hosted` answers through both front doors with the of
 `openai` and `anthropic` SDKs, streamed or not, priced at its own prices in the ledger; when
 the provider is down or stalls past its first-byte bound, every request is still answered
 (by `small`, named in `x-sluice-failover`), the failing provider is put aside after
-`failover_threshold` failures, and it answers again once its cooldown is over.
+`failover_threshold` failures, and it answers again once its cooldown is over. `claude` is
+the same server called through its Anthropic-compatible `/v1/messages`, as Sluice calls
+Anthropic's API, behind an HTTP fault proxy: it answers as `hosted` does, and a 429 with
+`Retry-After` puts it aside for that long at once.
 """
 
 from __future__ import annotations
@@ -40,14 +43,14 @@ def stack() -> Iterator[dict]:
             running.start()
         except RuntimeError as exc:
             pytest.fail(str(exc))
-        yield {"url": running.url, "proxy": running.proxy}
+        yield {"url": running.url, "proxy": running.proxy, "faults": running.http_faults}
     finally:
         running.stop()
 
 
-def _ask(url: str, **extra: object) -> httpx.Response:
+def _ask(url: str, model: str = "hosted", **extra: object) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-        "model": "hosted", "max_tokens": 8, "temperature": 0,
+        "model": model, "max_tokens": 8, "temperature": 0,
         "messages": [{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] Name a river."}],
         **extra})
 
@@ -131,3 +134,65 @@ def test_a_provider_down_or_stalled_fails_over_and_comes_back(stack) -> None:
 
     metrics = httpx.get(f"{url}/metrics", timeout=30).text
     assert 'sluice_failovers_total{model="hosted",to="small"}' in metrics
+
+
+def test_a_model_behind_anthropics_api_answers_as_the_openai_one_does(stack) -> None:
+    url = stack["url"]
+    ask = [{"role": "system", "content": "You answer briefly."},
+           {"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] Name a river."}]
+    gpt = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+    replies = {}
+    for model in ("hosted", "claude"):
+        raw = gpt.chat.completions.with_raw_response.create(
+            model=model, max_tokens=8, temperature=0, messages=ask)
+        assert raw.headers["x-sluice-model"] == model, raw.headers
+        replies[model] = raw.parse()
+        usage = replies[model].usage
+        price = (usage.prompt_tokens * PRICES["input_per_1m"]
+                 + usage.completion_tokens * PRICES["output_per_1m"]) / 1e6
+        assert float(raw.headers["x-sluice-cost-usd"]) == pytest.approx(price, rel=1e-6)
+    # the same weights behind both APIs, greedy: the same answer, the same prompt counted
+    assert replies["claude"].choices[0].message.content == \
+        replies["hosted"].choices[0].message.content
+    assert replies["claude"].usage.prompt_tokens == replies["hosted"].usage.prompt_tokens
+    assert replies["claude"].usage.completion_tokens == \
+        replies["hosted"].usage.completion_tokens
+
+    chunks = list(gpt.chat.completions.create(
+        model="claude", max_tokens=8, temperature=0, messages=ask, stream=True,
+        stream_options={"include_usage": True}))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == replies["claude"].choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == replies["claude"].usage.completion_tokens
+
+    claude = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    message = claude.messages.create(model="claude", max_tokens=8, system="You answer "
+                                     "briefly.", messages=ask[1:], extra_body={"temperature": 0})
+    assert message.content[0].text == replies["claude"].choices[0].message.content
+    completion = httpx.post(f"{url}/v1/completions", timeout=60,
+                            json={"model": "claude", "prompt": "hi", "max_tokens": 4})
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "model"
+
+
+def test_a_providers_429_puts_it_aside_for_its_retry_after(stack) -> None:
+    url, faults = stack["url"], stack["faults"]
+    assert _ask(url, "claude").headers["x-sluice-model"] == "claude"
+    aside_s = 6
+    faults.answer(429, retry_after_s=aside_s, times=1)
+    limited_at = time.monotonic()
+    first = _ask(url, "claude")
+    assert first.status_code == 200, first.text
+    assert first.headers["x-sluice-model"] == "small"
+    assert first.headers["x-sluice-failover"] == "claude"
+    assert faults.faulted >= 1
+    # one failure, under the breaker's threshold (2): the Retry-After alone put it aside
+    during = _ask(url, "claude")
+    ready = httpx.get(f"{url}/readyz", timeout=30).json()
+    assert during.headers["x-sluice-model"] == "small", during.headers
+    assert time.monotonic() - limited_at < aside_s, "too slow to see the aside period"
+    assert ready["providers"]["claude"] == "aside" and ready["status"] == "ready"
+    time.sleep(max(0.0, aside_s + 1 - (time.monotonic() - limited_at)))
+    back = _ask(url, "claude")
+    assert back.headers["x-sluice-model"] == "claude" and "x-sluice-failover" not in back.headers
+    assert httpx.get(f"{url}/readyz", timeout=30).json()["providers"] == {
+        "hosted": "ready", "claude": "ready"}
