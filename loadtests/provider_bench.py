@@ -9,7 +9,10 @@ provider model, failing over to `small`):
 1. **Added latency**: `--requests` pairs of streamed requests, one at a time, alternating
    which goes first, each with a fresh prompt: to the provider directly (OpenAI's SDK, its
    URL through the same proxy) and to `hosted` through Sluice (same SDK). TTFT (first text)
-   and total time, p50/p90, and the ratio Sluice / direct of the p50s.
+   and total time, p50/p90, and the ratio Sluice / direct of the p50s. The same for the
+   Anthropic API: the server's `/v1/messages` called directly (Anthropic's SDK, through the
+   HTTP fault proxy in pass-through) against `claude` through Sluice (OpenAI's SDK; Sluice
+   translates to Messages and back, through the same proxy).
 2. **Failover**: the provider's connections reset and new ones refused (it died). Then
    `--requests` requests to `hosted` (answered by `small`) against as many to `small`
    directly, alternating: what a failed-over answer costs over a plain `small` answer, for
@@ -32,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 from openai import OpenAI
 
@@ -53,6 +57,18 @@ def _streamed(client: OpenAI, model: str) -> tuple[float, float]:
                                                 messages=_prompt()):
         if chunk.choices and chunk.choices[0].delta.content:
             first = first or time.perf_counter()
+    end = time.perf_counter()
+    return (first or end) - started, end - started
+
+
+def _messages(client: anthropic.Anthropic, model: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    first = None
+    with client.messages.stream(model=model, max_tokens=MAX_TOKENS, messages=_prompt(),
+                                extra_body={"temperature": 0}) as stream:
+        for text in stream.text_stream:
+            if text:
+                first = first or time.perf_counter()
     end = time.perf_counter()
     return (first or end) - started, end - started
 
@@ -80,22 +96,29 @@ def overhead(stack: ProviderStack, n: int) -> dict[str, Any]:
     direct = OpenAI(base_url=f"http://127.0.0.1:{s.proxy_port}/v1", api_key=PROVIDER_KEY,
                     max_retries=0, timeout=120)
     sluice = OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120)
-    samples: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "total": []}
-                                                  for k in ("direct", "sluice")}
-    _streamed(direct, "their-small")  # warm both paths
-    _streamed(sluice, "hosted")
+    messages = anthropic.Anthropic(base_url=f"http://127.0.0.1:{s.http_faults_port}",
+                                   auth_token=PROVIDER_KEY, max_retries=0, timeout=120)
+    paths = {"direct": lambda: _streamed(direct, "their-small"),
+             "sluice": lambda: _streamed(sluice, "hosted"),
+             "direct_messages": lambda: _messages(messages, "their-small"),
+             "sluice_claude": lambda: _streamed(sluice, "claude")}
+    samples: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "total": []} for k in paths}
+    for call in paths.values():  # warm every path
+        call()
+    names = list(paths)
     for i in range(n):
-        order = ("sluice", "direct") if i % 2 else ("direct", "sluice")
-        for path in order:
-            ttft, total = (_streamed(sluice, "hosted") if path == "sluice"
-                           else _streamed(direct, "their-small"))
+        for path in names[i % 2::] + names[:i % 2]:  # each goes first in turn
+            ttft, total = paths[path]()
             samples[path]["ttft"].append(ttft)
             samples[path]["total"].append(total)
         if (i + 1) % 10 == 0:
-            print(f"[providers] overhead {i + 1}/{n} pairs", flush=True)
+            print(f"[providers] overhead {i + 1}/{n} rounds", flush=True)
     out: dict[str, Any] = {p: {k: _ms(v) for k, v in m.items()} for p, m in samples.items()}
     out["ratio_sluice_over_direct_p50"] = {
         k: out["sluice"][k]["p50_ms"] / out["direct"][k]["p50_ms"] for k in ("ttft", "total")}
+    out["ratio_claude_over_direct_messages_p50"] = {
+        k: out["sluice_claude"][k]["p50_ms"] / out["direct_messages"][k]["p50_ms"]
+        for k in ("ttft", "total")}
     return out
 
 
@@ -139,10 +162,12 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     over = results["overhead"]
     kinds = ["ttft", "total"]
-    for offset, name, label in ((-0.2, "direct", "provider directly"),
-                                (0.2, "sluice", "through Sluice (hosted)")):
-        left.bar([i + offset for i in range(2)], [over[name][k]["p50_ms"] for k in kinds],
-                 0.4, label=label)
+    series = (("direct", "OpenAI API directly"), ("sluice", "through Sluice (hosted)"),
+              ("direct_messages", "Messages API directly"),
+              ("sluice_claude", "through Sluice (claude)"))
+    for j, (name, label) in enumerate(series):
+        left.bar([i + (j - 1.5) * 0.2 for i in range(2)],
+                 [over[name][k]["p50_ms"] for k in kinds], 0.2, label=label)
     left.set_xticks(range(2), ["stream TTFT", "stream total"])
     left.set_ylabel("p50 latency (ms)")
     left.set_title("The provider path's added latency")
@@ -168,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     print("[providers] starting the stand-in provider and sluice serve ...", flush=True)
     with ProviderStack(Settings(port=8876, redis_port=6434, vllm_port=8878,
-                                proxy_port=8879)) as stack:
+                                proxy_port=8879, http_faults_port=8880)) as stack:
         results = {"overhead": overhead(stack, args.requests),
                    "failover": failover(stack, max(args.requests // 4, 4))}
     results["command"] = "python -m loadtests.provider_bench " + " ".join(argv or sys.argv[1:])

@@ -4,6 +4,7 @@ Ray cluster (`build`, `deploy`, `status`, `cluster`: sluice.deployments.cluster_
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -149,6 +150,76 @@ class _PlainDumper(__import__("yaml").SafeDumper):
         return True
 
 
+def _cmd_catalog_prices(args: argparse.Namespace) -> int:
+    from sluice.accounting.price_catalog import lookup
+    from sluice.schema.loading import load_platform_config
+
+    config = load_platform_config(Path(args.profile), root=REPO_ROOT)
+    for m in config.catalog.models:
+        pricing = m.pricing
+        if pricing is None:
+            print(f"{m.name}: not priced")
+        elif pricing.mode == "catalog":
+            assert pricing.catalog is not None
+            try:
+                looked = lookup(pricing.catalog)
+            except ValueError as exc:
+                print(f"{m.name}: {exc}")
+                return 2
+            p = looked.prices
+            window = (f"; its context window {looked.context_window:,}"
+                      + ("" if looked.context_window in (None, m.context_length)
+                         else f" (the catalog says {m.context_length:,})")
+                      if looked.context_window else "")
+            print(f"{m.name}: ${p.input_per_1m:g} input, ${p.output_per_1m:g} output"
+                  + (f", ${p.cached_input_per_1m:g} cached input"
+                     if p.cached_input_per_1m is not None else "")
+                  + f" per 1M tokens, from {looked.package} ({pricing.catalog.provider}/"
+                  f"{looked.model}){window}")
+        else:
+            print(f"{m.name}: {pricing.mode} {getattr(pricing, pricing.mode).model_dump()}")
+    return 0
+
+
+def _cmd_route_quality(args: argparse.Namespace) -> int:
+    import yaml
+
+    from sluice.router.quality import measure, task_of
+    from sluice.schema.artifact_hash import sha256_file
+    from sluice.schema.routing import RoutingConfig
+
+    config_path = Path(args.config)
+    out = Path(args.out) if args.out else config_path.parent / "artifacts" / "quality.yaml"
+    data = {task_of(Path(d)): Path(d) for d in args.data}
+    try:
+        document = measure(data, args.small, args.large)
+    except (OSError, ValueError) as exc:
+        print(f"sluice route quality: {exc}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Written by `sluice route quality`: each model's mean quality per task "
+                   "type on the labeled data.\n"
+                   + yaml.dump(document, Dumper=_PlainDumper, sort_keys=False))
+    existing = (yaml.safe_load(config_path.read_text()) or {}) if config_path.exists() else {}
+    selections = existing.get("selections", [])
+    current = next((s for s in selections if s.get("name") == args.selection), None)
+    if current is None:
+        current = {"name": args.selection, "candidates": [args.small, args.large],
+                   "task": next(iter(data))}
+        selections.append(current)
+    rel = os.path.relpath(out.resolve(), config_path.parent.resolve())
+    current["quality"] = {"path": rel, "sha256": sha256_file(out)}
+    config = {**existing, "selections": selections}
+    RoutingConfig.model_validate({**config, "base_dir": config_path.parent})
+    config_path.write_text(
+        "# Written by `sluice route calibrate` and `sluice route quality`; numbers carry "
+        "their provenance.\n" + yaml.dump(config, Dumper=_PlainDumper, sort_keys=False))
+    print(yaml.safe_dump(document["tasks"], sort_keys=False), end="")
+    print(f"[route quality] wrote {out} and selection '{args.selection}' in {config_path}",
+          file=sys.stderr)
+    return 0
+
+
 def _cmd_route_calibrate(args: argparse.Namespace) -> int:
     import os
 
@@ -187,11 +258,12 @@ def _cmd_route_calibrate(args: argparse.Namespace) -> int:
     old = next((r for r in existing.get("routes", []) if r.get("name") == spec.route), {})
     route["shadow"] = {**old.get("shadow", {}),
                        **({"fraction": args.shadow_fraction} if args.shadow_fraction else {})}
-    document = {"routes": [*routes, route]}
+    document = {**existing, "routes": [*routes, route]}  # selections etc. kept
     RoutingConfig.model_validate({**document, "base_dir": config_path.parent})
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(
-        "# Written by `sluice route calibrate`; thresholds carry their provenance.\n"
+        "# Written by `sluice route calibrate` and `sluice route quality`; numbers carry "
+        "their provenance.\n"
         + yaml.dump(document, Dumper=_PlainDumper, sort_keys=False))
     stage = route.get("judge") or route["pre_router"]
     print(yaml.safe_dump({"calibration": stage["provenance"]["calibration"],
@@ -364,6 +436,27 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--test-fraction", type=float, default=0.5)
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(func=_cmd_route_calibrate)
+    qual = route.add_parser("quality", help="measure each model's quality per task type and "
+                            "point a selection route at it")
+    qual.add_argument("--data", action="append", required=True,
+                      help="labeled pair file, one per task type (repeat); the task is the "
+                      "file's name without _pairs")
+    qual.add_argument("--config",
+                      default=str(REPO_ROOT / "platform" / "routing" / "routes.yaml"),
+                      help="routing config whose selection is updated (others kept)")
+    qual.add_argument("--out", default="", help="quality file (default: "
+                      "artifacts/quality.yaml next to the config)")
+    qual.add_argument("--selection", default="cheapest",
+                      help="selection route to point at it (created if missing)")
+    qual.add_argument("--small", default="small")
+    qual.add_argument("--large", default="large")
+    qual.set_defaults(func=_cmd_route_quality)
+    catalog = sub.add_parser("catalog", help="the model catalog").add_subparsers(
+        dest="catalog_command", required=True)
+    prices = catalog.add_parser("prices", help="what each model is priced at, and where "
+                                "`mode: catalog` prices come from")
+    prices.add_argument("--profile", default=str(DEFAULT_PROFILE))
+    prices.set_defaults(func=_cmd_catalog_prices)
     from sluice.deployments.cluster_cli import add_commands
 
     add_commands(sub)

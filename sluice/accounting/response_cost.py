@@ -12,16 +12,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sluice.accounting.cost import cost_usd
+from sluice.accounting.price_catalog import resolved
 from sluice.accounting.stage_spend import StageSpend
 from sluice.observability.outcome import Priced
 from sluice.schema.accounting import Pricing
 
 
 class UsagePricer:
-    """Prices usage with the catalog's pricing of each model."""
+    """Prices usage with the catalog's pricing of each model (`mode: catalog` looked up once,
+    here: `sluice.accounting.price_catalog`)."""
 
     def __init__(self, pricing: Mapping[str, Pricing | None]) -> None:
-        self._pricing = dict(pricing)
+        self._pricing = {name: resolved(p) for name, p in pricing.items()}
 
     def stage_costs(self, stages: Sequence[StageSpend]) -> list[dict[str, Any]]:
         return [{"stage": s.stage, "model": s.model,

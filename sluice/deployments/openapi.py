@@ -147,6 +147,9 @@ _HEADERS: dict[str, Any] = {
     "x-sluice-failover": _header("The models of the requested model's failover chain that "
                                  "did not answer (failed before the first byte, or put "
                                  "aside); x-sluice-model names the one that did."),
+    "x-sluice-selection": _header("A selection route's choice and why: the model, its "
+                                  "price, measured quality and TTFT p95, the bars, the "
+                                  "candidates passed over."),
     "x-sluice-router-score": _header("The pre-router's score."),
     "x-sluice-judge-score": _header("The judge's score."),
     **_RATE,
@@ -164,7 +167,8 @@ _EVERY = ("x-request-id", "x-sluice-ingress")  # on every response
 _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache",
                    "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-retries",
                    "x-sluice-cost-usd", "x-sluice-budget", "x-sluice-fallback",
-                   "x-sluice-context", "x-sluice-failover", "x-sluice-router-score",
+                   "x-sluice-context", "x-sluice-failover", "x-sluice-selection",
+                   "x-sluice-router-score",
                    "x-sluice-judge-score", *_RATE)
 
 
@@ -246,6 +250,11 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
           "clients choose: `reject` (400 when it does not fit), `route` (the cheapest model "
           "that fits), `trim` (drop the oldest turns of a chat).",
           enum=["reject", "route", "trim"]),
+        h("x-sluice-task", "A selection route: the request's task type (its quality bar "
+          "reads the quality measured for it).", pattern="^[a-z0-9][a-z0-9._-]{0,63}$"),
+        h("x-sluice-max-ttft-ms", "A selection route: the latency bar, measured TTFT p95 in "
+          "ms."),
+        h("x-sluice-min-quality", "A selection route: the quality bar, 0 to 1."),
         h("traceparent", "W3C trace context: the request's span is its child."),
     ]
 

@@ -19,9 +19,9 @@ UNROUTED = "unrouted"  # the label of requests that failed before a model was ch
 class RequestMeter:
     """Started when a request arrives; finished by its outcome (or its error)."""
 
-    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.perf_counter
-                 ) -> None:
-        self._metrics, self._clock = metrics, clock
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.perf_counter,
+                 on_answered: Callable[[str, float], None] | None = None) -> None:
+        self._metrics, self._clock, self._on_answered = metrics, clock, on_answered
         self.started = clock()
         self.model = UNROUTED
         self._gauge_model: str | None = None
@@ -49,6 +49,13 @@ class RequestMeter:
                              tpot_s=outcome.tpot_s,
                              usage=None if outcome.cache == "hit" else outcome.usage)
         self.charged(outcome.priced)
+        # a model's own answer (not a cache hit, a cascade's or a failover's): its latency,
+        # as the client saw its first token (a whole answer's: when it arrived)
+        if (self._on_answered is not None and outcome.status == 200 and not outcome.failed
+                and outcome.cache != "hit" and outcome.model
+                and outcome.route == outcome.model):
+            ttft = outcome.ttft_s if outcome.ttft_s is not None else outcome.duration_s
+            self._on_answered(outcome.model, ttft)
 
     def charged(self, priced: Priced | None) -> None:
         """Cost per model that ran (also for a request that failed after earlier stages)."""

@@ -32,6 +32,9 @@ from sluice.pipeline.providers import provider_engines
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
 from sluice.pipeline.token_counter import TokenCounter
+from sluice.pipeline.selector import Selector
+from sluice.router.quality import load as load_quality
+from sluice.router.selection import ObservedLatency
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import PlatformConfig
 
@@ -88,7 +91,8 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                       on_failover=lambda model, to: metrics.failovers.labels(model, to).inc())
     runners.update(build_runners(config, engines, background.spawn, embedder, tracer=spans))
     routes = config.routing.routes if config.routing else ()
-    router = StaticRouter(config.catalog, ingress.auto_route, routes)
+    selections = config.routing.selections if config.routing else ()
+    router = StaticRouter(config.catalog, ingress.auto_route, routes, selections)
     accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
     rate_limiter = RateLimiter(profile.accounting.rate_limits, redis_url, background.spawn,
                                replicas=ingress.num_replicas,
@@ -111,9 +115,17 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
         metrics.context_overflows.labels(model, policy, outcome, tenant).inc()
 
     gate = ContextGate(profile.context, router, counter, price, overflowed)
+    selector = None
+    if selections:
+        assert config.routing is not None
+        quality = {s.name: load_quality(config.routing.artifact_path(s.quality),
+                                        s.quality.sha256)
+                   for s in selections if s.quality is not None}
+        selector = Selector(selections, quality, price,
+                            ObservedLatency(max(s.window_s for s in selections)))
     handler = RequestHandler(pipeline, accountant, pricer, metrics, limits,
                              ingress.max_body_bytes, rate_limiter, tracer,
                              body_timeout_s=ingress.body_timeout_s, control_tokens=control,
-                             context_gate=gate)
+                             context_gate=gate, selector=selector)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
                     background, KeyAdmin(accountant.keys), engines)

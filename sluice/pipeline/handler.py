@@ -15,7 +15,8 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
    completion tokens than the models' context is a 400 `context_length_exceeded`; then the
    prompt is counted in the model's tokens and the model's context policy applied
    (`context_gate`: reject with a 400, route to a model that fits, trim the chat, lower
-   max_tokens);
+   max_tokens), after a selection route has chosen its model (`selector`: the cheapest
+   candidate meeting the request's latency and quality bars);
 6. **rate limits and budget holds**: the key's and the tenant's requests and tokens per
    minute, one request and its token reservation taken from all of them at once (429 with
    `Retry-After`); then the request's worst-case cost (prompt + max_tokens on every model
@@ -50,6 +51,7 @@ from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.context_gate import ContextGate
+from sluice.pipeline.selector import Selector
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
 from sluice.pipeline.request_body import decode_json, read_body
 from sluice.pipeline.settlement import Settled, Settlement
@@ -62,12 +64,13 @@ class RequestHandler:
                  clock: Callable[[], float] = time.perf_counter,
                  body_timeout_s: float | None = None,
                  control_tokens: ControlTokens | None = None,
-                 context_gate: ContextGate | None = None) -> None:
+                 context_gate: ContextGate | None = None,
+                 selector: Selector | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
         self._body_timeout_s, self._control = body_timeout_s, control_tokens
-        self._gate = context_gate
+        self._gate, self._selector = context_gate, selector
 
     def _check_context(self, request: ParsedRequest) -> None:
         """More completion tokens than any model the request may run has context for is a
@@ -102,7 +105,8 @@ class RequestHandler:
                      body: AsyncIterator[bytes], request_id: str) -> Settled:
         """Steps 3-8 above; raises the request's error after settling it."""
         span = start_span(self._tracer, endpoint, headers) if self._tracer else None
-        settlement = Settlement(RequestMeter(self._metrics, self._clock), span,
+        observe = self._selector.observe if self._selector is not None else None
+        settlement = Settlement(RequestMeter(self._metrics, self._clock, observe), span,
                                 self._accountant, self._pricer, request_id, self._clock)
         try:
             admission = await self._accountant.admit(headers, request_id)
@@ -113,8 +117,12 @@ class RequestHandler:
                                       self._max_body_bytes, self._body_timeout_s)
                 request = parsed(endpoint, decode_json(raw), self._limits, request_id,
                                  headers, len(raw), self._control)
-                settlement.parsed(request, self._pipeline.knows(request.llm.model))
+                selector = self._selector
+                settlement.parsed(request, self._pipeline.knows(request.llm.model)
+                                  or (selector is not None and request.llm.model in selector))
                 admission.principal.may_use(request.llm.model)
+                selection = (selector.choose(request, admission.principal)
+                             if selector is not None else None)
                 if self._gate is None or not self._gate.lowers(request):
                     self._check_context(request)
                 gated = (await self._gate.apply(request, admission.principal)
@@ -136,6 +144,8 @@ class RequestHandler:
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
                 if gated is not None:
                     answer.context = gated.note
+                if selection is not None:
+                    answer.selection = selection.reason
             return await settlement.settle(answer)
         except BaseException as exc:
             settlement.failed(exc)  # (a no-op if the answer's outcome already ended)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sluice.errors import ModelNotFound
 from sluice.schema.platform import Catalog, CatalogModel
-from sluice.schema.routing import RouteConfig
+from sluice.schema.routing import RouteConfig, SelectionConfig
 
 AUTO = "auto"
 DEMO_NOTE = "random-weight demo model: its output is noise"
@@ -25,16 +25,18 @@ class RouteDecision:
 
 class StaticRouter:
     def __init__(self, catalog: Catalog, auto_tier: str,
-                 routes: tuple[RouteConfig, ...] = ()) -> None:
+                 routes: tuple[RouteConfig, ...] = (),
+                 selections: tuple[SelectionConfig, ...] = ()) -> None:
         self._catalog = catalog
         self._models = {m.name: m for m in catalog.models}
         self._auto_target = catalog.by_tier(auto_tier).name
         self._routes = {r.name: r for r in routes}
+        self._selections = {s.name: s for s in selections}
 
     @property
     def model_ids(self) -> list[str]:
         fixed_auto = [] if AUTO in self._routes else [AUTO]
-        return [*self._models, *self._routes, *fixed_auto]
+        return [*self._models, *self._routes, *self._selections, *fixed_auto]
 
     def is_route(self, requested: str) -> bool:
         return requested in self._routes
@@ -52,6 +54,9 @@ class StaticRouter:
     def stages(self, requested: str) -> list[CatalogModel]:
         """The models that may answer a request for `requested`, first tried first: a
         route's small then large model; otherwise the one it resolves to (404 if none)."""
+        selection = self._selections.get(requested)
+        if selection is not None:
+            return [self._models[n] for n in selection.candidates]
         route = self._routes.get(requested)
         if route is None:
             return [self._models[self.decide(requested).model]]
@@ -62,7 +67,10 @@ class StaticRouter:
 
     def models_at_worst(self, requested: str) -> list[CatalogModel]:
         """Every catalog model a request for `requested` may run: a route's small and large
-        models and its LLM judge; otherwise the one it resolves to (404 if none)."""
+        models and its LLM judge; a selection's candidates; otherwise the one it resolves
+        to (404 if none)."""
+        if requested in self._selections:
+            return self.stages(requested)
         route = self._routes.get(requested)
         if route is None:
             return [self._models[self.decide(requested).model]]
@@ -74,6 +82,11 @@ class StaticRouter:
     def metadata(self, model_id: str) -> dict[str, Any]:
         if model_id in self._routes:
             return _route_metadata(self._routes[model_id])
+        if model_id in self._selections:
+            s = self._selections[model_id]
+            return {"kind": "selection", "candidates": list(s.candidates), "task": s.task,
+                    "max_ttft_ms": s.max_ttft_ms, "min_quality": s.min_quality,
+                    "client_choice": s.client_choice}
         if model_id == AUTO:
             return {
                 "kind": "router",

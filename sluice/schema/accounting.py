@@ -216,12 +216,26 @@ class GpuTime(Frozen):
                                 "replica processes per second at its sustainable load.")
 
 
-class Pricing(Frozen):
-    """How a catalog model is priced: exactly one of the two ways."""
+class CatalogPrices(Frozen):
+    """A hosted model's token prices from a maintained price catalog, not typed by hand."""
 
-    mode: Literal["tokens", "gpu_time"] = Field(description="Which price applies.")
+    package: Literal["genai-prices"] = Field(
+        default="genai-prices", description="The catalog: pydantic's genai-prices package "
+        "(its bundled snapshot, the version pyproject.toml pins; updated by upgrading it).")
+    provider: str = Field(min_length=1, description="The catalog's provider id, e.g. "
+                          "`openai`, `anthropic`, `google`.")
+    model: str = Field(min_length=1, description="The provider's model id, as the catalog "
+                       "matches it.")
+
+
+class Pricing(Frozen):
+    """How a catalog model is priced: exactly one of the three ways."""
+
+    mode: Literal["tokens", "gpu_time", "catalog"] = Field(description="Which price applies.")
     tokens: TokenPrices | None = Field(default=None, description="For mode `tokens`.")
     gpu_time: GpuTime | None = Field(default=None, description="For mode `gpu_time`.")
+    catalog: CatalogPrices | None = Field(default=None, description="For mode `catalog`: "
+                                          "token prices looked up when the ingress starts.")
 
     @model_validator(mode="after")
     def _one_way(self) -> Pricing:

@@ -50,4 +50,11 @@ def load_routing_config(path: Path) -> RoutingConfig:
                     check_artifact(routing.artifact_path(artifact), artifact.sha256)
                 except ValueError as exc:
                     raise ValueError(f"{path}: routes[{i}].{name}.artifact: {exc}") from None
+    for i, selection in enumerate(routing.selections):
+        if selection.quality is not None:
+            try:
+                check_artifact(routing.artifact_path(selection.quality),
+                               selection.quality.sha256)
+            except ValueError as exc:
+                raise ValueError(f"{path}: selections[{i}].quality: {exc}") from None
     return routing

@@ -393,6 +393,7 @@ class PlatformConfig(Frozen):
                 f"catalog needs one 'small' and one 'large' model, has {sorted(tiers)}"
             )
         served = names | {"auto"} | {r.name for r in (self.routing.routes if self.routing else ())}
+        served |= {s.name for s in (self.routing.selections if self.routing else ())}
         stray = set(self.profile.semantic_cache.models) - served
         if stray:
             raise ValueError(f"semantic_cache.models: unknown model(s) {sorted(stray)}")

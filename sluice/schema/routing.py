@@ -132,16 +132,51 @@ class RouteConfig(Frozen):
         return self
 
 
-class RoutingConfig(Frozen):
-    """Every cascade route. Loaded from the file a profile names."""
+class SelectionConfig(Frozen):
+    """A virtual model that picks, per request, the cheapest candidate meeting the request's
+    latency and quality bars (`sluice.router.selection`)."""
 
-    routes: tuple[RouteConfig, ...] = Field(description="The virtual models.")
+    name: str = Field(pattern=ROUTE_NAME_PATTERN, description="Model id clients ask for.")
+    candidates: tuple[str, ...] = Field(min_length=2, description="Catalog models (local or "
+                                        "hosted) it may choose, ties broken in this order.")
+    quality: Artifact | None = Field(
+        default=None, description="Measured quality per task type and model (YAML written by "
+        "`sluice route quality`), checked against its hash; without it every quality bar is "
+        "unmet.")
+    task: str = Field(default="general", description="Task type when the request names none "
+                      "(x-sluice-task).")
+    max_ttft_ms: float | None = Field(default=None, gt=0, description="Default latency bar: "
+                                      "measured TTFT p95 at most this.")
+    min_quality: float | None = Field(default=None, ge=0, le=1, description="Default quality "
+                                      "bar for the task.")
+    client_choice: bool = Field(default=True, description="Requests may set their own bars "
+                                "(x-sluice-task, x-sluice-max-ttft-ms, x-sluice-min-quality).")
+    expected_output_tokens: int = Field(default=256, ge=1, description="Completion length "
+                                        "priced when the request sets no max_tokens.")
+    window_s: float = Field(default=300, gt=0, description="Latency measured over the last "
+                            "this many seconds.")
+    min_samples: int = Field(default=20, ge=1, description="Samples before a model's p95 "
+                             "counts; fewer: unmeasured (passes a latency bar).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SelectionConfig:
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"candidates repeat a model: {list(self.candidates)}")
+        return self
+
+
+class RoutingConfig(Frozen):
+    """Every cascade route and selection. Loaded from the file a profile names."""
+
+    routes: tuple[RouteConfig, ...] = Field(default=(), description="The cascades.")
+    selections: tuple[SelectionConfig, ...] = Field(
+        default=(), description="Virtual models choosing by price, latency and quality.")
     base_dir: Path = Field(default=Path("."), description="Folder artifact paths resolve "
                            "against (set by the loader).")
 
     @model_validator(mode="after")
     def _unique(self) -> RoutingConfig:
-        names = [r.name for r in self.routes]
+        names = [r.name for r in self.routes] + [s.name for s in self.selections]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate route names: {names}")
         return self
@@ -155,6 +190,13 @@ class RoutingConfig(Frozen):
                                  ("judge.judge_model", r.judge and r.judge.judge_model)):
                 if model and model not in catalog_models:
                     raise ValueError(f"routes[{i}].{field}: unknown model '{model}'; "
+                                     f"catalog has {sorted(catalog_models)}")
+        for i, s in enumerate(self.selections):
+            if s.name in catalog_models:
+                raise ValueError(f"selections[{i}].name: '{s.name}' is a catalog model")
+            for model in s.candidates:
+                if model not in catalog_models:
+                    raise ValueError(f"selections[{i}].candidates: unknown model '{model}'; "
                                      f"catalog has {sorted(catalog_models)}")
 
     def artifact_path(self, artifact: Artifact) -> Path:
@@ -172,3 +214,13 @@ class RoutingConfig(Frozen):
                     data[stage]["artifact"]["path"] = str(self.artifact_path(artifact))
             routes.append(data)
         return routes
+
+    def portable_selections(self) -> list[dict[str, Any]]:
+        """The selections as plain data with absolute quality paths (as portable_routes)."""
+        out = []
+        for selection in self.selections:
+            data = selection.model_dump(mode="json", exclude_none=True)
+            if selection.quality is not None:
+                data["quality"]["path"] = str(self.artifact_path(selection.quality))
+            out.append(data)
+        return out

@@ -101,7 +101,8 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
     thresholds at the ends of [0, 1] (stated as manual, with the reason) rather than hoped
     for; the shipped route keeps its calibrated thresholds.
     """
-    shipped_routes = load_routing_config(shipped).portable_routes()
+    shipped_config = load_routing_config(shipped)
+    shipped_routes = shipped_config.portable_routes()
     auto = next(r for r in shipped_routes if r["name"] == "auto")
     # the calibrated thresholds stay; the stage budgets (500 ms for the embedding pre-router)
     # do not hold on a 2-core runner whose CPU three engines share: a timed-out stage falls
@@ -132,8 +133,13 @@ def _test_routes(shipped: Path, out_dir: Path) -> Path:
                    "threshold": 0.0, "timeout_ms": 0.001,
                    "provenance": _manual("judge always times out")}},
     ]
+    selections = shipped_config.portable_selections()  # `cheapest` as shipped
+    cheapest = next(s for s in selections if s["name"] == "cheapest")
+    # measured after a single answer: the test's own few requests make a p95
+    selections.append({**cheapest, "name": "t-select", "min_samples": 1})
     path = out_dir / "routes-test.yaml"
-    path.write_text(yaml.safe_dump({"routes": routes}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"routes": routes, "selections": selections},
+                                   sort_keys=False))
     return path
 
 

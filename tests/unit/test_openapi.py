@@ -67,7 +67,10 @@ def _validator(doc: dict[str, Any], name: str) -> jsonschema.Draft202012Validato
 
 def test_the_inference_routes_document_their_bodies_answers_and_errors(doc) -> None:
     routes = CONFIG.routing.routes if CONFIG.routing else ()
-    served = StaticRouter(CONFIG.catalog, CONFIG.profile.ingress.auto_route, routes).model_ids
+    selections = CONFIG.routing.selections if CONFIG.routing else ()
+    served = StaticRouter(CONFIG.catalog, CONFIG.profile.ingress.auto_route, routes,
+                          selections).model_ids
+    assert "cheapest" in served  # the shipped selection route
     limits = CONFIG.profile.ingress
     for path, body in INFERENCE.items():
         op = doc["paths"][path]["post"]
