@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers chaos loadtest plan models redis-server clean help
+.PHONY: setup observability-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection chaos loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-context     - context overflow: token-count cost, reject vs route vs trim on growing chats"
 	@echo "make bench-messages    - Anthropic /v1/messages vs OpenAI /v1/chat/completions on one model (official SDKs)"
 	@echo "make bench-providers   - a hosted model through Sluice vs the provider directly; failover when it dies or stalls"
+	@echo "make bench-selection - what a selection route's choice costs per request"
 	@echo "make chaos          - faults under load (engine, ingress, Redis): the chaos table"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
 	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
@@ -136,6 +137,9 @@ bench-messages: setup
 
 bench-providers: setup
 	$(BIN)/python -m loadtests.provider_bench --out bench-results/providers
+
+bench-selection: setup
+	$(BIN)/python -m loadtests.selection_bench --out bench-results/selection
 
 # one scenario at a time against a stack of its own (ports 8840, 6425, 6426), 4 req/s for
 # 40 s each; e.g. CHAOS_ARGS="--scenarios redis-pause --outage 30 --duration 60"

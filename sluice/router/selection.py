@@ -33,12 +33,16 @@ import numpy as np
 
 
 class ObservedLatency:
-    """TTFT samples per model over a sliding window; p95 on demand."""
+    """TTFT samples per model over a sliding window; p95 on demand, recomputed at most every
+    `refresh_s` (a percentile over thousands of samples per candidate per request would
+    cost milliseconds on the event loop)."""
 
     def __init__(self, window_s: float = 300.0, max_samples: int = 2000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, refresh_s: float = 1.0) -> None:
         self._window_s, self._max, self._clock = window_s, max_samples, clock
+        self._refresh_s = refresh_s
         self._samples: dict[str, deque[tuple[float, float]]] = {}
+        self._p95: dict[tuple[str, float], tuple[float, float | None, int]] = {}
 
     def observe(self, model: str, ttft_s: float) -> None:
         samples = self._samples.setdefault(model, deque(maxlen=self._max))
@@ -47,11 +51,20 @@ class ObservedLatency:
     def p95_ms(self, model: str, window_s: float | None = None) -> tuple[float | None, int]:
         """(p95 in ms or None, how many samples it is over) over the last `window_s` (at
         most the window this keeps)."""
-        samples = self._samples.get(model)
         now = self._clock()
+        key = (model, window_s or self._window_s)
+        cached = self._p95.get(key)
+        if cached is not None and now - cached[0] < self._refresh_s:
+            return cached[1], cached[2]
+        value = self._compute(model, key[1], now)
+        self._p95[key] = (now, *value)
+        return value
+
+    def _compute(self, model: str, window_s: float, now: float) -> tuple[float | None, int]:
+        samples = self._samples.get(model)
         while samples and now - samples[0][0] > self._window_s:
             samples.popleft()
-        since = now - min(window_s or self._window_s, self._window_s)
+        since = now - min(window_s, self._window_s)
         recent = [s for t, s in samples or () if t >= since]
         if not recent:
             return None, 0

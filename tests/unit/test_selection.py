@@ -62,7 +62,7 @@ def test_when_no_candidate_meets_the_bars_the_best_effort_is_named_as_such() -> 
 
 def test_the_latency_window_keeps_its_recent_samples_only() -> None:
     now = [0.0]
-    window = ObservedLatency(window_s=60, clock=lambda: now[0])
+    window = ObservedLatency(window_s=60, clock=lambda: now[0], refresh_s=0)
     assert window.p95_ms("m") == (None, 0)
     for i in range(100):
         window.observe("m", 0.1 if i < 95 else 1.0)
@@ -171,3 +171,14 @@ def test_the_shipped_quality_file_is_what_the_data_measures() -> None:
     cheapest = next(s for s in routes["selections"] if s["name"] == "cheapest")
     assert cheapest["quality"]["sha256"] == sha256_file(
         ROOT / "platform/routing/artifacts/quality.yaml")
+
+
+def test_the_p95_is_recomputed_at_most_once_per_refresh() -> None:
+    now = [0.0]
+    window = ObservedLatency(clock=lambda: now[0], refresh_s=1.0)
+    window.observe("m", 0.1)
+    assert window.p95_ms("m") == (pytest.approx(100.0), 1)
+    window.observe("m", 0.9)
+    assert window.p95_ms("m")[1] == 1  # within the refresh: the value computed before
+    now[0] = 1.0
+    assert window.p95_ms("m")[1] == 2
