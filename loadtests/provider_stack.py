@@ -1,7 +1,8 @@
 """A hosted model on this machine: vLLM's own OpenAI server standing in for a provider,
 behind the chaos harness's TCP fault proxy, and a `sluice serve` of its own whose catalog
 has `small` (on its own engine), `hosted` (a provider model pointing at the proxy, with
-the failover chain `[small]`) and `claude` (the same server's Anthropic-compatible
+the failover chain `[small]`; the cascades `mix-accept` and `mix-escalate` put it behind
+`small`) and `claude` (the same server's Anthropic-compatible
 `/v1/messages`, called as Anthropic's API, behind the HTTP fault proxy that can answer 429s
 in its place; its chain is `[small]` too). Used by `tests/integration/test_providers_live.py` and
 `loadtests/provider_bench.py`.
@@ -37,6 +38,7 @@ class Settings:
     vllm_port: int = 8864
     proxy_port: int = 8865
     http_faults_port: int = 8866  # in front of the same server, for `claude`
+    response_cache: bool = False  # the exact-match cache (the bench measures without it)
     first_byte_s: float = 3.0  # hosted's first_token_timeout_s
     threshold: int = 2  # ingress.failover_threshold
     cooldown_s: float = 20.0  # ingress.failover_cooldown_s
@@ -66,16 +68,35 @@ def _catalog(tmp: Path, s: Settings) -> Path:
     return path
 
 
+def _manual(reason: str) -> dict[str, str]:
+    return {"method": "manual", "reason": reason}
+
+
+def _routes(tmp: Path) -> Path:
+    """Cascades of the local `small` and the hosted model (the common cost play), whose
+    logprob judges (on small's own answer) accept or escalate every request."""
+    pair = {"small": "small", "large": "hosted"}
+    routes = [{"name": "mix-accept", **pair, "judge": {
+                   "kind": "logprob", "threshold": 0.0, "provenance": _manual("accept all")}},
+              {"name": "mix-escalate", **pair, "judge": {
+                   "kind": "logprob", "threshold": 1.0,
+                   "provenance": _manual("escalate all")}}]
+    path = tmp / "routes.yaml"
+    path.write_text(yaml.safe_dump({"routes": routes}))
+    return path
+
+
 def _profile(tmp: Path, s: Settings) -> Path:
     profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
-    profile.pop("routing", None)
+    profile["routing"] = str(_routes(tmp))
     profile["catalog"] = str(_catalog(tmp, s))
     profile["models"] = {"small": profile["models"]["small"]}  # hosted runs elsewhere
     profile["ingress"] = {**profile["ingress"], "failover_threshold": s.threshold,
                           "failover_cooldown_s": s.cooldown_s}
     profile["dashboard"] = {"enabled": False}
     profile["semantic_cache"] = {"enabled": False}
-    profile["response_cache"] = {**profile.get("response_cache", {}), "enabled": False}
+    profile["response_cache"] = {**profile.get("response_cache", {}),
+                                 "enabled": s.response_cache}
     path = tmp / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path

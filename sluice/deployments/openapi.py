@@ -253,8 +253,9 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
         h("x-sluice-task", "A selection route: the request's task type (its quality bar "
           "reads the quality measured for it).", pattern="^[a-z0-9][a-z0-9._-]{0,63}$"),
         h("x-sluice-max-ttft-ms", "A selection route: the latency bar, measured TTFT p95 in "
-          "ms."),
-        h("x-sluice-min-quality", "A selection route: the quality bar, 0 to 1."),
+          "ms (1 to 9,999,999).", pattern=r"^[1-9][0-9]{0,6}(\.[0-9]+)?$"),
+        h("x-sluice-min-quality", "A selection route: the quality bar, 0 to 1.",
+          pattern=r"^(0(\.[0-9]+)?|1(\.0+)?)$"),
         h("traceparent", "W3C trace context: the request's span is its child."),
     ]
 

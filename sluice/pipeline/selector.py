@@ -63,7 +63,7 @@ class Selector:
         if not _TASK.match(task):
             raise InvalidRequest(f"Header '{TASK}' must be 1-64 of lowercase letters, digits "
                                  f"and '._-'; got {task[:40]!r}.", param=TASK)
-        ttft = _number(headers, MAX_TTFT, 1, 3_600_000)
+        ttft = _number(headers, MAX_TTFT, 1, 10_000_000)
         quality = _number(headers, MIN_QUALITY, 0, 1)
         return Constraints(task, config.max_ttft_ms if ttft is None else ttft,
                            config.min_quality if quality is None else quality)

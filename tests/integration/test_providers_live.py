@@ -28,7 +28,7 @@ from openai import OpenAI
 from loadtests.provider_stack import ProviderStack, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-SETTINGS = Settings()
+SETTINGS = Settings(response_cache=True)
 PRICES = SETTINGS.prices
 FIRST_BYTE_S, COOLDOWN_S, THRESHOLD = (SETTINGS.first_byte_s, SETTINGS.cooldown_s,
                                        SETTINGS.threshold)
@@ -196,3 +196,36 @@ def test_a_providers_429_puts_it_aside_for_its_retry_after(stack) -> None:
     assert back.headers["x-sluice-model"] == "claude" and "x-sluice-failover" not in back.headers
     assert httpx.get(f"{url}/readyz", timeout=30).json()["providers"] == {
         "hosted": "ready", "claude": "ready"}
+
+
+def test_a_cascade_puts_the_hosted_model_behind_small_and_its_answers_are_cached(stack) -> None:
+    url = stack["url"]
+    accepted = _ask(url, "mix-accept")
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.headers["x-sluice-model"] == "small"
+    assert accepted.headers["x-sluice-route"] == "small"
+    escalated = _ask(url, "mix-escalate")
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.headers["x-sluice-model"] == "hosted"
+    assert escalated.headers["x-sluice-route"] == "small>large"
+    stages = escalated.json()["usage"]["cost"]["stages"]
+    assert [s["model"] for s in stages] == ["small", "hosted"]  # the draft, then the answer
+    hosted_usage = escalated.json()["usage"]
+    assert stages[1]["usd"] == pytest.approx(
+        (hosted_usage["prompt_tokens"] * PRICES["input_per_1m"]
+         + hosted_usage["completion_tokens"] * PRICES["output_per_1m"]) / 1e6, rel=1e-6)
+
+    # the exact-match cache answers a hosted model's repeated greedy request, at no cost
+    body = {"model": "hosted", "max_tokens": 8, "temperature": 0,
+            "messages": [{"role": "user", "content": f"[{uuid.uuid4().hex[:8]}] Cache me."}]}
+    first = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    assert first.status_code == 200 and first.headers["x-sluice-cache"] == "miss"
+    again = None
+    for _ in range(5):  # the entry is stored after the answer; the lookup is bounded
+        again = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        if again.headers["x-sluice-cache"] == "hit":
+            break
+        time.sleep(0.5)
+    assert again is not None and again.headers["x-sluice-cache"] == "hit", again.headers
+    assert again.json()["choices"] == first.json()["choices"]
+    assert float(again.headers["x-sluice-cost-usd"]) == 0
