@@ -26,6 +26,7 @@ from vllm import envs as vllm_envs
 
 from sluice.deployments import api_shapes
 from sluice.observability.metrics import CONTENT_TYPE
+from sluice.pipeline.selector import MAX_TTFT, MIN_QUALITY, PATTERNS, TASK
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import PlatformConfig
 
@@ -250,12 +251,12 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
           "clients choose: `reject` (400 when it does not fit), `route` (the cheapest model "
           "that fits), `trim` (drop the oldest turns of a chat).",
           enum=["reject", "route", "trim"]),
-        h("x-sluice-task", "A selection route: the request's task type (its quality bar "
-          "reads the quality measured for it).", pattern="^[a-z0-9][a-z0-9._-]{0,63}$"),
-        h("x-sluice-max-ttft-ms", "A selection route: the latency bar, measured TTFT p95 in "
-          "ms (1 to 9,999,999).", pattern=r"^[1-9][0-9]{0,6}(\.[0-9]+)?$"),
-        h("x-sluice-min-quality", "A selection route: the quality bar, 0 to 1.",
-          pattern=r"^(0(\.[0-9]+)?|1(\.0+)?)$"),
+        h(TASK, "A selection route: the request's task type (its quality bar reads the "
+          "quality measured for it).", pattern=f"^{PATTERNS[TASK]}$"),
+        h(MAX_TTFT, "A selection route: the latency bar, measured TTFT p95 in ms (1 to "
+          "9,999,999).", pattern=f"^{PATTERNS[MAX_TTFT]}$"),
+        h(MIN_QUALITY, "A selection route: the quality bar, 0 to 1.",
+          pattern=f"^{PATTERNS[MIN_QUALITY]}$"),
         h("traceparent", "W3C trace context: the request's span is its child."),
     ]
 

@@ -51,7 +51,7 @@ from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.context_gate import ContextGate
-from sluice.pipeline.selector import Selector
+from sluice.pipeline.selector import Selector, asked_bars
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
 from sluice.pipeline.request_body import decode_json, read_body
 from sluice.pipeline.settlement import Settled, Settlement
@@ -121,7 +121,8 @@ class RequestHandler:
                 settlement.parsed(request, self._pipeline.knows(request.llm.model)
                                   or (selector is not None and request.llm.model in selector))
                 admission.principal.may_use(request.llm.model)
-                selection = (selector.choose(request, admission.principal)
+                asked = asked_bars(request.headers)  # checked on every request (400)
+                selection = (selector.choose(request, admission.principal, asked)
                              if selector is not None else None)
                 if self._gate is None or not self._gate.lowers(request):
                     self._check_context(request)

@@ -7,9 +7,9 @@ holds, caches, engines, the ledger) sees a catalog model; the answer says why in
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from sluice.accounting.tenancy import Principal
 from sluice.errors import InvalidRequest, SluiceError
@@ -25,22 +25,40 @@ from sluice.schema.routing import SelectionConfig
 
 TASK, MAX_TTFT, MIN_QUALITY = "x-sluice-task", "x-sluice-max-ttft-ms", "x-sluice-min-quality"
 HEADER = "x-sluice-selection"
-_TASK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# what each header may say (the OpenAPI document states the same patterns): a value off its
+# pattern is a 400 on every request, whatever its model, so the document and the ingress agree
+PATTERNS = {TASK: r"[a-z0-9][a-z0-9._-]{0,63}",
+            MAX_TTFT: r"[1-9][0-9]{0,6}(\.[0-9]+)?",  # ms, 1 to 9,999,999
+            MIN_QUALITY: r"(0(\.[0-9]+)?|1(\.0+)?)"}  # 0 to 1
+_SAYS = {TASK: "1-64 of lowercase letters, digits and '._-'",
+         MAX_TTFT: "milliseconds, a number from 1 to 9999999", MIN_QUALITY: "a number from 0 to 1"}
+_COMPILED = {name: re.compile(pattern) for name, pattern in PATTERNS.items()}
 Price = Callable[[str, int, int], float]  # (model, prompt tokens, completion tokens) -> USD
 
 
-def _number(headers: Mapping[str, str], name: str, low: float, high: float) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (low <= value <= high):  # (nan fails both)
-        raise InvalidRequest(f"Header '{name}' must be a number in [{low:g}, {high:g}]; got "
-                             f"{raw[:40]!r}.", param=name)
-    return value
+@dataclass(frozen=True)
+class AskedBars:
+    """What the request's headers asked of a selection route (None: not said)."""
+
+    task: str | None = None
+    max_ttft_ms: float | None = None
+    min_quality: float | None = None
+
+
+def asked_bars(headers: Mapping[str, str]) -> AskedBars:
+    """The selection headers, each checked against its pattern (a 400 naming it)."""
+    said: dict[str, str] = {}
+    for name, pattern in _COMPILED.items():
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        if not pattern.fullmatch(raw):
+            raise InvalidRequest(f"Header '{name}' must be {_SAYS[name]}; got {raw[:40]!r}.",
+                                 param=name)
+        said[name] = raw
+    return AskedBars(said.get(TASK),
+                     float(said[MAX_TTFT]) if MAX_TTFT in said else None,
+                     float(said[MIN_QUALITY]) if MIN_QUALITY in said else None)
 
 
 class Selector:
@@ -56,24 +74,24 @@ class Selector:
     def observe(self, model: str, ttft_s: float) -> None:
         self.latency.observe(model, ttft_s)
 
-    def _bars(self, config: SelectionConfig, headers: Mapping[str, str]) -> Constraints:
+    @staticmethod
+    def _bars(config: SelectionConfig, asked: AskedBars) -> Constraints:
         if not config.client_choice:
             return Constraints(config.task, config.max_ttft_ms, config.min_quality)
-        task = headers.get(TASK, config.task)
-        if not _TASK.match(task):
-            raise InvalidRequest(f"Header '{TASK}' must be 1-64 of lowercase letters, digits "
-                                 f"and '._-'; got {task[:40]!r}.", param=TASK)
-        ttft = _number(headers, MAX_TTFT, 1, 10_000_000)
-        quality = _number(headers, MIN_QUALITY, 0, 1)
-        return Constraints(task, config.max_ttft_ms if ttft is None else ttft,
-                           config.min_quality if quality is None else quality)
+        return Constraints(asked.task or config.task,
+                           config.max_ttft_ms if asked.max_ttft_ms is None
+                           else asked.max_ttft_ms,
+                           config.min_quality if asked.min_quality is None
+                           else asked.min_quality)
 
-    def choose(self, request: ParsedRequest, principal: Principal) -> Selection | None:
+    def choose(self, request: ParsedRequest, principal: Principal,
+               asked: AskedBars | None = None) -> Selection | None:
         """None: not a selection route. Sets the request's model to the chosen one."""
         config = self._configs.get(str(request.llm.model))
         if config is None:
             return None
-        bars = self._bars(config, request.headers)
+        bars = self._bars(config, asked if asked is not None
+                          else asked_bars(request.headers))
         allowed = []
         for name in config.candidates:
             try:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sluice.accounting.tenancy import Principal
 from sluice.errors import Forbidden, InvalidRequest
 from sluice.pipeline.request import RequestLimits, parsed
-from sluice.pipeline.selector import Selector
+from sluice.pipeline.selector import AskedBars, Selector, asked_bars
 from sluice.router import quality
 from sluice.router.selection import Candidate, Constraints, ObservedLatency, select
 from sluice.schema.artifact_hash import ArtifactError, sha256_file
@@ -182,3 +182,18 @@ def test_the_p95_is_recomputed_at_most_once_per_refresh() -> None:
     assert window.p95_ms("m")[1] == 1  # within the refresh: the value computed before
     now[0] = 1.0
     assert window.p95_ms("m")[1] == 2
+
+
+@pytest.mark.parametrize("name,value", [("x-sluice-max-ttft-ms", "1e3"),
+                                        ("x-sluice-max-ttft-ms", "0"),
+                                        ("x-sluice-max-ttft-ms", " 5"),
+                                        ("x-sluice-min-quality", "-0"),
+                                        ("x-sluice-task", "")])
+def test_a_value_off_its_documented_pattern_is_refused_whatever_the_model(name: str,
+                                                                          value: str) -> None:
+    # the OpenAPI document states these patterns: what it calls invalid, the ingress refuses
+    with pytest.raises(InvalidRequest) as bad:
+        asked_bars({name: value})
+    assert bad.value.param == name
+    assert asked_bars({"x-sluice-max-ttft-ms": "250.5", "x-sluice-min-quality": "1.0",
+                       "x-sluice-task": "gsm8k"}) == AskedBars("gsm8k", 250.5, 1.0)
