@@ -20,7 +20,11 @@ import httpx
 import pytest
 import yaml
 
-pytestmark = pytest.mark.integration
+# alone: after every other test, with the session's shared stack stopped. In the ci-local
+# run at 3ff4a15 its own stack (small, large, then a second large) beside the shared stack's
+# three engines passed Ray's 95% memory threshold on the 23.5 GiB machine: the OOM killer
+# took five workers, Serve's controller among them, and large never got its second replica
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 ROOT = Path(__file__).resolve().parents[2]
 PORT, REDIS_PORT = 8790, 6402
 
@@ -56,7 +60,8 @@ def _wait(what: str, timeout_s: float, check) -> None:
         time.sleep(2)
 
 
-def test_breaching_load_scales_large_up_then_back_down(tmp_path: Path) -> None:
+def test_breaching_load_scales_large_up_then_back_down(tmp_path: Path,
+                                                      shared_stack_stopped: None) -> None:
     url = f"http://127.0.0.1:{PORT}"
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
