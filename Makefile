@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection chaos loadtest plan models redis-server clean help
+.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection chaos loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -80,6 +80,14 @@ observability-tools:
 	  npm install --prefix $(GRAFANA_SCHEMA_DIR) --no-save --no-package-lock --ignore-scripts \
 	    --no-audit --no-fund $(GRAFANA_SCHEMA_PKGS) && touch "$$stamp"; }
 
+# The multi-host test (tests/integration/test_multihost_live.py) runs an sshd per test host
+# and Ray's launcher, which copies file mounts with rsync (Debian's packages). Where systemd
+# runs, the ssh service the package brings is left as it is.
+host-tools:
+	@command -v rsync >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 && test -x /usr/sbin/sshd || { \
+	  echo "[setup] installing openssh-server, openssh-client and rsync (Debian packages)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server openssh-client rsync; }
+
 models: $(STAMP)
 	$(BIN)/sluice models build-demo
 
@@ -92,7 +100,7 @@ serve: setup
 observe: setup observability-tools
 	$(BIN)/sluice serve --observability $(SERVE_ARGS)
 
-test: setup observability-tools
+test: setup observability-tools host-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) observability-tools
@@ -148,7 +156,7 @@ chaos: setup
 	$(BIN)/python -m loadtests.chaos --rate 4 --duration 40 --fault-at 10 --outage 10 --seed 0 \
 	  --out bench-results/chaos/chaos.json --plot docs/benchmarks/chaos.png $(CHAOS_ARGS)
 
-loadtest: setup observability-tools
+loadtest: setup observability-tools host-tools
 	mkdir -p bench-results/locust
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(URL) --model $(MODEL) \
 		-u 8 -r 2 -t 60s --csv bench-results/locust/run --html bench-results/locust/run.html
@@ -165,7 +173,7 @@ CLUSTER_PROFILE ?= platform/profiles/gpu-cluster.yaml
 # default is the checked-out commit, without uncommitted changes)
 SLUICE_REF ?= HEAD
 # where the config mounts the repository's files on the head (its platform/ file mount)
-CLUSTER_ROOT = $(shell $(BIN)/python -c "import yaml; m = yaml.safe_load(open('$(CLUSTER)'))['file_mounts']; print(next(k for k, v in m.items() if v.strip('./') == 'platform').rsplit('/', 1)[0])")
+CLUSTER_ROOT = $(shell $(BIN)/python -c "import yaml; m = yaml.safe_load(open('$(CLUSTER)'))['file_mounts']; print(next(k for k, v in m.items() if v.rstrip('/').rsplit('/', 1)[-1] == 'platform').rsplit('/', 1)[0])")
 RAY := $(BIN)/ray
 
 # Ray's AWS launcher runs here and calls EC2 through boto3 (your AWS credentials: aws configure
@@ -181,8 +189,11 @@ cluster-source:
 	git rev-parse $(SLUICE_REF)^{commit} > .run/cluster/COMMIT
 	@echo "[cluster] .run/cluster/sluice.tar.gz is commit $$(cat .run/cluster/COMMIT)"
 
+# Ray 2.60's autoscaler v2 with the `local` provider started one of two listed workers and
+# then waited forever (tests/integration/test_multihost_live.py): v1 starts every host
+RAY_UP_ENV = $(shell grep -q '^  type: local' $(CLUSTER) && echo RAY_UP_enable_autoscaler_v2=0)
 cluster-up: cluster-tools models cluster-source
-	$(RAY) up -y $(CLUSTER)
+	$(RAY_UP_ENV) $(RAY) up -y $(CLUSTER)
 	@echo "[cluster] engines start once GPU nodes join (minutes): make cluster-status CLUSTER=$(CLUSTER)"
 
 # A changed catalog, profile or routes file: copied to the head, then applied as a Serve
@@ -207,7 +218,12 @@ cluster-dashboard: cluster-tools
 cluster-api: cluster-tools
 	$(RAY) dashboard $(CLUSTER) --port 8000 --remote-port 8000
 
+# The head's Redis first (`ray stop` leaves it running; on a cloud the node goes with it, on
+# your own machines it would not), then Ray on the workers of a `local` provider config
+# (`ray down` stops only the head's and marks the workers terminated), then `ray down`
 cluster-down: cluster-tools
+	-$(RAY) exec $(CLUSTER) "sluice cluster redis --profile $(CLUSTER_ROOT)/$(CLUSTER_PROFILE) --stop"
+	$(BIN)/sluice cluster stop-workers --config $(CLUSTER)
 	$(RAY) down -y $(CLUSTER)
 
 clean:

@@ -7,6 +7,8 @@
 - `sluice status`: Serve's application/deployment status plus the ingress's /readyz.
 - `sluice cluster env` / `sluice cluster redis`: what a node runs before `ray start`
   (cluster.yaml, platform/clusters/onprem.yaml).
+- `sluice cluster stop-workers --config C`: Ray stopped on a `local` provider's workers,
+  before `ray down` (which stops the head only).
 """
 
 from __future__ import annotations
@@ -165,6 +167,21 @@ def _cmd_cluster_redis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cluster_stop_workers(args: argparse.Namespace) -> int:
+    import yaml
+
+    from sluice.deployments.cluster_launcher import stop_workers
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    results = stop_workers(config, timeout_s=args.timeout)
+    if not results:
+        print("[sluice] not a `local` provider: `ray down` terminates the workers",
+              file=sys.stderr)
+    for ip, said in results.items():
+        print(f"[sluice] worker {ip}: {said}", file=sys.stderr)
+    return 0 if all(said == "ray stopped" for said in results.values()) else 1
+
+
 def _config_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--profile", default=str(DEFAULT_PROFILE))
     cmd.add_argument("--routes", default="", help="routing YAML instead of the profile's")
@@ -217,3 +234,9 @@ def add_commands(sub: Any) -> None:
     redis.add_argument("--dir", default=DEFAULT_REDIS_DIR, help="data, config and password")
     redis.add_argument("--stop", action="store_true", help="stop the one --dir started")
     redis.set_defaults(func=_cmd_cluster_redis)
+    stop = cluster.add_parser("stop-workers", help="`ray stop` on every worker of a `local` "
+                              "provider config over SSH (`ray down` stops the head only); "
+                              "run where `ray up` ran, before `ray down`")
+    stop.add_argument("--config", required=True, help="the cluster launcher config")
+    stop.add_argument("--timeout", type=float, default=120, help="seconds per worker")
+    stop.set_defaults(func=_cmd_cluster_stop_workers)

@@ -31,7 +31,7 @@ from sluice.schema.loading import load_platform_config
 from sluice.schema.serve_app import ServeAppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
-PROFILES = ["local-cpu", "gpu-cluster"]
+PROFILES = ("local-cpu", "gpu-cluster", "cpu-cluster")
 
 
 @pytest.fixture(autouse=True)
