@@ -74,6 +74,7 @@ class HostNetwork:
     removes the namespaces and links."""
 
     base: Path
+    shared: list[Path] = field(default_factory=list)  # seen by every host at the same path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:4])
     hosts: list[Host] = field(default_factory=list)
 
@@ -108,11 +109,8 @@ class HostNetwork:
                      ("route", "add", "default", "via", GATEWAY)):
             _ip("-n", name, *args)
         self._files(host, key)
-        script = (f"hostname {name} && "
-                  f"mount --bind {host.root}/tmp /tmp && "
-                  f"mount --bind {host.root}/home {Path(HOME).parent} && "
-                  f"mount --bind {host.root}/passwd /etc/passwd && "
-                  f"exec /usr/sbin/sshd -D -e -f {host.root}/sshd_config")
+        script = " && ".join(self._mounts(host)) + (
+            f" && exec /usr/sbin/sshd -D -e -f {host.root}/sshd_config")
         log = (host.root / "sshd.log").open("wb")
         host.sshd = subprocess.Popen(
             ["ip", "netns", "exec", name, "unshare", "--pid", "--fork", "--mount", "--uts",
@@ -129,6 +127,28 @@ class HostNetwork:
             time.sleep(0.1)
         raise RuntimeError(f"sshd did not start in {name}: "
                            f"{(host.root / 'sshd.log').read_text()[-2000:]}")
+
+    def _mounts(self, host: Host) -> list[str]:
+        """The host's private /tmp, /home and /etc/passwd, in its mount namespace. Its files
+        (and the shared paths: the repository and its venv) may themselves lie under /tmp,
+        as in a CI clone: the machine's /tmp is first held at a path outside it, and those
+        paths are mounted back from there once the private /tmp covers it."""
+        hold = Path("/run") / f"sluice-mh-{self.tag}" / host.name
+        hold.mkdir(parents=True, exist_ok=True)
+
+        def source(path: Path) -> str:
+            path = path.resolve()
+            return (f"{hold}/{path.relative_to('/tmp')}" if path.is_relative_to("/tmp")
+                    else str(path))
+
+        steps = [f"hostname {host.name}", f"mount --bind /tmp {hold}",
+                 f"mount --bind {source(host.root / 'tmp')} /tmp",
+                 f"mount --bind {source(host.root / 'home')} {Path(HOME).parent}",
+                 f"mount --bind {source(host.root / 'passwd')} /etc/passwd"]
+        for path in {p.resolve() for p in [*self.shared, host.root]}:
+            if path.is_relative_to("/tmp"):
+                steps.append(f"mkdir -p {path} && mount --bind {source(path)} {path}")
+        return steps
 
     @staticmethod
     def _files(host: Host, key: Path) -> None:
@@ -174,6 +194,7 @@ class HostNetwork:
                 problems.append(f"{host.name}: {left}")
             _ip("netns", "delete", host.name, check=False)
         _ip("link", "delete", self.bridge, check=False)
+        shutil.rmtree(Path("/run") / f"sluice-mh-{self.tag}", ignore_errors=True)
         return problems
 
 

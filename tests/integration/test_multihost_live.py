@@ -152,7 +152,7 @@ def cluster(tmp_path_factory, shared_stack_stopped: None) -> Iterator[dict]:
     key = work / "ssh_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
                    check=True, timeout=30)
-    net = HostNetwork(work / "hosts")
+    net = HostNetwork(work / "hosts", shared=[ROOT, BIN.parent])
     name = f"sluice-mh-{net.tag}"
     log = tmp_path_factory.mktemp("multihost") / "launcher.log"
     env = _env(work)
