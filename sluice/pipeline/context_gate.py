@@ -76,6 +76,11 @@ class ContextGate:
                 allowed.append(Candidate(model.name, model.context_length))
         return sorted(allowed, key=lambda c: (self._price(c.name, guess, out), c.context))
 
+    def _hosted(self, name: str) -> bool:
+        """A provider's model: no tokenizer here, so its fit is judged on the prompt's bound
+        (never more tokens than bytes), which can only overstate the prompt."""
+        return any(m.name == name and m.provider is not None for m in self._router.catalog())
+
     async def apply(self, request: ParsedRequest, principal: Principal) -> Gated | None:
         """None: the model is unknown here (the router's 404 comes later) or has no
         tokenizer (its engine decides). Raises the 400 of an overflow that fits nowhere."""
@@ -95,10 +100,12 @@ class ContextGate:
         guess = request.prompt_tokens_guess()
         others = self._others(policy, stages, principal, guess,
                               asked or settings.min_output_tokens)
-        if not all(self._counter.knows(c.name) for c in others):
-            others = [c for c in others if self._counter.knows(c.name)]
+        others = [c for c in others if self._counter.knows(c.name) or self._hosted(c.name)]
+        bound = request.prompt_tokens_bound()
 
         def count(model: str, kept: Messages | None) -> int:
+            if not self._counter.knows(model) and self._hosted(model):
+                return bound  # (route only: a trim is on the requested model's own tokens)
             counted = self._counter.count_now(model, llm, kept if kept is not None
                                               else messages)
             if counted is None:

@@ -166,3 +166,51 @@ def test_content_reaches_the_template_in_the_form_vllm_detects() -> None:
     assert _as_format(parts, "string") == "a\nb" and _as_format(parts, "openai") == parts
     assert _as_format("s", "openai") == [{"type": "text", "text": "s"}]
     assert _as_format(None, "openai") == [] and _as_format("s", "string") == "s"
+
+
+def _with_hosted(demo_dir: Path, hosted_usd_per_1m: float) -> ContextGate:
+    """The demo catalog plus a hosted model (a provider's: no tokenizer here) with a long
+    context, priced per token."""
+    from sluice.schema.platform import Catalog, CatalogModel
+
+    hosted = CatalogModel.model_validate({
+        "name": "hosted", "tier": "large", "context_length": 200_000,
+        "provider": {"base_url": "https://provider.test/v1", "model": "their-model"},
+        "pricing": {"mode": "tokens", "tokens": {"input_per_1m": hosted_usd_per_1m,
+                                                  "output_per_1m": hosted_usd_per_1m}}})
+    catalog = Catalog(models=(*CONFIG.catalog.models, hosted))
+    pricer = UsagePricer({m.name: m.pricing for m in catalog.models})
+    counter = TokenCounter({"small": str(demo_dir), "large": str(demo_dir)})
+    return ContextGate(
+        ContextSettings.model_validate({}), StaticRouter(catalog, "small", [ROUTE]), counter,
+        lambda m, p, c: pricer.price({"prompt_tokens": p, "completion_tokens": c}, m,
+                                     hit=False).total_usd, lambda *r: None)
+
+
+def test_route_may_go_to_a_hosted_model_judged_on_the_prompts_byte_bound(
+        demo_dir: Path) -> None:
+    # too long for small (2,048) and large (8,192); a hosted 200k model fits it
+    messages = long_chat(60, words=80)
+    r = request({"model": "small", "messages": messages, "max_tokens": 64},
+                {"x-sluice-context": "route"})
+    gated = asyncio.run(_with_hosted(demo_dir, 1.0).apply(r, ANYONE))
+    assert gated is not None and gated.note == "routed" and r.llm.model == "hosted"
+    # no tokenizer of its own: the bound (bytes), which no tokenizer's count exceeds
+    assert r.prompt_tokens == r.prompt_tokens_bound() > 8192
+
+
+def test_route_takes_the_cheapest_that_fits_local_before_a_pricier_hosted_one(
+        demo_dir: Path) -> None:
+    r = request({"model": "small", "messages": long_chat(12), "max_tokens": 64},
+                {"x-sluice-context": "route"})  # fits large's 8,192
+    asyncio.run(_with_hosted(demo_dir, 100.0).apply(r, ANYONE))
+    assert r.llm.model == "large"
+    cheap = request({"model": "small", "messages": long_chat(12), "max_tokens": 64},
+                    {"x-sluice-context": "route"})
+    asyncio.run(_with_hosted(demo_dir, 0.001).apply(cheap, ANYONE))
+    assert cheap.llm.model == "hosted"  # cheaper than large: the route's rule, local or not
+    no_hosted = Principal("k", "acme", models=("small", "large"))
+    kept = request({"model": "small", "messages": long_chat(12), "max_tokens": 64},
+                   {"x-sluice-context": "route"})
+    asyncio.run(_with_hosted(demo_dir, 0.001).apply(kept, no_hosted))
+    assert kept.llm.model == "large"  # a key limited to local models stays local
