@@ -91,6 +91,23 @@ def test_a_whole_answer_is_an_anthropic_message() -> None:
     assert anthropic_api.message(_completion("length"))["stop_reason"] == "max_tokens"
 
 
+def test_prompt_tokens_served_from_a_cache_are_anthropics_cache_reads() -> None:
+    """Anthropic counts input as input_tokens + cache_read_input_tokens (+ creation); the
+    engines' prefix cache (and the KV tier) report cached_tokens, which become cache reads."""
+    whole = _completion()
+    whole["usage"]["prompt_tokens_details"] = {"cached_tokens": 8}
+    usage = anthropic_api.message(whole)["usage"]
+    assert usage["cache_read_input_tokens"] == 8 and usage["input_tokens"] == 11 - 8
+    cached = {**USAGE, "prompt_tokens_details": {"cached_tokens": 4}}
+    events = _convert([_chunk({"role": "assistant", "content": ""}), _chunk({"content": "a"}),
+                       _chunk({"content": ""}, finish="stop"), _chunk(usage=cached),
+                       sse.DONE])
+    delta = dict(events)["message_delta"]["usage"]
+    assert delta["cache_read_input_tokens"] == 4 and delta["input_tokens"] == 5 - 4
+    # no details (the engine was not asked for them): no cache fields, all input
+    assert "cache_read_input_tokens" not in anthropic_api.message(_completion())["usage"]
+
+
 def _chunk(delta: dict | None = None, finish: str | None = None, usage: dict | None = None
            ) -> str:
     body: dict = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1,
