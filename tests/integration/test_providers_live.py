@@ -80,20 +80,28 @@ def test_a_hosted_model_answers_through_both_front_doors_at_its_own_prices(stack
     assert streamed
 
     claude = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=120)
-    message = claude.messages.create(model="hosted", max_tokens=8, messages=MSG)
+    no_store = {"cache-control": "no-store"}  # each of the four priced, none a cache hit
+    message = claude.messages.create(model="hosted", max_tokens=8, messages=MSG,
+                                     extra_headers=no_store)
     assert message.content[0].text and message.usage.output_tokens > 0
-    with claude.messages.stream(model="hosted", max_tokens=8, messages=MSG) as stream:
+    with claude.messages.stream(model="hosted", max_tokens=8, messages=MSG,
+                                extra_headers=no_store) as stream:
         assert "".join(stream.text_stream)
 
-    def ledgered() -> float:
+    def ledgered() -> dict:
         report = httpx.get(f"{url}/v1/usage", params={"group_by": "model"}, timeout=30).json()
-        row = next((g for g in report["data"] if g["group"] == "hosted"), None)
-        return row["requests"] if row else 0
+        return next((g for g in report["data"] if g["group"] == "hosted"), {"requests": 0})
 
     deadline = time.monotonic() + 30
-    while ledgered() < 4 and time.monotonic() < deadline:
+    while ledgered()["requests"] < 4 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert ledgered() >= 4  # each answer of the provider, once
+    row = ledgered()
+    assert row["requests"] >= 4 and row["cache_hits"] == 0, row  # each answer, once
+    # the ledger's own records, at the provider's prices (no cached-token price is set)
+    assert "cached_input_per_1m" not in PRICES
+    ledger_price = (row["prompt_tokens"] * PRICES["input_per_1m"]
+                    + row["completion_tokens"] * PRICES["output_per_1m"]) / 1e6
+    assert row["cost_usd"] == pytest.approx(ledger_price, rel=1e-6, abs=1e-9), row
 
 
 def test_a_provider_down_or_stalled_fails_over_and_comes_back(stack) -> None:

@@ -38,6 +38,10 @@ def test_a_key_past_its_rpm_is_refused_with_openai_headers(stack, http, base_url
     assert int(refused.headers["Retry-After"]) >= 1
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    # the tokens trio too (the tenant's tokens-per-minute limit counts this key)
+    assert refused.headers["x-ratelimit-limit-tokens"] == str(tenant_tpm)
+    assert int(refused.headers["x-ratelimit-remaining-tokens"]) < tenant_tpm
+    assert refused.headers["x-ratelimit-reset-tokens"].endswith("s")
 
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-test-limited",
                            max_retries=0)
