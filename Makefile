@@ -81,12 +81,13 @@ observability-tools:
 	    --no-audit --no-fund $(GRAFANA_SCHEMA_PKGS) && touch "$$stamp"; }
 
 # The multi-host test (tests/integration/test_multihost_live.py) runs an sshd per test host
-# and Ray's launcher, which copies file mounts with rsync (Debian's packages). Where systemd
-# runs, the ssh service the package brings is left as it is.
+# in network namespaces (iproute2) and Ray's launcher, which copies file mounts with rsync
+# (Debian's packages). Where systemd runs, installing openssh-server also starts its ssh
+# service on port 22: this target leaves it as the package set it (it may be yours).
 host-tools:
-	@command -v rsync >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 && test -x /usr/sbin/sshd || { \
-	  echo "[setup] installing openssh-server, openssh-client and rsync (Debian packages)"; \
-	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server openssh-client rsync; }
+	@command -v rsync >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 && test -x /usr/sbin/sshd || { \
+	  echo "[setup] installing openssh-server, openssh-client, rsync and iproute2 (Debian packages)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server openssh-client rsync iproute2; }
 
 models: $(STAMP)
 	$(BIN)/sluice models build-demo
@@ -156,7 +157,7 @@ chaos: setup
 	$(BIN)/python -m loadtests.chaos --rate 4 --duration 40 --fault-at 10 --outage 10 --seed 0 \
 	  --out bench-results/chaos/chaos.json --plot docs/benchmarks/chaos.png $(CHAOS_ARGS)
 
-loadtest: setup observability-tools host-tools
+loadtest: setup observability-tools
 	mkdir -p bench-results/locust
 	$(BIN)/locust -f loadtests/locustfile.py --headless --host $(URL) --model $(MODEL) \
 		-u 8 -r 2 -t 60s --csv bench-results/locust/run --html bench-results/locust/run.html
@@ -191,7 +192,7 @@ cluster-source:
 
 # Ray 2.60's autoscaler v2 with the `local` provider started one of two listed workers and
 # then waited forever (tests/integration/test_multihost_live.py): v1 starts every host
-RAY_UP_ENV = $(shell grep -q '^  type: local' $(CLUSTER) && echo RAY_UP_enable_autoscaler_v2=0)
+RAY_UP_ENV = $(shell $(BIN)/python -c "import yaml; print('RAY_UP_enable_autoscaler_v2=0' if yaml.safe_load(open('$(CLUSTER)'))['provider']['type'] == 'local' else '')")
 cluster-up: cluster-tools models cluster-source
 	$(RAY_UP_ENV) $(RAY) up -y $(CLUSTER)
 	@echo "[cluster] engines start once GPU nodes join (minutes): make cluster-status CLUSTER=$(CLUSTER)"
@@ -223,7 +224,7 @@ cluster-api: cluster-tools
 # (`ray down` stops only the head's and marks the workers terminated), then `ray down`
 cluster-down: cluster-tools
 	-$(RAY) exec $(CLUSTER) "sluice cluster redis --profile $(CLUSTER_ROOT)/$(CLUSTER_PROFILE) --stop"
-	$(BIN)/sluice cluster stop-workers --config $(CLUSTER)
+	-$(BIN)/sluice cluster stop-workers --config $(CLUSTER)
 	$(RAY) down -y $(CLUSTER)
 
 clean:

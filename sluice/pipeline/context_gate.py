@@ -77,9 +77,11 @@ class ContextGate:
         return sorted(allowed, key=lambda c: (self._price(c.name, guess, out), c.context))
 
     def _hosted(self, name: str) -> bool:
-        """A provider's model: no tokenizer here, so its fit is judged on the prompt's bound
-        (never more tokens than bytes), which can only overstate the prompt."""
-        return any(m.name == name and m.provider is not None for m in self._router.catalog())
+        """A provider's model the route may use (`route_to_hosted`): no tokenizer here, so
+        its fit is judged on the prompt's bound (never more tokens than bytes), which can
+        only overstate the prompt."""
+        return self._settings.route_to_hosted and any(
+            m.name == name and m.provider is not None for m in self._router.catalog())
 
     async def apply(self, request: ParsedRequest, principal: Principal) -> Gated | None:
         """None: the model is unknown here (the router's 404 comes later) or has no

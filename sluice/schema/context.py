@@ -57,6 +57,10 @@ class ContextSettings(Frozen):
         default=True,
         description="A request may pick its policy with the header `x-sluice-context: "
         "reject|route|trim` (the model's other settings stay).")
+    route_to_hosted: bool = Field(
+        default=False,
+        description="`route` may send a request for a model of your own to a provider's "
+        "hosted model (the prompt leaves your machines): off unless you say so.")
 
     def of(self, model: str) -> ContextPolicy:
         return self.models.get(model, self.default)

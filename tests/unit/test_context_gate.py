@@ -168,7 +168,8 @@ def test_content_reaches_the_template_in_the_form_vllm_detects() -> None:
     assert _as_format(None, "openai") == [] and _as_format("s", "string") == "s"
 
 
-def _with_hosted(demo_dir: Path, hosted_usd_per_1m: float) -> ContextGate:
+def _with_hosted(demo_dir: Path, hosted_usd_per_1m: float,
+                 allowed: bool = True) -> ContextGate:
     """The demo catalog plus a hosted model (a provider's: no tokenizer here) with a long
     context, priced per token."""
     from sluice.schema.platform import Catalog, CatalogModel
@@ -182,7 +183,8 @@ def _with_hosted(demo_dir: Path, hosted_usd_per_1m: float) -> ContextGate:
     pricer = UsagePricer({m.name: m.pricing for m in catalog.models})
     counter = TokenCounter({"small": str(demo_dir), "large": str(demo_dir)})
     return ContextGate(
-        ContextSettings.model_validate({}), StaticRouter(catalog, "small", [ROUTE]), counter,
+        ContextSettings.model_validate({"route_to_hosted": allowed}),
+        StaticRouter(catalog, "small", [ROUTE]), counter,
         lambda m, p, c: pricer.price({"prompt_tokens": p, "completion_tokens": c}, m,
                                      hit=False).total_usd, lambda *r: None)
 
@@ -197,6 +199,11 @@ def test_route_may_go_to_a_hosted_model_judged_on_the_prompts_byte_bound(
     assert gated is not None and gated.note == "routed" and r.llm.model == "hosted"
     # no tokenizer of its own: the bound (bytes), which no tokenizer's count exceeds
     assert r.prompt_tokens == r.prompt_tokens_bound() > 8192
+    # unless the profile allows it, a prompt for a model of one's own never leaves
+    kept = request({"model": "small", "messages": messages, "max_tokens": 64},
+                   {"x-sluice-context": "route"})
+    with pytest.raises(ContextLengthExceeded):
+        asyncio.run(_with_hosted(demo_dir, 1.0, allowed=False).apply(kept, ANYONE))
 
 
 def test_route_takes_the_cheapest_that_fits_local_before_a_pricier_hosted_one(
