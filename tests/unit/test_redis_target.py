@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -66,12 +67,9 @@ def test_profile_rejects_a_bad_redis_url() -> None:
 
 
 
-async def _get_after_lost_connection(client: object, retries: int | None = None) -> str:
-    """A GET on a pooled connection whose transport the loop has closed: what uvloop does
-    when the peer resets a connection (its connection_lost) while redis-py still holds it
-    as connected. Returns the value read or the error's type."""
-    import asyncio
-
+async def _get_after(fault: Any, client: object, retries: int | None = None) -> str:
+    """A GET on a pooled connection after `fault(connection)`; the value read or the
+    error's type."""
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
@@ -79,43 +77,38 @@ async def _get_after_lost_connection(client: object, retries: int | None = None)
     conn = client.connection_pool._available_connections[0]  # type: ignore[attr-defined]
     if retries is not None:
         conn.retry = Retry(NoBackoff(), retries)
-    conn._writer.transport.abort()
-    await asyncio.sleep(0.05)
+    await fault(conn)
     try:
         return str(await client.get("k"))  # type: ignore[attr-defined]
     except Exception as exc:  # noqa: BLE001 - the error's type is what is measured
         return type(exc).__name__
     finally:
         await client.aclose()  # type: ignore[attr-defined]
+
+
+async def _reset(conn: Any) -> None:
+    """The transport closed under the pool: what uvloop does when the peer resets a
+    connection (its connection_lost) while redis-py still holds it as connected."""
+    import asyncio
+
+    conn._writer.transport.abort()
+    await asyncio.sleep(0.05)
 
 
 UVLOOP_CLOSED = ("unable to perform operation on <TCPTransport closed=True reading=False "
                  "0x7f0000000000>; the handler is closed")
 
 
-async def _get_after_closed_write(client: object, retries: int | None = None) -> str:
-    """A GET whose write fails as uvloop's did on a transport its peer had reset: the
-    RuntimeError above, raised by the write itself. (redis-py 8.2 with uvloop 0.23 notices a
-    reset first and reconnects before writing, so a real reset no longer reaches this path
-    here; the chaos run's versions wrote. The fault is injected to keep the case covered.)"""
-    await client.set("k", "v")  # type: ignore[attr-defined]
-    conn = client.connection_pool._available_connections[0]  # type: ignore[attr-defined]
-    if retries is not None:
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        conn.retry = Retry(NoBackoff(), retries)
+async def _closed_write(conn: Any) -> None:
+    """The write fails as uvloop's did on a transport its peer had reset: the RuntimeError
+    above, raised by the write itself. (redis-py 8.2 with uvloop 0.23 notices a reset first
+    and reconnects before writing, so a real reset no longer reaches this path here; the
+    chaos run's versions wrote. The fault is injected to keep the case covered.)"""
 
     def closed(*_: object) -> None:
         raise RuntimeError(UVLOOP_CLOSED)
 
     conn._writer.writelines = closed  # this connection's writer only; a new one is clean
-    try:
-        return str(await client.get("k"))  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001 - the error's type is what is measured
-        return type(exc).__name__
-    finally:
-        await client.aclose()  # type: ignore[attr-defined]
 
 
 def test_a_lost_connection_on_uvloop_is_a_connection_error_and_is_replaced(
@@ -133,11 +126,11 @@ def test_a_lost_connection_on_uvloop_is_a_connection_error_and_is_replaced(
 
     url = redis_server.url
     # redis-py's own client, retries and all, lets the RuntimeError out
-    assert uvloop.run(_get_after_closed_write(Redis.from_url(url), 3)) == "RuntimeError"
-    assert uvloop.run(_get_after_closed_write(async_client(url, 1.0))) == "b'v'"
+    assert uvloop.run(_get_after(_closed_write, Redis.from_url(url), 3)) == "RuntimeError"
+    assert uvloop.run(_get_after(_closed_write, async_client(url, 1.0))) == "b'v'"
     # without the retry, the error is one every caller handles as the store failing
-    assert uvloop.run(_get_after_closed_write(async_client(url, 1.0), 0)) == "ConnectionError"
+    assert uvloop.run(_get_after(_closed_write, async_client(url, 1.0), 0)) == "ConnectionError"
     # and a real reset (the transport aborted under the pool) is answered either way
-    assert uvloop.run(_get_after_lost_connection(async_client(url, 1.0))) == "b'v'"
+    assert uvloop.run(_get_after(_reset, async_client(url, 1.0))) == "b'v'"
     from redis.exceptions import ConnectionError as RedisConnectionError
     assert issubclass(RedisConnectionError, STORE_ERRORS)
