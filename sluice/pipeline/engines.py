@@ -36,6 +36,8 @@ AVOID_ATTR = "sluice_avoid_replicas"
 _RETRIABLE = (
     serve_exceptions.BackPressureError,
     serve_exceptions.DeploymentUnavailableError,
+    # the router chose a replica the controller removed before the request reached it
+    serve_exceptions.ReplicaUnavailableError,
     ray_exceptions.RayActorError,
     ray_exceptions.ActorUnavailableError,
     ray_exceptions.RayTaskError,
