@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection chaos loadtest plan models redis-server clean help
+.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection chaos soak loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -32,6 +32,7 @@ help:
 	@echo "make bench-providers   - a hosted model through Sluice vs the provider directly; failover when it dies or stalls"
 	@echo "make bench-selection - what a selection route's choice costs per request"
 	@echo "make chaos          - faults under load (engine, ingress, Redis): the chaos table"
+	@echo "make soak           - 30 min at 70% of measured capacity: errors, latency drift, memory"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
 	@echo "make plan           - capacity plan of one MODEL replica at URL (SLOs from the catalog)"
 	@echo "make cluster-up     - ray up CLUSTER (default cluster.yaml: AWS GPUs) with Sluice deployed"
@@ -154,8 +155,13 @@ bench-selection: setup
 # 40 s each; e.g. CHAOS_ARGS="--scenarios redis-pause --outage 30 --duration 60"
 CHAOS_ARGS ?=
 chaos: setup
-	$(BIN)/python -m loadtests.chaos --rate 4 --duration 40 --fault-at 10 --outage 10 --seed 0 \
+	$(BIN)/python -m loadtests.chaos --rate 4 --duration 60 --fault-at 10 --outage 30 --seed 0 \
 	  --out bench-results/chaos/chaos.json --plot docs/benchmarks/chaos.png $(CHAOS_ARGS)
+
+# 30 minutes at 70% of the chaos stack's measured capacity: errors, latency drift, memory
+soak: setup
+	$(BIN)/python -m loadtests.chaos.soak --minutes 30 --share 0.7 \
+	  --out bench-results/soak/soak.json --plot docs/benchmarks/soak.png $(SOAK_ARGS)
 
 loadtest: setup observability-tools
 	mkdir -p bench-results/locust

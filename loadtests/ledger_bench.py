@@ -9,7 +9,11 @@
 2. Hot-path cost per request, in-process: settling a JSON answer and a 64-event stream
    (sluice.pipeline.settlement: price, outcome, meter, `Accountant.settle` with the ledger
    record buffered) and rendering it, against rendering the same body untouched.
-Prints progress per round; writes results.json and a bar plot.
+3. What `ledger.sync` adds to each answer: requests arriving open-loop at a fixed rate
+   each settle a record, then (sync) wait until it is written before their last bytes,
+   against the same arrivals with no wait (the record written in the background): the
+   wait's percentiles, and the store round trips the waiting requests shared.
+Prints progress per round; writes results.json and a bar plot. `--only sync` runs part 3.
 """
 
 from __future__ import annotations
@@ -181,6 +185,53 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+async def _sync_wait(url: str, rate: float, seconds: float, sync: bool, tag: str
+                     ) -> dict[str, float]:
+    """Open-loop arrivals at `rate`/s for `seconds`: each records, then waits for its
+    record (sync) or not; the wait per request (ms) and the writes it took."""
+    client = async_client(url, 5.0)
+    writer = LedgerWriter(client, LedgerConfig(stream=f"bench:{tag}"))
+    records = _records(int(rate * seconds), tag)
+    waits: list[float] = []
+
+    async def one(record: LedgerRecord) -> None:
+        started = time.perf_counter()
+        writer.record(record)
+        if sync:
+            assert await writer.written(2.0)
+        waits.append((time.perf_counter() - started) * 1000)
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    tasks = []
+    for i, record in enumerate(records):
+        await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+        tasks.append(loop.create_task(one(record)))
+    await asyncio.gather(*tasks)
+    await writer.flush()
+    written = writer.counters["written"]
+    await writer.close()
+    await client.aclose()
+    waits.sort()
+    return {"requests": len(records), "written": written,
+            "p50_ms": waits[len(waits) // 2], "p99_ms": waits[int(len(waits) * 0.99)],
+            "max_ms": waits[-1]}
+
+
+def _sync_rounds(url: str, rates: list[float], seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    for rate in rates:
+        row: dict[str, Any] = {"rate": rate}
+        for sync in (False, True):  # the alternative first, same store, same arrivals
+            mode = "sync" if sync else "background"
+            row[mode] = asyncio.run(_sync_wait(url, rate, seconds, sync,
+                                               f"s{rate:g}-{mode}"))
+            print(f"[ledger-bench] {rate:g} req/s, {mode}: p50 {row[mode]['p50_ms']:.2f} ms,"
+                  f" p99 {row[mode]['p99_ms']:.2f} ms", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=20000)
@@ -188,9 +239,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hot-path-requests", type=int, default=2000)
     parser.add_argument("--out", default="bench-results/ledger")
+    parser.add_argument("--sync-rates", default="20,200,1000",
+                        help="arrival rates (req/s) for the ledger.sync wait")
+    parser.add_argument("--sync-seconds", type=float, default=10.0)
+    parser.add_argument("--only", choices=["sync"], default=None)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rates = [float(r) for r in args.sync_rates.split(",")]
+    if args.only == "sync":
+        with LocalRedisServer(Path(tempfile.mkdtemp(prefix="ledger-bench-")),
+                              port=_free_port()) as redis:
+            rows = _sync_rounds(redis.url, rates, args.sync_seconds)
+        (out / "sync.json").write_text(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2))
+        return 0
     ledger, plain = [], []
     with LocalRedisServer(Path(tempfile.mkdtemp(prefix="ledger-bench-")),
                           port=_free_port()) as redis:
@@ -201,6 +264,7 @@ def main() -> int:
                                                  f"p{r}")))
             print(f"[ledger-bench] round {r + 1}/{args.rounds}: ledger {ledger[-1]:,.0f} "
                   f"rec/s, plain XADD {plain[-1]:,.0f} rec/s", file=sys.stderr)
+        sync_rows = _sync_rounds(redis.url, rates, args.sync_seconds)
     print("[ledger-bench] hot path ...", file=sys.stderr)
     hot = _hot_path(args.hot_path_requests)
     results = {
@@ -209,7 +273,7 @@ def main() -> int:
         "ledger_rps_median": statistics.median(ledger),
         "plain_rps_median": statistics.median(plain),
         "ledger_vs_plain": statistics.median(ledger) / statistics.median(plain),
-        "hot_path_us": hot,
+        "hot_path_us": hot, "sync_wait": sync_rows,
         "json_overhead_us": hot["json_accounted"] - hot["json_plain"],
         "stream_overhead_us": hot["stream_accounted"] - hot["stream_plain"],
     }

@@ -128,7 +128,7 @@ def _error_of(text: str) -> str:
     return f"{err.get('code') or err.get('type') or ''}: {str(err.get('message'))[:300]}"
 
 
-async def _read_stream(resp: httpx.Response, obs: Observation) -> None:
+async def _read_stream(resp: httpx.Response, obs: Observation, started: float) -> None:
     async for line in resp.aiter_lines():
         if not line.startswith("data: "):
             continue
@@ -139,6 +139,8 @@ async def _read_stream(resp: httpx.Response, obs: Observation) -> None:
             obs.error_event = True
             obs.error = _error_of(data) or data[:300]
         else:
+            if not obs.chunks:
+                obs.first_chunk_s = time.monotonic() - started
             obs.chunks += 1
 
 
@@ -154,7 +156,7 @@ async def send(client: httpx.AsyncClient, req: PlannedRequest, started: float,
                                      headers=headers) as resp:
                 obs.status, obs.headers = resp.status_code, _kept(resp.headers)
                 if req.stream and resp.status_code == 200:
-                    await _read_stream(resp, obs)
+                    await _read_stream(resp, obs, started)
                 else:
                     text = (await resp.aread()).decode(errors="replace")
                     if resp.status_code == 200:

@@ -55,6 +55,7 @@ class Observation:
     transport_error: str = ""  # the exception's class when the connection failed
     timed_out: bool = False  # the client's hard timeout fired
     chunks: int = 0  # content events of a stream
+    first_chunk_s: float = 0.0  # when a stream's first content event came (0: none did)
     kind: str = ""  # set by classify()
 
     @property

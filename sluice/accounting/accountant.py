@@ -54,6 +54,7 @@ class Accountant:
         self._auth = Authenticator(config.auth)
         self._clock, self._metrics = clock, metrics
         self._spawn = spawn
+        self._ledger_config = config.ledger
         url = config.ledger.redis_url or redis_url
         client = (async_client(url, config.ledger.timeout_s)
                   if config.ledger.enabled and url else None)
@@ -133,6 +134,13 @@ class Accountant:
         if cost_usd > 0:
             self._attribute(record)
         return record
+
+    async def recorded(self) -> bool:
+        """Wait (bounded: `ledger.sync_timeout_s`) until the records settled so far are in
+        the store, where `ledger.sync` asks it; True when they are (or nothing waits)."""
+        if self.ledger is None or not self._ledger_config.sync:
+            return True
+        return await self.ledger.written(self._ledger_config.sync_timeout_s)
 
     def _attribute(self, record: LedgerRecord) -> None:
         cost = self._metrics.attributed_cost

@@ -10,6 +10,11 @@ new ones are added. While Redis is down the buffer holds
 records (up to `buffer_max`) and the writer retries with backoff; records that would
 overflow the buffer are dropped and counted (`dropped`), never silently.
 
+`written()` lets an answer wait (bounded) for its record before its last bytes go out
+(`ledger.sync`): it wakes the writer at once, and the requests that wait together share its
+next batch (a group commit), so an ingress killed right after answering has lost no
+record. While the store is down nobody waits: the buffer replays later.
+
 Durability is Redis's: the local Redis runs with append-only persistence (`appendonly yes`);
 point `ledger.redis_url` at a Redis without eviction (not an LRU cache) in production.
 """
@@ -156,6 +161,9 @@ class LedgerWriter:
         self._on_written = on_written or (lambda record, totals: None)
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self._queued = 0  # records ever buffered
+        self._done = 0  # of those, written (or found already written)
+        self._progress = asyncio.Event()  # set (and replaced) after each write attempt
         self.counters = {"written": 0, "duplicates": 0, "dropped": 0, "write_errors": 0}
         self.healthy = True
 
@@ -171,6 +179,7 @@ class LedgerWriter:
                           self._config.buffer_max, self.counters["dropped"])
             return False
         self._buffer.append(record)
+        self._queued += 1
         self._ensure_running()
         if len(self._buffer) >= self._config.batch:
             self._wake.set()
@@ -193,6 +202,29 @@ class LedgerWriter:
             else:
                 backoff = min(self._config.retry_max_s, backoff * 2)
 
+    async def written(self, timeout_s: float) -> bool:
+        """Wait until every record buffered so far is in the store: True once it is; False
+        at once while the store is down, or after `timeout_s` (the records stay buffered
+        and are written in the background either way)."""
+        target = self._queued
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._done < target:
+            if not self.healthy:
+                return False
+            progress = self._progress
+            self._ensure_running()
+            self._wake.set()  # write now, not at the next interval
+            try:
+                await asyncio.wait_for(progress.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return self._done >= target
+        return True
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
     async def flush(self) -> bool:
         """Write everything buffered now; False if the store failed (records kept)."""
         async with self._flushing:
@@ -209,11 +241,14 @@ class LedgerWriter:
                     log.warning("ledger store unreachable (%r); buffering %d record(s)",
                                 exc, len(self._buffer))
                 self.healthy = False
+                self._progressed()
                 return False
             for record, totals in zip(batch, written):
                 self._buffer.popleft()
+                self._done += 1
                 self.counters["written" if totals is not None else "duplicates"] += 1
                 self._on_written(record, totals)
+            self._progressed()
             if not self.healthy:
                 log.warning("ledger store back; replayed the buffer")
             self.healthy = True

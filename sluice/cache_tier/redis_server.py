@@ -44,6 +44,10 @@ class LocalRedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout_s: float = 10.0) -> LocalRedisServer:
         binary = shutil.which("redis-server")
         if binary is None:

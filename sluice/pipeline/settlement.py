@@ -18,7 +18,7 @@ stages it ran (a cascade's rejected draft).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,15 +130,18 @@ class Settlement:
         if answer.whole is not None:
             whole = reading.whole(answer.whole)
             end(False)
+            await self._accountant.recorded()
             return Settled(answer, whole, None, None, outcome.cost_usd, end, quota)
         assert answer.events is not None
         if answer.buffered:  # it exists whole: read now, so its cost can be a header
             chunks = [reading.see(events) async for events in answer.events]
             outcome.first_token_at = None  # all at once: no first-token time to report
             end(False)
+            await self._accountant.recorded()
             return Settled(answer, None, None, chunks, outcome.cost_usd, end, quota)
-        return Settled(answer, None, _watched(answer.events, reading, end), None, None, end,
-                       quota)
+        return Settled(answer, None, _watched(answer.events, reading, end,
+                                              self._accountant.recorded),
+                       None, None, end, quota)
 
     def _price_for(self, answer: Answer) -> Callable[[dict[str, Any] | None], Any]:
         stages = self.spend.stages
@@ -239,12 +242,22 @@ class _End:
         self._finish(o)
 
 
-async def _watched(events: AsyncIterator[list[sse.Event]], reading: _Reading, end: _End
+async def _watched(events: AsyncIterator[list[sse.Event]], reading: _Reading, end: _End,
+                   recorded: Callable[[], Awaitable[bool]]
                    ) -> AsyncIterator[list[sse.Event]]:
+    """The stream as it passes, read; it ends (and is recorded) before its [DONE] is sent,
+    so a client that saw the whole answer saw one the ledger holds."""
     gone = True  # until the stream is read to its end
     try:
         async for chunk in events:
             kept = reading.see(chunk)
+            last = next((i for i, e in enumerate(kept) if e.kind == sse.END), None)
+            if last is not None:
+                if kept[:last]:
+                    yield kept[:last]
+                end(False)
+                await recorded()
+                kept = kept[last:]
             if kept:
                 yield kept
         gone = False

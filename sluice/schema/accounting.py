@@ -120,6 +120,14 @@ class LedgerConfig(Frozen):
     batch: int = Field(default=256, ge=1, description="Records per write round trip.")
     flush_interval_s: float = Field(default=0.2, gt=0, description="Longest a record waits.")
     timeout_s: float = Field(default=2.0, gt=0, description="Per write round trip.")
+    sync: bool = Field(default=True, description="An answer's last bytes wait until its "
+                       "record is written (up to sync_timeout_s; not while the store is "
+                       "down), so an ingress killed right after answering loses no record. "
+                       "false: records are written only in the background, within "
+                       "flush_interval_s, and such a kill loses the buffered ones.")
+    sync_timeout_s: float = Field(default=0.5, gt=0, description="Longest an answer waits "
+                                  "for its record (then it is sent; the record stays "
+                                  "buffered and is written in the background).")
     retry_max_s: float = Field(default=5.0, gt=0, description="Longest backoff between "
                                "retries while the store is down.")
     dedupe_ttl_s: int = Field(default=2 * 86400, ge=60, description="How long a written "

@@ -2,6 +2,8 @@
 idempotent replays, an outage with the buffer replayed after restart, and paging."""
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -220,6 +222,60 @@ def test_the_background_task_replays_the_buffer_once_the_store_is_back(redis_ser
         return await client.xlen(STREAM), len(writer), writer.healthy
 
     assert _run(redis_server, body) == (4, 0, True)
+
+
+def test_written_waits_for_the_records_so_far_and_concurrent_waiters_share_a_write(
+        redis_server) -> None:
+    """An answer waits for its record (ledger.sync): the writer is woken at once, not at
+    its interval, and twenty answers waiting together are written in a few round trips."""
+    async def body(writer, client, _):
+        started = time.monotonic()
+        for i in range(20):
+            writer.record(_rec(i))
+        waited = await asyncio.gather(*(writer.written(2.0) for _ in range(20)))
+        took = time.monotonic() - started
+        return waited, await client.xlen(STREAM), len(writer), took
+
+    waited, stored, left, took = _run(redis_server, body, flush_interval_s=30.0)
+    assert waited == [True] * 20 and stored == 20 and left == 0
+    assert took < 5.0  # the 30 s interval was not waited for
+
+
+def test_written_does_not_wait_while_the_store_is_down_and_the_buffer_replays(
+        redis_server) -> None:
+    async def body(writer, client, server):
+        server.stop()
+        writer.record(_rec(1))
+        first = await writer.written(2.0)  # finds the store down: False, after one try
+        started = time.monotonic()
+        writer.record(_rec(2))
+        second = await writer.written(2.0)  # known down: no wait at all
+        quick = time.monotonic() - started
+        server.start()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and len(writer):
+            await asyncio.sleep(0.02)
+        return first, second, quick, await client.xlen(STREAM)
+
+    first, second, quick, stored = _run(redis_server, body)
+    assert (first, second) == (False, False) and quick < 0.1
+    assert stored == 2  # kept, then written by the background task
+
+
+def test_written_gives_up_at_its_bound_on_a_store_that_does_not_answer(redis_server) -> None:
+    async def body(writer, client, server):
+        await client.ping()
+        os.kill(server.pid, signal.SIGSTOP)  # connections hang rather than fail
+        try:
+            writer.record(_rec(1))
+            started = time.monotonic()
+            ok = await writer.written(0.3)
+            return ok, time.monotonic() - started, len(writer)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+
+    ok, took, left = _run(redis_server, body, timeout_s=2.0)
+    assert ok is False and 0.25 < took < 1.5 and left == 1
 
 
 def test_a_cost_that_is_not_a_finite_amount_is_refused_at_the_record() -> None:

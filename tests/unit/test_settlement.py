@@ -47,12 +47,18 @@ class Ledger:
 
     def __init__(self) -> None:
         self.settled: list[dict[str, Any]] = []
+        self.waits: list[int] = []
 
     def settle(self, admission, request_id, model, status, outcome, cost_usd, route="error",
                stages=(), hold_id="", context="") -> None:
         self.settled.append({"status": status, "outcome": outcome, "cost": cost_usd,
                              "stages": list(stages), "hold_id": hold_id,
                              "context": context})
+
+    async def recorded(self) -> bool:
+        """The answer waits for its record: how many were settled when it did."""
+        self.waits.append(len(self.settled))
+        return True
 
     @property
     def outcomes(self) -> list[Outcome]:
@@ -171,6 +177,32 @@ def test_a_stream_is_timed_priced_and_keeps_the_usage_event_the_client_asked_for
     assert (o.response_id, o.finish_reasons, o.token_events) == ("s1", ["length"], 2)
     assert o.ttft_s == 0.25 and abs(o.tpot_s - 0.21 / 499) < 1e-12  # usage: 500 tokens
     assert o.cost_usd == 0.002
+
+
+def test_a_streams_done_is_sent_only_after_its_record_was_written() -> None:
+    """An ingress killed between an answer's last byte and its record's write would lose
+    the record of an answer the client has whole: the [DONE] waits for the ledger."""
+    chunks = [event({"id": "s1", "choices": [{"delta": {"content": "a"}}]}),
+              event({"id": "s1", "choices": [], "usage": USAGE}) + sse.DONE]
+    s, ledger = settlement(stream=True)
+    out = render(asyncio.run(s.settle(Answer("small", "small", "miss",
+                                             events=events_of(chunks)))))
+
+    async def read() -> list[tuple[str, list[int]]]:
+        return [(c, list(ledger.waits)) async for c in out.body_iterator]
+    sent = asyncio.run(read())
+    assert [c for c, _ in sent][::2] == [chunks[0], sse.DONE]
+    assert '"usage"' in sent[1][0] and "[DONE]" not in sent[1][0]
+    # nothing waited while the tokens and the usage went out; the [DONE] came after the
+    # wait, which saw the request settled
+    assert [w for _, w in sent] == [[], [], [1]]
+
+
+def test_a_json_answer_is_returned_only_after_its_record_was_written() -> None:
+    s, ledger = settlement()
+    asyncio.run(s.settle(Answer("small", "small", "miss", whole={"choices": [],
+                                                               "usage": dict(USAGE)})))
+    assert ledger.waits == [1]
 
 
 def test_a_usage_event_the_client_did_not_ask_for_is_read_then_dropped() -> None:

@@ -1,13 +1,8 @@
-"""The README's promise under faults: a bounded chaos run (`loadtests.chaos`) in CI.
+"""The README's promise under faults: a bounded chaos run (`loadtests.chaos`) in `make test`.
 
-Not in `make test`: run it with `pytest loadtests/chaos/bounded_live.py -s`. In a full CI
-run at 99c181c (last, after the shared stack was stopped) its engine-kill scenario failed:
-52 non-retriable errors and the success rate still below 99% at the end, with Ray reporting
-a worker that exited (possibly the OOM killer). Every other scenario passed there, the
-redis-proxy one included.
-
-Its own stack (`loadtests.chaos.stack`: `sluice serve` as a subprocess on ports of its own,
-two ingress replicas behind Serve's proxy, `small` as two engine replicas, Redis behind the
+Marked `alone`: it runs after every other test, with the shared stack stopped, on a stack of
+its own (`loadtests.chaos.stack`: `sluice serve` as a subprocess on ports of its own, two
+ingress replicas behind Serve's proxy, `small` as two engine replicas, Redis behind the
 harness's fault proxy). Each test is one scenario: open-loop load at RATE req/s for
 DURATION_S with the fault at FAULT_AT_S, a fixed seed, and the promise asserted on every
 request (`loadtests.chaos.promise`): none hung, no stream truncated without an error event,
@@ -17,14 +12,9 @@ accepted request exactly once, and the success rate is back to >= 99% within the
 The Redis connection resets run last (broken pooled connections once failed requests
 minutes later, in whatever scenario came next).
 
-One scenario shows a platform bug this module cannot fix (its code is not the harness's),
-marked xfail with what fails (the Redis connection resets were the other, until the
-ingress's Redis clients read uvloop's "handler is closed" RuntimeError as a lost
-connection and retried it on a new one: `sluice.cache_tier.redis_target`):
-- An ingress replica SIGKILLed loses the ledger records it still buffered (records are
-  written in batches every `ledger.flush_interval_s`, 0.2 s, from memory): an answer the
-  client got in those last moments has no record. Whether one falls in that window depends
-  on timing, so that check is a non-strict xfail; the outcomes of the same run are asserted.
+An answer's last bytes wait for its ledger record (`ledger.sync`), so the ledger of a
+killed ingress replica is exact too: every answer its clients got whole is recorded. (It
+was a non-strict xfail while records waited up to `ledger.flush_interval_s` in memory.)
 """
 
 from __future__ import annotations
@@ -43,7 +33,7 @@ from loadtests.chaos.outcomes import INGRESS_LOST, RETRIABLE
 from loadtests.chaos.runner import ScenarioResult, run_scenario
 from loadtests.chaos.stack import ChaosStack, StackSettings
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 SEED = 18
 RATE, DURATION_S, FAULT_AT_S, OUTAGE_S, LATENCY_S = 5.0, 24.0, 6.0, 6.0, 0.2
 SPEC = LoadSpec(rate=RATE, duration_s=DURATION_S, min_tokens=16, max_tokens=24,
@@ -64,7 +54,7 @@ def results() -> dict[str, ScenarioResult]:
 
 
 @pytest.fixture(scope="module")
-def chaos(tmp_path_factory) -> Iterator[tuple[ChaosStack, Faults, Path]]:
+def chaos(tmp_path_factory, shared_stack_stopped) -> Iterator[tuple[ChaosStack, Faults, Path]]:
     out = tmp_path_factory.mktemp("chaos")
     with ChaosStack(out / "run", SETTINGS) as stack:
         faults = Faults(stack.serve_pid, stack.redis, stack.proxy, random.Random(SEED))
@@ -126,10 +116,6 @@ def test_a_killed_ingress_replica_loses_only_what_it_held(chaos, results) -> Non
     assert all(o.sent_s <= killed for o in lost), [o.as_dict() for o in lost]
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="a SIGKILLed ingress replica loses the ledger records it had not "
-                   "flushed yet (buffered in memory up to ledger.flush_interval_s, 0.2 s): "
-                   "only when an answer falls in that window")
 @pytest.mark.timeout(60)
 def test_the_ledger_keeps_every_answer_of_a_killed_ingress_replica(results) -> None:
     if "ingress-kill" not in results:
