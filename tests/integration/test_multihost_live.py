@@ -13,7 +13,8 @@ replicas and large's one take a host each, so small runs on two hosts.
 Then, through the head's endpoint and the official `openai` client: a chat answered by a
 replica on a worker host (Serve's own replica table says where `x-sluice-replica` runs); a
 long prompt computed on one host and served from the head's Redis KV tier on the other; the
-ledger in the head's Redis holding both. The teardown is `make cluster-down`'s: the head's
+ledger in the head's Redis holding both. Then a worker host with one of small's replicas dies
+under load (node removal: the requests it held are retried on the other host). The teardown is `make cluster-down`'s: the head's
 Redis stopped, then `ray down`, after which no process is left on any host. Figures it
 prints go to BENCHMARKS.md ("Multi-host bring-up").
 """
@@ -48,6 +49,9 @@ BIN = Path(sys.executable).parent
 PROFILE = "platform/profiles/multihost.yaml"
 KV_CHUNK = 64
 UP_BOUND_S, READY_BOUND_S, DOWN_BOUND_S = 420, 720, 120
+# node loss: open-loop load on small at this rate (req/s) for this long, the host killed at
+NODE_LOSS_RATE, NODE_LOSS_S, NODE_LOSS_AT_S = 2.0, 40.0, 10.0
+KILL_RECOVERY_S = 5.0  # as the chaos test's kills: the requests in flight end within 2 s
 
 
 def _profile(platform: Path) -> None:
@@ -325,6 +329,74 @@ def test_a_prefix_computed_on_one_host_is_loaded_from_redis_on_the_other(cluster
         assert time.monotonic() < deadline, f"the ledger lacks {ids - seen}"
         time.sleep(1)
     assert any(not k.startswith(b"sluice:") for k in store.scan_iter(count=1000))  # KV chunks
+
+
+def test_a_worker_host_lost_under_load_costs_only_the_streams_it_held(cluster: dict) -> None:
+    """Node removal (the fault-tolerance promise): open-loop load on `small` through the
+    head while a worker host holding one of small's replicas dies whole (its PID 1 killed:
+    every process on it ends at once, as when a machine loses power). Requests the dead
+    replica held before their first byte, and those the router still sends it until Serve
+    drops it, are retried on the other host's replica; only a stream that had started may
+    end with an error event. Nothing hangs, no stream is cut without one, no other error,
+    the ledger holds every accepted request once, and the success rate is back at 99%
+    within KILL_RECOVERY_S."""
+    assert "replicas" in cluster, "the cluster did not come up"
+    import asyncio
+
+    from loadtests.chaos import load, timeline
+    from loadtests.chaos.ledger_check import check
+    from loadtests.chaos.outcomes import (
+        HUNG,
+        OK,
+        OTHER,
+        RETRIABLE,
+        TRUNCATED,
+        classify_all,
+        summarize,
+    )
+
+    small = _engines(_serve_replicas(cluster["dashboard"]), "small")
+    victims = [h for h in cluster["workers"] if h.address in set(small.values())]
+    assert victims and len(set(small.values())) == 2, small
+    victim = victims[0]
+    spec = load.LoadSpec(rate=NODE_LOSS_RATE, duration_s=NODE_LOSS_S, min_tokens=8,
+                         max_tokens=16, client_timeout_s=60.0)
+    prefix = f"mh-node-{uuid.uuid4().hex[:6]}"
+    requests = load.plan(spec, 7, prefix)
+    since_ms = int(time.time() * 1000) - 1000
+    killed: dict[str, float] = {}
+
+    async def kill_later(started: float) -> None:
+        await asyncio.sleep(NODE_LOSS_AT_S)
+        killed["at_s"] = time.monotonic() - started
+        await asyncio.to_thread(victim.kill)  # it waits for the host's starter to end
+
+    async def both() -> list:
+        started = time.monotonic()
+        observations, _ = await asyncio.gather(
+            load.run(cluster["api"], requests, spec, started), kill_later(started))
+        return observations
+
+    observations = classify_all(asyncio.run(both()), None)
+    counts = summarize(observations)
+    fault_at = killed["at_s"]
+    recovery = timeline.recovery_s([(o.sent_s, o.kind == OK) for o in observations], fault_at)
+    head = cluster["head"]
+    password = (cluster["work"] / "hosts" / head.name / "home/.sluice/redis/password"
+                ).read_text().strip()
+    ledger = check(f"redis://:{password}@{head.address}:6380", prefix, since_ms,
+                   {o.request_id for o in observations if o.accepted}, timeout_s=60)
+    cluster["figures"]["node_loss"] = {**counts, "recovery_s": recovery,
+                                       "ledger_delta": ledger.delta, "rate": spec.rate,
+                                       "victim": victim.name}
+    bad = [o.as_dict() for o in observations if o.kind in (HUNG, TRUNCATED, OTHER)]
+    assert not bad, (counts, bad[:3])
+    failed = [o for o in observations if o.kind == RETRIABLE]
+    assert all(o.stream and o.sent_s <= fault_at for o in failed), [
+        o.as_dict() for o in failed]
+    assert recovery is not None and recovery <= KILL_RECOVERY_S, (recovery, counts)
+    assert ledger.exact, ledger.as_dict()
+    assert counts["sent"] == len(requests) and counts[OK] >= 0.9 * len(requests), counts
 
 
 def test_ray_down_leaves_nothing_running_on_either_host(cluster: dict) -> None:
