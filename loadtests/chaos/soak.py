@@ -14,7 +14,7 @@ replicas, Redis behind the fault proxy, which only passes traffic here) is start
    replicas with their vLLM engine cores, redis-server, Serve's controller and proxy, the
    `sluice serve` process);
 3. the report: per window (`--window-min`), requests, error rate, p50/p95 latency and
-   TTFT (streams); per process role, memory at the start and the end and its growth per
+   time to a stream's first event (vLLM's role chunk, which comes with the first token); per process role, memory at the start and the end and its growth per
    hour (least squares over the samples after the first window, the warm-up); the ledger
    check over every accepted request. Progress goes to stderr, the tables to stdout.
 """
@@ -154,7 +154,11 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            roles = self._find()
+            try:
+                roles = self._find()
+            except psutil.Error:  # a process went away mid-lookup: try again next time
+                self._stop.wait(1.0)
+                continue
             self.samples.append({"t_s": round(time.monotonic() - self._t0, 1),
                                  "rss_mb": {r: round(_rss_mb(p), 1) for r, p in roles.items()
                                             if p},
@@ -217,7 +221,7 @@ def _plot(windows: list[dict[str, Any]], samples: list[dict[str, Any]], path: Pa
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     mins = [w["from_s"] / 60 for w in windows]
     for key, label in (("latency_p50_s", "latency p50"), ("latency_p95_s", "latency p95"),
-                       ("ttft_p95_s", "TTFT p95 (streams)")):
+                       ("ttft_p95_s", "first event p95 (streams)")):
         ax1.plot(mins, [w[key] for w in windows], marker="o", label=label)
     ax1.set_ylabel("seconds")
     ax1b = ax1.twinx()
@@ -242,7 +246,7 @@ def _plot(windows: list[dict[str, Any]], samples: list[dict[str, Any]], path: Pa
 def _markdown(windows: list[dict[str, Any]], growth: dict[str, dict[str, Any]]) -> str:
     def f(v: float | None, scale: float = 1000, unit: str = " ms") -> str:
         return "-" if v is None else f"{v * scale:.0f}{unit}"
-    lines = ["| window from (min) | requests | errors | latency p50 | latency p95 | TTFT p95 |",
+    lines = ["| window from (min) | requests | errors | latency p50 | latency p95 | first event p95 |",
              "|---|---|---|---|---|---|"]
     for w in windows:
         lines.append(f"| {w['from_s'] / 60:.0f} | {w['requests']} | {w['errors']} "

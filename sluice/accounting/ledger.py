@@ -197,7 +197,13 @@ class LedgerWriter:
             except TimeoutError:
                 pass
             self._wake.clear()
-            if await self.flush():
+            try:
+                flushed = await self.flush()
+            except Exception:  # a bug, not the store: keep the records, keep the task
+                log.exception("ledger writer failed; %d record(s) kept", len(self._buffer))
+                self.counters["write_errors"] += 1
+                self.healthy, flushed = False, False
+            if flushed:
                 backoff = self._config.flush_interval_s
             else:
                 backoff = min(self._config.retry_max_s, backoff * 2)
@@ -207,6 +213,8 @@ class LedgerWriter:
         at once while the store is down, or after `timeout_s` (the records stay buffered
         and are written in the background either way)."""
         target = self._queued
+        if target - self._done > self._config.batch:
+            return False  # a backlog (an outage's) is replaying: nobody waits behind it
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._done < target:
@@ -228,7 +236,10 @@ class LedgerWriter:
     async def flush(self) -> bool:
         """Write everything buffered now; False if the store failed (records kept)."""
         async with self._flushing:
-            return await self._flush()
+            try:
+                return await self._flush()
+            finally:
+                self._progressed()  # whatever happened, waiters look again
 
     async def _flush(self) -> bool:
         while self._buffer:
@@ -241,13 +252,15 @@ class LedgerWriter:
                     log.warning("ledger store unreachable (%r); buffering %d record(s)",
                                 exc, len(self._buffer))
                 self.healthy = False
-                self._progressed()
                 return False
             for record, totals in zip(batch, written):
                 self._buffer.popleft()
                 self._done += 1
                 self.counters["written" if totals is not None else "duplicates"] += 1
-                self._on_written(record, totals)
+                try:
+                    self._on_written(record, totals)
+                except Exception:  # the record is written; a bug in its follower is logged
+                    log.exception("ledger on_written failed for %s", record.request_id)
             self._progressed()
             if not self.healthy:
                 log.warning("ledger store back; replayed the buffer")

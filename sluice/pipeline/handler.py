@@ -150,4 +150,6 @@ class RequestHandler:
             return await settlement.settle(answer)
         except BaseException as exc:
             settlement.failed(exc)  # (a no-op if the answer's outcome already ended)
+            if isinstance(exc, Exception):  # an error answer waits for its record too
+                await self._accountant.recorded()  # (not a cancelled request: no answer)
             raise

@@ -6,8 +6,9 @@ at least. At every evaluation the gates (`sluice.rollouts.gates`) compare what t
 variants measured during the current step:
 - any gate in `breach`: roll back at once (the candidate's share drops to 0), with the
   reason: which gate and both measurements;
-- the step has lasted its time and every gate `pass`es: advance (the last step promotes:
-  the candidate takes 100% and the baseline is to be drained);
+- the step has lasted its time and every gate `pass`es: advance. Passing the step before
+  100% promotes: the candidate takes all the traffic and the baseline is to be drained (at
+  100% there is no baseline traffic left to compare with, so no gate could ever pass there);
 - otherwise hold: the step goes on until the evidence decides (a step that never gathers
   enough requests holds; `max_step_s` then rolls back, as an unproven canary must not
   sit at a share forever).
@@ -51,8 +52,10 @@ class CanaryPlan:
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < s <= 100 for s in self.steps):
             raise ValueError("steps are percentages in (0, 100]")
-        if list(self.steps) != sorted(set(self.steps)) or self.steps[-1] != 100:
-            raise ValueError("steps rise strictly and end at 100")
+        if (list(self.steps) != sorted(set(self.steps)) or self.steps[-1] != 100
+                or len(self.steps) < 2):
+            raise ValueError("steps rise strictly and end at 100, after at least one "
+                             "share below it")
         if self.baseline == self.candidate:
             raise ValueError("the candidate must differ from the baseline")
         if self.max_step_s < self.step_s:
@@ -123,7 +126,7 @@ def evaluate(state: CanaryState, now: float, canary: Window, baseline: Window
                        history=state._event(now, "rolled_back", reason=reason))
     elapsed = now - state.step_started
     if elapsed >= state.plan.step_s and all(r.verdict == "pass" for r in results):
-        if state.step + 1 == len(state.plan.steps):
+        if state.step + 2 >= len(state.plan.steps):  # the next step is 100%: promoted
             return replace(state, status="promoted", gates=results,
                            history=state._event(now, "promoted"))
         advanced = replace(state, step=state.step + 1, step_started=now, gates=results)

@@ -81,6 +81,7 @@ class Host:
                 os.kill(self.sshd_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            self.sshd_pid = 0  # killed once: a later kill() must not hit a reused pid
         if self.starter is not None:
             if self.starter.poll() is None:
                 try:

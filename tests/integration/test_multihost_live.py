@@ -14,7 +14,8 @@ Then, through the head's endpoint and the official `openai` client: a chat answe
 replica on a worker host (Serve's own replica table says where `x-sluice-replica` runs); a
 long prompt computed on one host and served from the head's Redis KV tier on the other; the
 ledger in the head's Redis holding both. Then a worker host with one of small's replicas dies
-under load (node removal: the requests it held are retried on the other host). The teardown is `make cluster-down`'s: the head's
+under load (node removal: what it held before a first byte is retried on the other host,
+a stream it had started ends with an error event). The teardown is `make cluster-down`'s: the head's
 Redis stopped, then `ray down`, after which no process is left on any host. Figures it
 prints go to BENCHMARKS.md ("Multi-host bring-up").
 """

@@ -262,6 +262,37 @@ def test_written_does_not_wait_while_the_store_is_down_and_the_buffer_replays(
     assert stored == 2  # kept, then written by the background task
 
 
+def test_written_does_not_wait_behind_a_backlog(redis_server) -> None:
+    """More than a batch waiting (an outage's replay): an answer is not held behind it."""
+    async def body(writer, client, _):
+        for i in range(10):
+            writer.record(_rec(i))
+        started = time.monotonic()
+        waited = await writer.written(2.0)
+        quick = time.monotonic() - started
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and len(writer):
+            await asyncio.sleep(0.02)
+        return waited, quick, await client.xlen(STREAM)
+
+    waited, quick, stored = _run(redis_server, body, batch=4)
+    assert waited is False and quick < 0.1 and stored == 10
+
+
+def test_the_writer_survives_a_failing_follower_and_keeps_writing(redis_server) -> None:
+    def follower(record, totals):
+        raise RuntimeError("a bug after the write")
+
+    async def body(writer, client, _):
+        writer.record(_rec(1))
+        first = await writer.written(2.0)
+        writer.record(_rec(2))
+        second = await writer.written(2.0)
+        return first, second, await client.xlen(STREAM), writer.healthy
+
+    assert _run(redis_server, body, on_written=follower) == (True, True, 2, True)
+
+
 def test_written_gives_up_at_its_bound_on_a_store_that_does_not_answer(redis_server) -> None:
     async def body(writer, client, server):
         await client.ping()
