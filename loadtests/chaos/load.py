@@ -108,6 +108,12 @@ class Traffic:
             time.sleep(0.005)
         return None
 
+    def holding(self, header: str, values: set[str]) -> bool:
+        """Whether a request in flight names one of `values` in `header` (a stream being
+        read from one of those replicas)."""
+        with self._lock:
+            return any(o.headers.get(header) in values for o in self.in_flight.values())
+
     def counts(self) -> tuple[list[Observation], int]:
         with self._lock:
             return list(self.finished), len(self.in_flight)

@@ -51,7 +51,9 @@ PROFILE = "platform/profiles/multihost.yaml"
 KV_CHUNK = 64
 UP_BOUND_S, READY_BOUND_S, DOWN_BOUND_S = 420, 720, 120
 # node loss: open-loop load on small at this rate (req/s) for this long, the host killed at
-NODE_LOSS_RATE, NODE_LOSS_S, NODE_LOSS_AT_S = 2.0, 40.0, 10.0
+# (6 req/s keeps several requests in flight, so the router spreads them over both of small's
+# replicas: one at a time, prompts with no shared prefix all go to one replica)
+NODE_LOSS_RATE, NODE_LOSS_S, NODE_LOSS_AT_S = 6.0, 40.0, 10.0
 KILL_RECOVERY_S = 5.0  # as the chaos test's kills: the requests in flight end within 2 s
 
 
@@ -360,27 +362,35 @@ def test_a_worker_host_lost_under_load_costs_only_the_streams_it_held(cluster: d
     victims = [h for h in cluster["workers"] if h.address in set(small.values())]
     assert victims and len(set(small.values())) == 2, small
     victim = victims[0]
-    spec = load.LoadSpec(rate=NODE_LOSS_RATE, duration_s=NODE_LOSS_S, min_tokens=8,
-                         max_tokens=16, client_timeout_s=60.0)
+    on_victim = {rid for rid, node in small.items() if node == victim.address}
+    spec = load.LoadSpec(rate=NODE_LOSS_RATE, duration_s=NODE_LOSS_S, min_tokens=32,
+                         max_tokens=64, client_timeout_s=60.0)
     prefix = f"mh-node-{uuid.uuid4().hex[:6]}"
     requests = load.plan(spec, 7, prefix)
     since_ms = int(time.time() * 1000) - 1000
-    killed: dict[str, float] = {}
+    killed: dict[str, float | bool] = {}
+    traffic = load.Traffic()
 
     async def kill_later(started: float) -> None:
         await asyncio.sleep(NODE_LOSS_AT_S)
+        deadline = time.monotonic() + 10  # strike while the host is sending a stream
+        while time.monotonic() < deadline and not traffic.holding("x-sluice-replica",
+                                                                   on_victim):
+            await asyncio.sleep(0.01)
+        killed["held_a_stream"] = traffic.holding("x-sluice-replica", on_victim)
         killed["at_s"] = time.monotonic() - started
         await asyncio.to_thread(victim.kill)  # it waits for the host's starter to end
 
     async def both() -> list:
         started = time.monotonic()
         observations, _ = await asyncio.gather(
-            load.run(cluster["api"], requests, spec, started), kill_later(started))
+            load.run(cluster["api"], requests, spec, started, traffic=traffic),
+            kill_later(started))
         return observations
 
     observations = classify_all(asyncio.run(both()), None)
     counts = summarize(observations)
-    fault_at = killed["at_s"]
+    fault_at = float(killed["at_s"])
     recovery = timeline.recovery_s([(o.sent_s, o.kind == OK) for o in observations], fault_at)
     head = cluster["head"]
     password = (cluster["work"] / "hosts" / head.name / "home/.sluice/redis/password"
@@ -389,7 +399,11 @@ def test_a_worker_host_lost_under_load_costs_only_the_streams_it_held(cluster: d
                    {o.request_id for o in observations if o.accepted}, timeout_s=60)
     cluster["figures"]["node_loss"] = {**counts, "recovery_s": recovery,
                                        "ledger_delta": ledger.delta, "rate": spec.rate,
-                                       "victim": victim.name}
+                                       "victim": victim.name, "fault_at_s": fault_at,
+                                       "held_a_stream": killed["held_a_stream"]}
+    served = [o for o in observations if o.headers.get("x-sluice-replica") in on_victim]
+    assert served, "the victim host's replica answered nothing: the loss tested nothing"
+    cluster["figures"]["node_loss"]["victim_answered"] = len(served)
     bad = [o.as_dict() for o in observations if o.kind in (HUNG, TRUNCATED, OTHER)]
     assert not bad, (counts, bad[:3])
     failed = [o for o in observations if o.kind == RETRIABLE]
