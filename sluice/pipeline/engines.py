@@ -44,6 +44,18 @@ _RETRIABLE = (
 )
 
 
+def retriable(exc: BaseException) -> bool:
+    """A failure another replica may not have: Serve's and Ray's (a replica gone, an actor
+    dead, the deployment unavailable), or vLLM's EngineDeadError, which an engine replica
+    whose engine core died raises (Serve passes it through as itself) for every request
+    routed there until the replica is replaced. Matched by name and module, so the ingress
+    needs no vLLM import."""
+    if isinstance(exc, _RETRIABLE):
+        return True
+    return any(c.__name__ == "EngineDeadError" and c.__module__.startswith("vllm")
+               for c in type(exc).__mro__)
+
+
 def _as_error(item: Any, prompt_field: str) -> SluiceError | None:
     """The engine's up-front rejection, whichever form it arrives in."""
     if isinstance(item, list) and item:
@@ -160,15 +172,17 @@ class EngineStream:
                 item = await self._next()
         except StopAsyncIteration:
             ended = True
-        except _RETRIABLE as exc:
-            ended = True
-            yield sse.read(sse.encode(_unavailable(self.model, exc).body()))
         except TimeoutError:
             ended = True
             self._abort()
             log.warning("model %s: replica %s stalled for %.1f s mid-stream", self.model,
                         self.replica, self._stall_s)
             yield sse.read(sse.encode(stalled(self.model, self._stall_s or 0).body()))
+        except Exception as exc:
+            if not retriable(exc):
+                raise
+            ended = True
+            yield sse.read(sse.encode(_unavailable(self.model, exc).body()))
         finally:
             if not ended:
                 self._abort()
@@ -331,7 +345,9 @@ async def call_engine(
             # this ingress's queue for the model is full (every replica holds its
             # max_ongoing_requests): shed now; another replica would not be chosen sooner
             raise overloaded(model, exc) from None
-        except _RETRIABLE as exc:
+        except Exception as exc:
+            if not retriable(exc):
+                raise
             last = exc
             failed += chosen
             log.warning("model %s: replica %s failed before answering (%r); attempt %d/%d",
