@@ -13,8 +13,9 @@ lognormal TTFT with median 200 ms and sigma 0.5, so p95 about 450 ms, TPOT media
 - a good canary, the same as the baseline;
 - errors +5 points (6%), the regression the issue names, and +2 points (3%);
 - 1.5x slower (+50% p95 TTFT and TPOT), and 1.25x slower.
-Per scenario and share: the share of runs rolled back, and the canary requests it took
-(median, p90) to roll back or to advance. Writes results.json and a plot of P(rolled back
+Per scenario and share: the share of runs a gate rolled back, the share still undecided at
+the bound (also rolled back), and the canary requests it took (median, p90) to roll back
+or to advance. Writes results.json and a plot of P(rolled back
 by n canary requests).
 """
 
@@ -56,7 +57,8 @@ SCENARIOS = {
 
 def one_step(rng: random.Random, candidate: Variant, share_pct: int, every: int,
              step_requests: int, max_requests: int) -> tuple[str, int]:
-    """('rolled_back' or 'advanced', canary requests seen) for one simulated step."""
+    """('rolled_back' (a gate breached), 'undecided' (rolled back at max_step_s for lack of
+    evidence) or 'advanced', canary requests seen) for one simulated step."""
     plan = CanaryPlan("m", "v1", "v2", steps=(share_pct, 100), step_s=step_requests,
                       max_step_s=max_requests)
     state = canary.start(plan, 0)
@@ -77,7 +79,8 @@ def one_step(rng: random.Random, candidate: Variant, share_pct: int, every: int,
             state, n, Window(n, c_err, tuple(c_ttft), tuple(c_tpot)),
             Window(len(b_ttft), b_err, tuple(b_ttft), tuple(b_tpot)))
         if state.status == "rolled_back":
-            return "rolled_back", n
+            undecided = state.reason.startswith("not enough evidence")
+            return ("undecided" if undecided else "rolled_back"), n
         if state.status == "promoted":
             return "advanced", n
 
@@ -89,7 +92,9 @@ def _pct(xs: list[int], q: float) -> int | None:
 def summary(outcomes: list[tuple[str, int]], max_requests: int) -> dict[str, Any]:
     back = [n for kind, n in outcomes if kind == "rolled_back"]
     ahead = [n for kind, n in outcomes if kind == "advanced"]
+    undecided = sum(1 for kind, _ in outcomes if kind == "undecided")
     return {"runs": len(outcomes), "rolled_back": len(back) / len(outcomes),
+            "undecided": undecided / len(outcomes),
             "rollback_n_median": _pct(back, 0.5), "rollback_n_p90": _pct(back, 0.9),
             "advance_n_median": _pct(ahead, 0.5), "advance_n_p90": _pct(ahead, 0.9),
             "rollback_by_n": [(n, sum(1 for b in back if b <= n) / len(outcomes))
@@ -112,8 +117,8 @@ def main() -> int:
                                "max_requests": args.max_requests,
                                "look_every": args.look_every, "gates": vars(canary.GateConfig()),
                                "results": {}}
-    print("| share | scenario | rolled back | to roll back: median / p90 | to advance: "
-          "median / p90 |\n|---|---|---|---|---|")
+    print("| share | scenario | breached: rolled back | undecided at the bound | to roll back: "
+          "median / p90 | to advance: median / p90 |\n|---|---|---|---|---|---|")
     for share in shares:
         for name, candidate in SCENARIOS.items():
             rng = random.Random(args.seed)
@@ -126,7 +131,8 @@ def main() -> int:
                           file=sys.stderr, flush=True)
             s = summary(outcomes, args.max_requests)
             results["results"][f"{share}%: {name}"] = s
-            print(f"| {share}% | {name} | {s['rolled_back']:.1%} | {s['rollback_n_median']} / "
+            print(f"| {share}% | {name} | {s['rolled_back']:.1%} | {s['undecided']:.1%} | "
+                  f"{s['rollback_n_median']} / "
                   f"{s['rollback_n_p90']} | {s['advance_n_median']} / {s['advance_n_p90']} |",
                   flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
