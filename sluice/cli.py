@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sluice.route_cli import add_commands as add_route_commands
 
     add_route_commands(sub)
+    from sluice.rollout_cli import add_commands as add_rollout_commands
+
+    add_rollout_commands(sub)
     catalog = sub.add_parser("catalog", help="the model catalog").add_subparsers(
         dest="catalog_command", required=True)
     prices = catalog.add_parser("prices", help="what each model is priced at, and where "

@@ -4,7 +4,7 @@ This is the only module that turns an answer into headers and bytes (the pipelin
 data: `sluice.pipeline.settlement.Settled`). The headers name what answered:
 `x-sluice-model`, `x-sluice-route`, `x-sluice-cache` (and `-similarity`),
 `x-sluice-replica` (and `x-sluice-retries`), the cascade's `x-sluice-<stage>-score` and
-`x-sluice-fallback`, `x-sluice-budget: soft`, and `x-sluice-cost-usd` where the cost is
+`x-sluice-fallback`, `x-sluice-variant`, `x-sluice-budget: soft`, and `x-sluice-cost-usd` where the cost is
 known before the body is sent (JSON and buffered answers; a live stream carries it in its
 usage event).
 """
@@ -35,6 +35,7 @@ from sluice.pipeline.settlement import Settled
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "x-sluice-replica"
+VARIANT_HEADER = "x-sluice-variant"  # which version of the model answered (rollouts)
 RETRIES_HEADER = "x-sluice-retries"  # engine replicas that failed before this one answered
 CACHE_HEADER = "x-sluice-cache"
 SIMILARITY_HEADER = "x-sluice-cache-similarity"
@@ -141,6 +142,8 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers["x-sluice-selection"] = answer.selection
     if answer.failed_over:
         headers[FAILOVER_HEADER] = ",".join(answer.failed_over)
+    if answer.variant:
+        headers[VARIANT_HEADER] = answer.variant
     return headers
 
 

@@ -33,9 +33,12 @@ from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
 from sluice.pipeline.request_body import read_body
+from sluice.rollouts.admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_BYTES
+from sluice.rollouts.admin import check_operator, spec_of
 from sluice.schema.platform import PlatformConfig
 
 log = logging.getLogger(__name__)
+LLM_DEPLOYMENT_PREFIX = "SluiceLLMServer:"  # + the model: each engine deployment's name
 
 
 def _running_replicas() -> dict[str, int]:
@@ -45,7 +48,7 @@ def _running_replicas() -> dict[str, int]:
     except Exception as exc:  # noqa: BLE001 - readiness must not fail on a status call
         log.warning("serve.status() failed: %r", exc)
         return {}
-    prefix = "SluiceLLMServer:"
+    prefix = LLM_DEPLOYMENT_PREFIX
     return {name[len(prefix):]: int(dep.replica_states.get("RUNNING", 0))
             for app in apps.values() for name, dep in app.deployments.items()
             if name.startswith(prefix)}
@@ -113,6 +116,7 @@ class SluiceIngress:
             await platform.accountant.close()
             await platform.rate_limiter.close()
             await platform.engines.close()  # the providers' connection pools
+            await platform.rollouts.close()  # its buffered observations
 
     # ---- inference -------------------------------------------------------------------
 
@@ -130,11 +134,13 @@ class SluiceIngress:
         (`sluice.deployments.anthropic_api`)."""
         body = anthropic_api.chat_body(body_of(request), request.headers.get("content-length"),
                                        self._config.profile.ingress.max_body_bytes)
+        self._platform.rollouts.start()
         settled = await self._platform.handler.handle(
             "chat", anthropic_api.chat_headers(request.headers), body, request_id(request))
         return await render_message(settled)
 
     async def _answer(self, endpoint: Endpoint, request: Request) -> Response:
+        self._platform.rollouts.start()  # (once: the loop needs Serve's event loop)
         settled = await self._platform.handler.handle(endpoint, request.headers,
                                                       body_of(request), request_id(request))
         return render(settled)
@@ -190,6 +196,41 @@ class SluiceIngress:
         """Revoke the key: refused on every ingress replica within key_refresh_s."""
         return await self._platform.key_admin.revoke(await self._caller(request), key_id)
 
+    # ---- rollouts (an admin key where keys are required) ------------------------------
+
+    async def _operator(self, request: Request) -> None:
+        self._platform.rollouts.start()
+        check_operator(await self._caller(request),
+                       self._config.profile.accounting.auth.required)
+
+    @app.get("/v1/admin/rollouts")
+    async def list_rollouts(self, request: Request) -> dict[str, Any]:
+        """Every rollout, and the variant serving each model a rollout promoted."""
+        await self._operator(request)
+        return await self._platform.rollouts.list()
+
+    @app.post("/v1/admin/rollouts", status_code=201)
+    async def start_rollout(self, request: Request) -> dict[str, Any]:
+        """Start a canary, A/B or shadow rollout (`sluice.schema.rollouts.RolloutSpec`)."""
+        await self._operator(request)
+        raw = await read_body(body_of(request), request.headers.get("content-length"),
+                              MAX_ROLLOUT_BODY_BYTES, self._config.profile.ingress.body_timeout_s)
+        return await self._platform.rollouts.begin(spec_of(raw))
+
+    @app.get("/v1/admin/rollouts/{model}")
+    async def rollout(self, model: str, request: Request) -> dict[str, Any]:
+        """Where a model's rollout stands: share, gates, history, and what each variant
+        measured (with the A/B differences and, for a shadow, the pairs' comparison)."""
+        await self._operator(request)
+        return await self._platform.rollouts.status(model)
+
+    @app.post("/v1/admin/rollouts/{model}/{action}")
+    async def rollout_action(self, model: str, action: str, request: Request
+                             ) -> dict[str, Any]:
+        """pause, resume, promote or abort a model's rollout."""
+        await self._operator(request)
+        return await self._platform.rollouts.act(model, action)
+
     async def _caller(self, request: Request) -> Principal:
         return await self._accountant.principal(request.headers)
 
@@ -214,6 +255,7 @@ class SluiceIngress:
 
     @app.get("/readyz")
     async def readyz(self) -> JSONResponse:
+        self._platform.rollouts.start()
         names = list(self._handles)
         results = await asyncio.gather(
             *(self._model_ready(self._handles[n]) for n in names), return_exceptions=False

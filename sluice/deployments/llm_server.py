@@ -7,6 +7,7 @@ profile runs stock vllm on GPUs. Both go through the same LLMConfig: the differe
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 from typing import Any
 
@@ -16,6 +17,7 @@ from ray.serve.llm.openai_api_models import CompletionRequest
 
 from sluice.autoscaling.latency import LatencyWindow, timed
 from sluice.cache_tier.kv_tier import engine_env, kv_transfer_config
+from sluice.deployments.engine_faults import faulted
 from sluice.deployments.engine_health import PROBE_PREFIX, HealthSettings, RequestWatch, probe
 from sluice.deployments.ray_compat import VLLMEngine
 from sluice.deployments.replica_router import ROUTER_CLASS
@@ -26,6 +28,7 @@ SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"
 # experimental_configs key: this model's replicas measure TTFT/TPOT for Sluice's SLO policy
 LATENCY_WINDOW = "sluice_latency_window"
 HEALTH = "sluice_health"  # experimental_configs key: the replica's HealthSettings
+FAULTS = "sluice_faults"  # experimental_configs key: injected faults (engine_faults)
 PROBE_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,12 @@ class SluiceLLMServer(LLMServer):
         stream = await super()._run_request(request, **kwargs)
         if str(getattr(request, "request_id", "")).startswith(PROBE_PREFIX):
             return stream
-        stream = self._watch.watched(stream, bool(getattr(request, "stream", False)))
+        streamed = bool(getattr(request, "stream", False))
+        faults = self._llm_config.experimental_configs.get(FAULTS)
+        if faults:
+            rng = self.__dict__.setdefault("_sluice_rng", random.Random())
+            stream = faulted(stream, faults, streamed, rng)
+        stream = self._watch.watched(stream, streamed)
         if not self._llm_config.experimental_configs.get(LATENCY_WINDOW):
             return stream
         return timed(stream, self._latency)
@@ -168,6 +176,7 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         experimental_configs={
             "stream_batching_interval_ms": profile.stream_batching_interval_ms,
             LATENCY_WINDOW: deployment.autoscaling is not None,
+            **({FAULTS: deployment.faults.model_dump()} if deployment.faults else {}),
             HEALTH: {"silent_after_s": deployment.stall_timeout_s
                      or profile.ingress.stall_timeout_s or 60.0,
                      "probe_timeout_s": PROBE_TIMEOUT_S},

@@ -151,6 +151,9 @@ _HEADERS: dict[str, Any] = {
     "x-sluice-selection": _header("A selection route's choice and why: the model, its "
                                   "price, measured quality and TTFT p95, the bars, the "
                                   "candidates passed over."),
+    "x-sluice-variant": _header("The version of the model that answered: a variant's label "
+                                "(`v2` for `large@v2`, which a rollout chose) or the "
+                                "model's catalog `version`."),
     "x-sluice-router-score": _header("The pre-router's score."),
     "x-sluice-judge-score": _header("The judge's score."),
     **_RATE,
@@ -169,7 +172,7 @@ _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache"
                    "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-retries",
                    "x-sluice-cost-usd", "x-sluice-budget", "x-sluice-fallback",
                    "x-sluice-context", "x-sluice-failover", "x-sluice-selection",
-                   "x-sluice-router-score",
+                   "x-sluice-variant", "x-sluice-router-score",
                    "x-sluice-judge-score", *_RATE)
 
 

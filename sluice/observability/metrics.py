@@ -128,6 +128,13 @@ class Metrics:
             "routed, trimmed, lowered).", ["model", "policy", "outcome", "tenant"], registry=r)
         self.in_flight = Gauge("sluice_in_flight_requests", "Requests in flight at this "
                                "ingress replica.", ["model"], registry=r)
+        self.rollout_events = Counter(
+            "sluice_rollout_events", "Rollout decisions taken by this ingress replica (started, "
+            "advanced, promoted, rolled_back, aborted, paused, resumed, retired), by model.",
+            ["model", "event"], registry=r)
+        self.rollout_share = Gauge(
+            "sluice_rollout_share", "The candidate's share of its model's traffic (0-1) at the "
+            "last decision this replica took or read.", ["model", "variant"], registry=r)
         if caches is not None or routes is not None:
             r.register(_StateCollector(caches or dict, routes or dict))
 

@@ -20,8 +20,12 @@ class RequestMeter:
     """Started when a request arrives; finished by its outcome (or its error)."""
 
     def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.perf_counter,
-                 on_answered: Callable[[str, float], None] | None = None) -> None:
+                 on_answered: Callable[[str, float], None] | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        """on_answered(model, ttft): a model's own answer (the selector's latencies);
+        on_outcome(outcome): every finished request (a rollout's measurements)."""
         self._metrics, self._clock, self._on_answered = metrics, clock, on_answered
+        self._on_outcome = on_outcome
         self.started = clock()
         self.model = UNROUTED
         self._gauge_model: str | None = None
@@ -49,6 +53,8 @@ class RequestMeter:
                              tpot_s=outcome.tpot_s,
                              usage=None if outcome.cache == "hit" else outcome.usage)
         self.charged(outcome.priced)
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
         # a model's own answer (not a cache hit, a cascade's or a failover's): its latency,
         # as the client saw its first token (a whole answer's: when it arrived)
         if (self._on_answered is not None and outcome.status == 200 and not outcome.failed

@@ -36,6 +36,7 @@ class Answer:
     context: str | None = None  # what its context overflow became (x-sluice-context)
     selection: str | None = None  # a selection route's choice and why (x-sluice-selection)
     failed_over: tuple[str, ...] = ()  # models of the failover chain that did not answer
+    variant: str | None = None  # the answering model's variant label (x-sluice-variant)
 
     @property
     def hit(self) -> bool:

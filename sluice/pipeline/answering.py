@@ -8,6 +8,11 @@ chosen model's engine is called (`engines`). Nothing here knows HTTP.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
 from opentelemetry.trace import Tracer
 
 from sluice import sse
@@ -17,10 +22,12 @@ from sluice.accounting.stage_spend import StageLog
 from sluice.cache_tier.response_cache import CacheLookup
 from sluice.pipeline.answer import Answer, cached_answer, replayed
 from sluice.pipeline.answer_cache import AnswerCache
-from sluice.pipeline.cascade_runner import CascadeOutcome, CascadeRunner
+from sluice.pipeline.cascade_runner import CascadeOutcome, CascadeRunner, candidate
 from sluice.pipeline.engines import Engines, EngineStream
 from sluice.pipeline.replay import sse_events
 from sluice.pipeline.request import ParsedRequest
+from sluice.rollouts.controller import Rollouts
+from sluice.router.reliability import agree
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import CatalogModel
 
@@ -30,9 +37,14 @@ BUDGET_DOWNGRADE = "budget-downgrade"
 class Pipeline:
     def __init__(self, router: StaticRouter, runners: dict[str, CascadeRunner],
                  engines: Engines, cache: AnswerCache, guard: BudgetGuard,
-                 tracer: Tracer) -> None:
+                 tracer: Tracer,
+                 spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 rollouts: Rollouts | None = None) -> None:
+        """spawn: runs background work (the shadow calls of `rollouts`)."""
         self._router, self._runners, self._engines = router, runners, engines
         self._cache, self._guard, self._tracer = cache, guard, tracer
+        self._spawn, self._clock, self._rollouts = spawn, clock, rollouts
 
     def knows(self, model: str) -> bool:
         return model in self._runners or model in self._engines
@@ -64,11 +76,43 @@ class Pipeline:
         cached = await self._lookup(request, decision.model, tenant)
         if cached.body is not None:
             return self._hit(request, cached, decision.model, route, budget)
+        started = self._clock()
         stream = await self._engines.call(decision.model, request.endpoint, request.llm)
         # a failover chain's later model answered: it is the model (and the price)
         answer = Answer(stream.model, route, cached.status.value, replica=stream.replica,
                         retries=stream.retries, budget=budget, failed_over=stream.failed_over)
-        return self._from_engine(request, stream, answer, cached)
+        answer = self._from_engine(request, stream, answer, cached)
+        self._maybe_shadow(request, decision.model, answer, started)
+        return answer
+
+    def _maybe_shadow(self, request: ParsedRequest, model: str, answer: Answer,
+                      started: float) -> None:
+        """A sampled copy of the request goes to a shadow rollout's candidate in the
+        background; the user's answer is passed on unchanged (a stream is only read along
+        to compare it at its end) and nobody is billed for the copy."""
+        rollouts = self._rollouts
+        shadow = rollouts.shadow_for(model) if rollouts is not None and self._spawn else None
+        if shadow is None or answer.model != shadow.baseline:
+            return
+        assert self._spawn is not None
+        endpoint = request.endpoint
+        copy = request.llm.model_copy(update={"stream": False, "stream_options": None})
+        told: asyncio.Future[tuple[str, int, float]] = (
+            asyncio.get_running_loop().create_future())
+        if answer.whole is not None:
+            told.set_result((*_text_and_tokens(endpoint, answer.whole),
+                             self._clock() - started))
+        elif answer.events is not None:
+            answer.events = _told(answer.events, told, started, self._clock)
+
+        async def candidate_answer() -> tuple[str, int]:
+            stream = await self._engines.call_chain(shadow.candidate, endpoint, copy)
+            return _text_and_tokens(endpoint, stream.whole())
+
+        def agreed(base: str, cand: str) -> bool:
+            return agree(base, cand, "text-overlap", 0.5)
+
+        self._spawn(rollouts.shadowed(shadow, candidate_answer(), told, agreed))
 
     async def _cascade(self, request: ParsedRequest, runner: CascadeRunner, tenant: str,
                        budget: str | None, spend: StageLog) -> Answer:
@@ -124,3 +168,34 @@ class Pipeline:
         self._cache.store(cached, text)
         answer.events, answer.buffered = replayed([sse.read(text, parse_first=True)]), True
         return answer
+
+
+def _text_and_tokens(endpoint: str, whole: dict[str, Any]) -> tuple[str, int]:
+    seen = candidate(endpoint, "", whole)  # type: ignore[arg-type]
+    tokens = int((whole.get("usage") or {}).get("completion_tokens") or 0)
+    return (seen.answers[0] if seen.answers else ""), tokens
+
+
+async def _told(events: AsyncIterator[list[sse.Event]],
+                told: asyncio.Future[tuple[str, int, float]], started: float,
+                clock: Callable[[], float]) -> AsyncIterator[list[sse.Event]]:
+    """The stream as it is, its text gathered on the side for a shadow comparison."""
+    parts: list[str] = []
+    tokens = 0
+    try:
+        async for chunk in events:
+            for e in chunk:
+                data = e.payload if e.payload is not None else sse.payload(e.text)
+                for choice in (data or {}).get("choices") or ():
+                    if choice.get("index", 0) == 0:
+                        delta = choice.get("delta") or {}
+                        piece = delta.get("content") if "delta" in choice else choice.get("text")
+                        if piece:
+                            parts.append(piece)
+                            tokens += 1
+                usage = (data or {}).get("usage") or {}
+                tokens = int(usage.get("completion_tokens") or tokens)
+            yield chunk
+    finally:
+        if not told.done():
+            told.set_result(("".join(parts), tokens, clock() - started))

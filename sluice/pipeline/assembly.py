@@ -7,7 +7,7 @@ global: the engines, the answer cache, the accountant, the metrics and the trace
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,10 @@ from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
 from sluice.pipeline.token_counter import TokenCounter
 from sluice.pipeline.selector import Selector
+from sluice.cache_tier.redis_target import async_client
+from sluice.rollouts.controller import Rollouts
+from sluice.rollouts.state import Rollout
+from sluice.rollouts.store import RolloutStore
 from sluice.router.quality import load as load_quality
 from sluice.router.selection import ObservedLatency
 from sluice.router.static import StaticRouter
@@ -53,6 +57,7 @@ class Platform:
     background: Background
     key_admin: KeyAdmin
     engines: Engines
+    rollouts: Rollouts
 
     def route_snapshots(self) -> dict[str, dict[str, Any]]:
         return {name: r.policy.snapshot() for name, r in self.runners.items()}
@@ -69,6 +74,25 @@ def engine_timeouts(config: PlatformConfig, models: Mapping[str, Any]) -> dict[s
         out[name] = Timeouts(first or ingress.first_token_timeout_s,
                              stall or ingress.stall_timeout_s)
     return out
+
+
+def rollouts_for(config: PlatformConfig, deployed: Iterable[str], redis_url: str | None,
+                 metrics: Metrics, alert: Callable[[dict[str, Any]], None]) -> Rollouts:
+    """The ingress's view of the rollouts (their state is in the shared Redis)."""
+    settings = config.profile.rollouts
+    store = (RolloutStore(async_client(redis_url, max(1.0, settings.poll_s)))
+             if redis_url else None)
+
+    def decided(r: Rollout, event: str) -> None:
+        metrics.rollout_events.labels(r.model, event).inc()
+        metrics.rollout_share.labels(r.model, r.candidate).set(r.share())
+        if event in ("rolled_back", "promoted", "aborted"):
+            alert({"type": f"rollout_{event}", "model": r.model, "rollout": r.id,
+                   "candidate": r.candidate, "baseline": r.baseline, "reason": r.reason,
+                   "gates": [g.as_dict() for g in (r.canary.gates if r.canary else ())]})
+
+    return Rollouts(settings, store, {m.name: (m.base, m.variant) for m in config.catalog.models},
+                    set(deployed), on_event=decided)
 
 
 def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str | None
@@ -90,14 +114,24 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                       breaker=Breaker(ingress.failover_threshold, ingress.failover_cooldown_s),
                       on_failover=lambda model, to: metrics.failovers.labels(model, to).inc())
     runners.update(build_runners(config, engines, background.spawn, embedder, tracer=spans))
+    accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
+
+    def alert(event: dict[str, Any]) -> None:
+        if accountant.notifier is not None:
+            background.spawn(accountant.notifier.send(event))
+
+    rollouts = rollouts_for(config, list(handles) + [m.name for m in config.catalog.models
+                                                     if not m.local],
+                            redis_url, metrics, alert)
+    engines.rollouts = rollouts
     routes = config.routing.routes if config.routing else ()
     selections = config.routing.selections if config.routing else ()
     router = StaticRouter(config.catalog, ingress.auto_route, routes, selections)
-    accountant = Accountant(profile.accounting, redis_url, background.spawn, metrics)
     rate_limiter = RateLimiter(profile.accounting.rate_limits, redis_url, background.spawn,
                                replicas=ingress.num_replicas,
                                key_limits=accountant.keys is not None)
-    pipeline = Pipeline(router, runners, engines, cache, accountant.guard, spans)
+    pipeline = Pipeline(router, runners, engines, cache, accountant.guard, spans,
+                        spawn=background.spawn, rollouts=rollouts)
     pricer = UsagePricer({m.name: m.pricing for m in config.catalog.models})
     limits = RequestLimits(max_n=ingress.max_n, max_tokens=ingress.max_tokens_limit,
                            max_logprobs=ingress.max_logprobs,
@@ -126,6 +160,6 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
     handler = RequestHandler(pipeline, accountant, pricer, metrics, limits,
                              ingress.max_body_bytes, rate_limiter, tracer,
                              body_timeout_s=ingress.body_timeout_s, control_tokens=control,
-                             context_gate=gate, selector=selector)
+                             context_gate=gate, selector=selector, rollouts=rollouts)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
-                    background, KeyAdmin(accountant.keys), engines)
+                    background, KeyAdmin(accountant.keys), engines, rollouts)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # Set on the engine request for a retry: the replicas that just failed it, which Sluice's
 # replica router ranks last (an extra field; vLLM's request models ignore extras)
 AVOID_ATTR = "sluice_avoid_replicas"
+# Set on the request by the handler: who the request is for a rollout's sticky split
+# (`sluice.rollouts.assignment.subject`)
+SUBJECT_ATTR = "sluice_subject"
 _RETRIABLE = (
     serve_exceptions.BackPressureError,
     serve_exceptions.DeploymentUnavailableError,
@@ -204,7 +207,10 @@ class Engines:
                  providers: Mapping[str, Any] | None = None,
                  failover: Mapping[str, Sequence[str]] | None = None,
                  breaker: Breaker | None = None,
-                 on_failover: Callable[[str, str], None] | None = None) -> None:
+                 on_failover: Callable[[str, str], None] | None = None,
+                 rollouts: Any = None) -> None:
+        """rollouts: `sluice.rollouts.controller.Rollouts`, which picks the variant that
+        answers a model under rollout and is told of the variants' failures."""
         self._streams = {name: h.options(stream=True) for name, h in handles.items()}
         self._timeouts = ({name: timeouts for name in handles}
                           if isinstance(timeouts, Timeouts) else dict(timeouts))
@@ -214,18 +220,34 @@ class Engines:
         self._failover = {name: tuple(chain) for name, chain in (failover or {}).items()}
         self.breaker = breaker or Breaker()
         self._on_failover = on_failover or (lambda _model, _to: None)  # (model, answerer)
+        self.rollouts = rollouts
 
     def __contains__(self, model: object) -> bool:
         return model in self._streams or model in self._providers
 
     async def call(self, model: str, endpoint: str, request: Any) -> EngineStream:
-        declared = [model, *self._failover.get(model, ())]
+        """The model's answer: from the variant its rollout picks for this request, if it
+        has one, else from the model, or the next of its failover chain."""
+        if self.rollouts is not None:
+            variant = self.rollouts.route(model, getattr(request, SUBJECT_ATTR, None) or "")
+            if variant in self:
+                return await self.call_chain(variant, endpoint, request, failover_of=model)
+        return await self.call_chain(model, endpoint, request)
+
+    async def call_chain(self, model: str, endpoint: str, request: Any,
+                         failover_of: str | None = None) -> EngineStream:
+        """This model (no rollout asked), then its failover chain's (`failover_of`'s)."""
+        declared = [model, *self._failover.get(failover_of or model, ())]
         chain = self.breaker.order(declared)  # those put aside last
         failed: list[str] = []
         for i, backend in enumerate(chain):
             try:
                 stream = await self._call_one(backend, endpoint, request)
-            except Unavailable as exc:
+            except SluiceError as exc:
+                if self.rollouts is not None:
+                    self.rollouts.failed(backend, exc)
+                if not isinstance(exc, Unavailable):
+                    raise
                 self.breaker.failed(backend, _aside_s(exc))
                 failed.append(backend)
                 if i + 1 == len(chain):

@@ -51,10 +51,13 @@ from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.context_gate import ContextGate
+from sluice.pipeline.engines import SUBJECT_ATTR
 from sluice.pipeline.selector import Selector, asked_bars
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
 from sluice.pipeline.request_body import decode_json, read_body
 from sluice.pipeline.settlement import Settled, Settlement
+from sluice.rollouts.assignment import subject
+from sluice.rollouts.controller import Rollouts
 
 
 class RequestHandler:
@@ -65,12 +68,13 @@ class RequestHandler:
                  body_timeout_s: float | None = None,
                  control_tokens: ControlTokens | None = None,
                  context_gate: ContextGate | None = None,
-                 selector: Selector | None = None) -> None:
+                 selector: Selector | None = None, rollouts: Rollouts | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
         self._body_timeout_s, self._control = body_timeout_s, control_tokens
         self._gate, self._selector = context_gate, selector
+        self._rollouts = rollouts
 
     def _check_context(self, request: ParsedRequest) -> None:
         """More completion tokens than any model the request may run has context for is a
@@ -106,7 +110,10 @@ class RequestHandler:
         """Steps 3-8 above; raises the request's error after settling it."""
         span = start_span(self._tracer, endpoint, headers) if self._tracer else None
         observe = self._selector.observe if self._selector is not None else None
-        settlement = Settlement(RequestMeter(self._metrics, self._clock, observe), span,
+        rollouts = self._rollouts
+        meter = RequestMeter(self._metrics, self._clock, observe,
+                             rollouts.observe if rollouts is not None else None)
+        settlement = Settlement(meter, span,
                                 self._accountant, self._pricer, request_id, self._clock)
         try:
             admission = await self._accountant.admit(headers, request_id)
@@ -121,6 +128,12 @@ class RequestHandler:
                 settlement.parsed(request, self._pipeline.knows(request.llm.model)
                                   or (selector is not None and request.llm.model in selector))
                 admission.principal.may_use(request.llm.model)
+                if rollouts is not None:  # who the request is for a rollout's sticky split
+                    sticky = rollouts.settings
+                    setattr(request.llm, SUBJECT_ATTR, subject(
+                        request.headers,
+                        admission.principal.key_id if sticky.sticky_key else "", request_id,
+                        sticky.sticky_header))
                 asked = asked_bars(request.headers)  # checked on every request (400)
                 selection = (selector.choose(request, admission.principal, asked)
                              if selector is not None else None)
@@ -147,6 +160,8 @@ class RequestHandler:
                     answer.context = gated.note
                 if selection is not None:
                     answer.selection = selection.reason
+                if rollouts is not None:
+                    answer.variant = rollouts.label(answer.model)
             return await settlement.settle(answer)
         except BaseException as exc:
             settlement.failed(exc)  # (a no-op if the answer's outcome already ended)

@@ -19,10 +19,14 @@ from sluice.schema.caches import KVTierConfig, ResponseCacheConfig, SemanticCach
 from sluice.schema.context import ContextSettings
 from sluice.schema.observability import TracingConfig
 from sluice.schema.redis_url import validate_url
+from sluice.schema.rollouts import RolloutSettings
 from sluice.schema.routing import RoutingConfig
-from sluice.schema.serving import SLO, AutoscalingSettings, ReplicaRoutingConfig
+from sluice.schema.serving import SLO, AutoscalingSettings, EngineFaults, ReplicaRoutingConfig
 
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+# a model, or a variant of one: `large@v2` (a version of `large`, deployed beside it and
+# given its traffic by a rollout, `sluice.rollouts`)
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*(@[a-z0-9][a-z0-9._-]*)?$"
+VARIANT_SEP = "@"
 
 
 class ProviderEndpoint(Frozen):
@@ -85,6 +89,10 @@ class CatalogModel(Frozen):
         default=False, description="Random-weight demo model: its output is noise."
     )
     description: str = Field(default="", description="Shown in /v1/models metadata.")
+    version: str = Field(
+        default="v1", pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description="The variant label of a model (`x-sluice-variant`); a variant named "
+        "`base@label` is that label, whatever this says.")
     slo: SLO = Field(default_factory=SLO, description="Latency objectives (capacity planning, "
                      "autoscaling).")
     pricing: Pricing | None = Field(default=None, description="What an answer costs: token "
@@ -103,6 +111,17 @@ class CatalogModel(Frozen):
     def local(self) -> bool:
         """Sluice runs it on engines of its own (it has a source, not a provider)."""
         return self.provider is None
+
+    @property
+    def base(self) -> str:
+        """The model clients ask for: `large` for `large` and for its variant `large@v2`."""
+        return self.name.split(VARIANT_SEP, 1)[0]
+
+    @property
+    def variant(self) -> str:
+        """This version's label: `v2` for `large@v2`, else `version`."""
+        _, sep, label = self.name.partition(VARIANT_SEP)
+        return label if sep else self.version
 
 
 class Catalog(Frozen):
@@ -124,6 +143,9 @@ class Catalog(Frozen):
     def _failover_known(self) -> Catalog:
         names = {m.name for m in self.models}
         for m in self.models:
+            if m.base not in names:
+                raise ValueError(f"model {m.name}: a variant of '{m.base}', which the catalog "
+                                 "does not have")
             stray = [f for f in m.failover if f not in names]
             if stray:
                 raise ValueError(f"model {m.name}: failover names unknown model(s) {stray}")
@@ -136,7 +158,7 @@ class Catalog(Frozen):
 
     def by_tier(self, tier: str) -> CatalogModel:
         for m in self.models:
-            if m.tier == tier:
+            if m.tier == tier and m.base == m.name:
                 return m
         raise KeyError(tier)
 
@@ -175,6 +197,10 @@ class ModelDeployment(Frozen):
     stall_timeout_s: float | None = Field(
         default=None, gt=0, description="This model's bound on the gap between two outputs "
         "of a stream (default: ingress.stall_timeout_s).")
+    faults: EngineFaults | None = Field(
+        default=None, description="Injected faults (as Envoy's fault filter injects them): "
+        "this model's replicas fail a fraction of requests or delay them. For rehearsing a "
+        "rollout's rollback, chaos drills and tests; never set in production profiles.")
 
     @model_validator(mode="after")
     def _bounds(self) -> ModelDeployment:
@@ -354,6 +380,10 @@ class Profile(Frozen):
         "rollout. Needs that spare capacity (cluster.yaml's max_workers leave it); until it "
         "exists the old replicas keep serving and the rollout waits. 0: Serve's default, "
         "stop an old replica, then start its replacement.")
+    rollouts: RolloutSettings = Field(
+        default_factory=RolloutSettings,
+        description="Canary, A/B and shadow rollouts between a model's variants: how often "
+        "the ingress reads their state and judges them (`sluice rollout`).")
     routing: str | None = Field(
         default=None,
         description="Routing config YAML (cascade routes such as `auto`), relative to this "

@@ -64,3 +64,12 @@ class ReplicaRoutingConfig(Frozen):
                             "(least recently used ones are forgotten).")
     replicas_per_block: int = Field(default=4, ge=1, description="Replicas remembered per "
                                     "block (the most recent ones).")
+
+
+class EngineFaults(Frozen):
+    """Faults a model's replicas inject into the requests they serve."""
+
+    error_fraction: float = Field(default=0.0, ge=0, le=1, description="Share of requests "
+                                  "answered with a 503 before any output, at random.")
+    delay_s: float = Field(default=0.0, ge=0, le=60, description="Added before each "
+                           "request's first output.")

@@ -1,0 +1,319 @@
+"""Rollouts at the ingress: the split per request, the measurements, the judging.
+
+Every ingress replica keeps a copy of the rollouts' state (`sluice.rollouts.store`),
+re-read every `poll_s`, and answers the hot-path questions from it without a Redis call:
+which variant answers this request (`route`: the sticky assignment of
+`sluice.rollouts.assignment`), and whether a copy goes to a shadow (`shadow_for`). Each
+answered request of a variant under rollout becomes an observation, buffered and added to
+Redis in batches. One replica at a time (a lease in Redis) judges the running canaries every
+`evaluate_s`: it reads the step's observations of both variants from every replica, runs the
+gates and writes the decision; a rollback alerts (log, metric, webhook). When a rollout has
+ended, the variant that lost is drained: no replica sends it a request after one more
+poll, and its answers in flight finish. Its deployment is removed by the next config update
+that leaves it out of the profile (`sluice deploy`, or `serve deploy` of `sluice build`): an
+application's engine deployments autoscale, which Serve's external scaler (the only way to
+scale a deployment from outside its config) refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from sluice.errors import Conflict, InvalidRequest, NotFound, SluiceError, Unavailable
+from sluice.observability.outcome import Outcome
+from sluice.rollouts import state as ops
+from sluice.rollouts.assignment import choose
+from sluice.rollouts.report import Observation, ShadowPair, ab_report, shadow_report, window
+from sluice.rollouts.state import Rollout
+from sluice.rollouts.store import RolloutStore
+from sluice.schema.rollouts import RolloutSettings, RolloutSpec
+
+log = logging.getLogger(__name__)
+ACTIONS = ("pause", "resume", "promote", "abort")
+
+
+class Rollouts:
+    def __init__(self, settings: RolloutSettings, store: RolloutStore | None,
+                 models: Mapping[str, tuple[str, str]], deployed: Collection[str],
+                 on_event: Callable[[Rollout, str], None] | None = None,
+                 clock: Callable[[], float] = time.time, holder: str | None = None,
+                 rng: random.Random | None = None) -> None:
+        """models: each catalog model's base and variant label (`large@v2` -> `large`,
+        `v2`; `large` -> `large`, its `version`); deployed: the models
+        this ingress can call; on_event(rollout, event): a decision was taken (metric,
+        log, webhook)."""
+        self.settings, self._store = settings, store
+        self._base = {name: base for name, (base, _) in models.items()}
+        self._labels = {name: label for name, (_, label) in models.items()}
+        self._deployed = set(deployed)
+        self._on_event = on_event or (lambda _r, _e: None)
+        self._clock, self._rng = clock, rng or random.Random()
+        self._holder = holder or uuid.uuid4().hex
+        self._rollouts: dict[str, Rollout] = {}  # by model
+        self._serving: dict[str, str] = {}  # model -> variant, after a promotion
+        self._watched: dict[str, Rollout] = {}  # variant -> its running rollout
+        self._buffer: dict[str, list[Observation]] = {}  # rollout id -> observations
+        self._shadows_in_flight = 0
+        self.shadow_skipped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- the hot path (no I/O) -------------------------------------------------------
+
+    def route(self, model: str, subject: str) -> str:
+        """The variant that answers this request for `model` (the model itself when none
+        is under rollout)."""
+        r = self._rollouts.get(model)
+        if r is None or r.ended:
+            return self._serving.get(model, model)
+        share = r.share()
+        if share <= 0:
+            return r.baseline
+        if share >= 1:
+            return r.candidate
+        return choose(subject, r.salt, [(r.candidate, share), (r.baseline, 1 - share)])
+
+    def label(self, model: str) -> str | None:
+        """The variant label of a catalog model (`x-sluice-variant`)."""
+        return self._labels.get(model)
+
+    def shadow_for(self, model: str) -> Rollout | None:
+        """The shadow rollout a copy of this request goes to, if it is sampled and a shadow
+        call is free (the count of skipped samples says how often one was not)."""
+        r = self._rollouts.get(model)
+        if r is None or r.shadow_fraction() <= 0 or self._rng.random() >= r.shadow_fraction():
+            return None
+        if self._shadows_in_flight >= self.settings.shadow_max_in_flight:
+            self.shadow_skipped += 1
+            return None
+        return r
+
+    def observe(self, outcome: Outcome) -> None:
+        """An answered request (settlement's outcome): counted for its variant's rollout.
+        A cache hit did no engine work, and a client's mistake is not the variant's."""
+        r = self._watched.get(outcome.model)
+        if r is None or outcome.cache == "hit" or (400 <= outcome.status < 500):
+            return
+        error = outcome.status >= 500 or bool(outcome.failed)
+        self._buffer.setdefault(r.id, []).append(Observation(
+            outcome.model, error, None if error else outcome.ttft_s,
+            None if error else outcome.tpot_s, outcome.cost_usd))
+
+    def failed(self, model: str, exc: BaseException) -> None:
+        """A variant's engine call failed before it answered (a 5xx it caused)."""
+        r = self._watched.get(model)
+        if r is None or (isinstance(exc, SluiceError) and exc.status < 500):
+            return
+        self._buffer.setdefault(r.id, []).append(Observation(model, True))
+
+    # ---- shadow ------------------------------------------------------------------------
+
+    async def shadowed(self, r: Rollout, candidate: Awaitable[tuple[str, int]],
+                       baseline: Awaitable[tuple[str, int, float]], agree: Callable[[str, str],
+                                                                                    bool]
+                       ) -> None:
+        """One shadow pair: the candidate's answer (text, tokens) against the one the user
+        got (text, tokens, latency); recorded, never returned."""
+        self._shadows_in_flight += 1
+        started = self._clock()
+        try:
+            try:
+                text, tokens = await asyncio.wait_for(candidate, self.settings.shadow_timeout_s)
+                failed, took = False, self._clock() - started
+            except Exception as exc:  # noqa: BLE001 - a shadow never fails anything
+                log.warning("rollout %s: shadow call to %s failed: %r", r.id, r.candidate, exc)
+                text, tokens, failed, took = "", 0, True, self._clock() - started
+            base_text, base_tokens, base_s = await asyncio.wait_for(
+                baseline, self.settings.shadow_timeout_s)
+            pair = ShadowPair(None if failed else agree(base_text, text), failed, base_s, took,
+                              base_tokens, tokens)
+            if self._store is not None:
+                await self._store.shadowed(r.id, pair)
+        except Exception as exc:  # noqa: BLE001 - the user's answer failed, or Redis did
+            log.info("rollout %s: shadow pair not recorded: %r", r.id, exc)
+        finally:
+            self._shadows_in_flight -= 1
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Follow the rollouts in the background (from the ingress's event loop)."""
+        if self._store is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        last_judged = 0.0
+        while True:
+            try:
+                await self.flush()
+                await self.refresh()
+                now = self._clock()
+                if now - last_judged >= self.settings.evaluate_s:
+                    last_judged = now
+                    if await self._store.lease(self._holder, 3 * self.settings.evaluate_s):
+                        await self.judge()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis down: keep the last state
+                log.warning("rollouts: %r (keeping the last state read)", exc)
+            await asyncio.sleep(self.settings.poll_s)
+
+    async def refresh(self) -> None:
+        assert self._store is not None
+        self._rollouts, self._serving = await self._store.all()
+        self._watched = {}
+        for r in self._rollouts.values():
+            if not r.ended:
+                self._watched[r.candidate] = r
+                self._watched[r.baseline] = r
+
+    async def flush(self) -> None:
+        if self._store is None or not self._buffer:
+            return
+        buffered, self._buffer = self._buffer, {}
+        for rollout_id, observations in buffered.items():
+            await self._store.observe(rollout_id, observations)
+
+    async def judge(self) -> None:
+        """Judge every running canary once; drain and remove what ended rollouts left."""
+        assert self._store is not None
+        for r in list(self._rollouts.values()):
+            if r.canary is not None and r.status == "running":
+                seen = await self._store.observations(r.id, r.step_started())
+                now = self._clock()
+                new = ops.evaluate(r, now, window(seen, r.candidate), window(seen, r.baseline))
+                if (new.status, new.canary.step if new.canary else 0) != (
+                        r.status, r.canary.step if r.canary else 0):
+                    await self._write(r, new, new.history[-1]["event"])
+                elif new.canary != r.canary:
+                    await self._store.put(new, r.version)  # the gates' latest readings
+            elif r.ended and not r.retired:
+                await self._drain(r)
+
+    async def _drain(self, r: Rollout) -> None:
+        loser = r.loser
+        assert loser is not None
+        ended_at = float(r.history[-1]["t"]) if r.history else r.created
+        if self._clock() - ended_at < 2 * self.settings.poll_s:
+            return  # some replica may not have read the end yet
+        what = (f"drained: no requests go to {loser}; leave it out of the profile at the "
+                "next config update to remove its deployment")
+        await self._write(r, ops.retired(r, self._clock(), what), "retired")
+
+    async def _write(self, old: Rollout, new: Rollout, event: str) -> Rollout:
+        assert self._store is not None
+        written = await self._store.put(new, old.version)
+        if written is None:
+            raise Conflict(f"The rollout of '{old.model}' changed meanwhile; retry.")
+        self._rollouts[written.model] = written
+        self._on_event(written, event)
+        if event == "rolled_back":
+            log.error("rollout %s of %s rolled back: %s", written.id, written.model,
+                      written.reason)
+        else:
+            log.info("rollout %s of %s: %s (share %.0f%%)", written.id, written.model,
+                     event, written.share() * 100)
+        return written
+
+    # ---- the admin API -----------------------------------------------------------------
+
+    def _needs_store(self) -> RolloutStore:
+        if self._store is None:
+            raise Unavailable("Rollouts keep their state in Redis, and this platform runs "
+                              "without one (set the profile's redis_url).",
+                              code="rollouts_unavailable")
+        return self._store
+
+    async def begin(self, spec: RolloutSpec) -> dict[str, Any]:
+        store = self._needs_store()
+        if self._base.get(spec.model) != spec.model:
+            raise InvalidRequest(f"'{spec.model}' is not a model of the catalog (a rollout "
+                                 "names the model clients ask for, not a variant).",
+                                 param="model")
+        if spec.candidate not in self._base:
+            raise InvalidRequest(f"The catalog has no variant '{spec.candidate}': add it "
+                                 "(and its deployment to the profile) first.", param="to")
+        if spec.candidate not in self._deployed:
+            raise InvalidRequest(f"'{spec.candidate}' is in the catalog but not deployed "
+                                 "on this platform.", param="to")
+        await self.refresh()
+        baseline = self._serving.get(spec.model, spec.model)
+        if baseline == spec.candidate:
+            raise InvalidRequest(f"'{spec.candidate}' already serves '{spec.model}'.",
+                                 param="to")
+        rollout_id = f"{spec.model}-{spec.to}-{uuid.uuid4().hex[:6]}"
+        new = ops.begin(rollout_id, spec, baseline, self._clock())
+        written = await store.put(new, None)
+        if written is None:
+            raise Conflict(f"'{spec.model}' already has a rollout running: end it first "
+                           "(promote or abort).", code="rollout_running")
+        self._rollouts[spec.model] = written
+        self._watched[written.candidate] = self._watched[written.baseline] = written
+        self._on_event(written, "started")
+        return await self.status(spec.model)
+
+    async def act(self, model: str, action: str) -> dict[str, Any]:
+        if action not in ACTIONS:
+            raise NotFound(f"Unknown rollout action '{action}' (one of {', '.join(ACTIONS)}).")
+        store = self._needs_store()
+        for _ in range(3):
+            r = await store.get(model)
+            if r is None:
+                raise NotFound(f"'{model}' has no rollout.")
+            now = self._clock()
+            new = {"pause": ops.pause, "resume": ops.resume, "promote": ops.promote,
+                   "abort": ops.abort}[action](r, now)
+            if new == r:
+                raise Conflict(f"The rollout of '{model}' is {r.status}: it cannot {action}.",
+                               code="rollout_state")
+            try:
+                await self._write(r, new, {"promote": "promoted", "abort": "aborted",
+                                           "pause": "paused", "resume": "resumed"}[action])
+            except Conflict:
+                continue
+            return await self.status(model)
+        raise Conflict(f"The rollout of '{model}' kept changing; retry.")
+
+    async def status(self, model: str) -> dict[str, Any]:
+        store = self._needs_store()
+        r = await store.get(model)
+        if r is None:
+            raise NotFound(f"'{model}' has no rollout.")
+        view = r.view()
+        seen = await store.observations(r.id, r.step_started())
+        view["measured"] = ab_report(seen, r.candidate, r.baseline, r.spec.gates.confidence)
+        view["measured"]["since"] = r.step_started()
+        if r.spec.kind == "shadow":
+            view["shadow"] = shadow_report(await store.shadow_pairs(r.id),
+                                           r.spec.gates.confidence)
+            view["shadow"]["skipped_here"] = self.shadow_skipped
+        return view
+
+    async def list(self) -> dict[str, Any]:
+        store = self._needs_store()
+        rollouts, serving = await store.all()
+        return {"rollouts": [r.view() for r in rollouts.values()], "serving": serving}
+
+    def snapshot(self) -> list[Rollout]:
+        return list(self._rollouts.values())
+
+    def restored(self, rollouts: Mapping[str, Rollout]) -> None:
+        """Tests: a state as if read from the store."""
+        self._rollouts = dict(rollouts)
+        self._watched = {}
+        for r in self._rollouts.values():
+            if not r.ended:
+                self._watched[r.candidate] = self._watched[r.baseline] = r
+        self._serving = {r.model: r.winner for r in self._rollouts.values() if r.ended}
