@@ -108,9 +108,24 @@ def judge(plan: CanaryPlan, canary: Window, baseline: Window) -> tuple[GateResul
                    g.error_margin, g.confidence, g.min_requests),
         latency_gate("ttft", canary.ttft_s, baseline.ttft_s, g.latency_quantile,
                      g.ttft_max_ratio, g.confidence, g.min_requests),
-        latency_gate("tpot", canary.tpot_s, baseline.tpot_s, g.latency_quantile,
-                     g.tpot_max_ratio, g.confidence, g.min_requests),
+        _tpot_gate(g, canary, baseline),
     )
+
+
+def _tpot_gate(g: GateConfig, canary: Window, baseline: Window) -> GateResult:
+    """TPOT exists only for streamed answers of two tokens or more. When both variants have
+    answered enough requests but neither has enough such answers, the traffic has no TPOT
+    to compare (it is not streamed): the gate does not apply, instead of holding the step
+    until max_step_s rolls it back."""
+    few = min(len(canary.tpot_s), len(baseline.tpot_s)) < g.min_requests
+    if few and min(canary.requests, baseline.requests) >= g.min_requests and max(
+            len(canary.tpot_s), len(baseline.tpot_s)) < g.min_requests:
+        return GateResult("tpot", "pass", None, None,
+                          f"not applicable: {len(canary.tpot_s)} canary / "
+                          f"{len(baseline.tpot_s)} baseline streamed answers of 2+ tokens, "
+                          f"{g.min_requests} needed")
+    return latency_gate("tpot", canary.tpot_s, baseline.tpot_s, g.latency_quantile,
+                        g.tpot_max_ratio, g.confidence, g.min_requests)
 
 
 def evaluate(state: CanaryState, now: float, canary: Window, baseline: Window

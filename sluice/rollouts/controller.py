@@ -100,8 +100,10 @@ class Rollouts:
         if r is None or outcome.cache == "hit" or (400 <= outcome.status < 500):
             return
         error = outcome.status >= 500 or bool(outcome.failed)
+        # a whole answer's first token is its arrival (as the selector counts it)
+        ttft = outcome.ttft_s if outcome.ttft_s is not None else outcome.duration_s
         self._buffer.setdefault(r.id, []).append(Observation(
-            outcome.model, error, None if error else outcome.ttft_s,
+            outcome.model, error, None if error else ttft,
             None if error else outcome.tpot_s, outcome.cost_usd))
 
     def failed(self, model: str, exc: BaseException) -> None:
@@ -197,8 +199,10 @@ class Rollouts:
                 if (new.status, new.canary.step if new.canary else 0) != (
                         r.status, r.canary.step if r.canary else 0):
                     await self._write(r, new, new.history[-1]["event"])
-                elif new.canary != r.canary:
-                    await self._store.put(new, r.version)  # the gates' latest readings
+                elif new.canary != r.canary:  # held: the gates' latest readings
+                    written = await self._store.put(new, r.version)
+                    if written is not None:
+                        self._rollouts[written.model] = written
             elif r.ended and not r.retired:
                 await self._drain(r)
 
@@ -218,6 +222,9 @@ class Rollouts:
         if written is None:
             raise Conflict(f"The rollout of '{old.model}' changed meanwhile; retry.")
         self._rollouts[written.model] = written
+        if written.ended:
+            self._serving[written.model] = written.winner
+            self._watched = {v: x for v, x in self._watched.items() if x.id != written.id}
         self._on_event(written, event)
         if event == "rolled_back":
             log.error("rollout %s of %s rolled back: %s", written.id, written.model,
