@@ -57,8 +57,11 @@ class Rollouts:
         self._holder = holder or uuid.uuid4().hex
         self._rollouts: dict[str, Rollout] = {}  # by model
         self._serving: dict[str, str] = {}  # model -> variant, after a promotion
-        self._watched: dict[str, Rollout] = {}  # variant -> its running rollout
-        self._buffer: dict[str, list[Observation]] = {}  # rollout id -> observations
+        # the hot path's view of them, rebuilt by _index on every change
+        self._watched: dict[str, str] = {}  # variant -> the id of its running rollout
+        self._splits: dict[str, tuple[str, str, float, str]] = {}  # model -> (candidate,
+        #   baseline, candidate's share, salt) of its running rollout
+        self._buffer: list[tuple[str, str, bool, float | None, float | None, float]] = []
         self._shadows_in_flight = 0
         self.shadow_skipped = 0
         self._task: asyncio.Task[None] | None = None
@@ -68,15 +71,15 @@ class Rollouts:
     def route(self, model: str, subject: str) -> str:
         """The variant that answers this request for `model` (the model itself when none
         is under rollout)."""
-        r = self._rollouts.get(model)
-        if r is None or r.ended:
+        split = self._splits.get(model)
+        if split is None:
             return self._serving.get(model, model)
-        share = r.share()
+        candidate, baseline, share, salt = split
         if share <= 0:
-            return r.baseline
+            return baseline
         if share >= 1:
-            return r.candidate
-        return choose(subject, r.salt, [(r.candidate, share), (r.baseline, 1 - share)])
+            return candidate
+        return choose(subject, salt, [(candidate, share), (baseline, 1 - share)])
 
     def label(self, model: str) -> str | None:
         """The variant label of a catalog model (`x-sluice-variant`)."""
@@ -96,22 +99,25 @@ class Rollouts:
     def observe(self, outcome: Outcome) -> None:
         """An answered request (settlement's outcome): counted for its variant's rollout.
         A cache hit did no engine work, and a client's mistake is not the variant's."""
-        r = self._watched.get(outcome.model)
-        if r is None or outcome.cache == "hit" or (400 <= outcome.status < 500):
+        rollout_id = self._watched.get(outcome.model)
+        if rollout_id is None or outcome.cache == "hit" or (400 <= outcome.status < 500):
             return
-        error = outcome.status >= 500 or bool(outcome.failed)
+        if outcome.status >= 500 or outcome.failed:
+            self._buffer.append((rollout_id, outcome.model, True, None, None,
+                                 outcome.cost_usd))
+            return
         # a whole answer's first token is its arrival (as the selector counts it)
-        ttft = outcome.ttft_s if outcome.ttft_s is not None else outcome.duration_s
-        self._buffer.setdefault(r.id, []).append(Observation(
-            outcome.model, error, None if error else ttft,
-            None if error else outcome.tpot_s, outcome.cost_usd))
+        ttft = outcome.ttft_s
+        self._buffer.append((rollout_id, outcome.model, False,
+                             ttft if ttft is not None else outcome.duration_s,
+                             outcome.tpot_s, outcome.cost_usd))
 
     def failed(self, model: str, exc: BaseException) -> None:
         """A variant's engine call failed before it answered (a 5xx it caused)."""
-        r = self._watched.get(model)
-        if r is None or (isinstance(exc, SluiceError) and exc.status < 500):
+        rollout_id = self._watched.get(model)
+        if rollout_id is None or (isinstance(exc, SluiceError) and exc.status < 500):
             return
-        self._buffer.setdefault(r.id, []).append(Observation(model, True))
+        self._buffer.append((rollout_id, model, True, None, None, 0.0))
 
     # ---- shadow ------------------------------------------------------------------------
 
@@ -175,17 +181,25 @@ class Rollouts:
     async def refresh(self) -> None:
         assert self._store is not None
         self._rollouts, self._serving = await self._store.all()
-        self._watched = {}
+        self._index()
+
+    def _index(self) -> None:
+        """The hot path's lookups, from the rollouts now known."""
+        self._watched, self._splits = {}, {}
         for r in self._rollouts.values():
-            if not r.ended:
-                self._watched[r.candidate] = r
-                self._watched[r.baseline] = r
+            if r.ended:
+                continue
+            self._watched[r.candidate] = self._watched[r.baseline] = r.id
+            self._splits[r.model] = (r.candidate, r.baseline, r.share(), r.salt)
 
     async def flush(self) -> None:
         if self._store is None or not self._buffer:
             return
-        buffered, self._buffer = self._buffer, {}
-        for rollout_id, observations in buffered.items():
+        buffered, self._buffer = self._buffer, []
+        by_rollout: dict[str, list[Observation]] = {}
+        for rollout_id, *fields in buffered:
+            by_rollout.setdefault(rollout_id, []).append(Observation(*fields))
+        for rollout_id, observations in by_rollout.items():
             await self._store.observe(rollout_id, observations)
 
     async def judge(self) -> None:
@@ -224,7 +238,7 @@ class Rollouts:
         self._rollouts[written.model] = written
         if written.ended:
             self._serving[written.model] = written.winner
-            self._watched = {v: x for v, x in self._watched.items() if x.id != written.id}
+        self._index()
         self._on_event(written, event)
         if event == "rolled_back":
             log.error("rollout %s of %s rolled back: %s", written.id, written.model,
@@ -267,7 +281,7 @@ class Rollouts:
             raise Conflict(f"'{spec.model}' already has a rollout running: end it first "
                            "(promote or abort).", code="rollout_running")
         self._rollouts[spec.model] = written
-        self._watched[written.candidate] = self._watched[written.baseline] = written
+        self._index()
         self._on_event(written, "started")
         return await self.status(spec.model)
 
@@ -319,8 +333,5 @@ class Rollouts:
     def restored(self, rollouts: Mapping[str, Rollout]) -> None:
         """Tests: a state as if read from the store."""
         self._rollouts = dict(rollouts)
-        self._watched = {}
-        for r in self._rollouts.values():
-            if not r.ended:
-                self._watched[r.candidate] = self._watched[r.baseline] = r
+        self._index()
         self._serving = {r.model: r.winner for r in self._rollouts.values() if r.ended}
