@@ -23,7 +23,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -101,7 +101,7 @@ class OpenLoop:
             self._pool.submit(self._one, time.time())
             i += 1
 
-    def __enter__(self) -> OpenLoop:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

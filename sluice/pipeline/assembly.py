@@ -17,6 +17,7 @@ from sluice.accounting.accountant import Accountant
 from sluice.accounting.key_admin import KeyAdmin
 from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
+from sluice.cache_tier.redis_target import async_client
 from sluice.control_tokens import control_tokens_of
 from sluice.observability.metrics import Metrics
 from sluice.observability.tracing import tracer_for
@@ -31,10 +32,9 @@ from sluice.pipeline.handler import RequestHandler
 from sluice.pipeline.providers import provider_engines
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
-from sluice.pipeline.token_counter import TokenCounter
 from sluice.pipeline.selector import Selector
-from sluice.cache_tier.redis_target import async_client
-from sluice.rollouts.controller import Rollouts
+from sluice.pipeline.token_counter import TokenCounter
+from sluice.rollouts.controller import EVENTS, Rollouts
 from sluice.rollouts.state import Rollout
 from sluice.rollouts.store import RolloutStore
 from sluice.router.quality import load as load_quality
@@ -76,6 +76,26 @@ def engine_timeouts(config: PlatformConfig, models: Mapping[str, Any]) -> dict[s
     return out
 
 
+def rollout_hooks(metrics: Metrics, alert: Callable[[dict[str, Any]], None]
+                  ) -> tuple[Callable[[Rollout, str], None], Callable[[Rollout], None]]:
+    """What a rollout's decisions (on_event) and every read of its state (on_read) do: the
+    metrics, and the webhook for the decisions that end one."""
+
+    def on_read(r: Rollout) -> None:
+        metrics.rollout_share.labels(r.model, r.candidate).set(r.share())
+        for event in EVENTS:  # exported at 0 first, so an alert's increase() sees the 1
+            metrics.rollout_events.labels(r.model, event)
+
+    def on_event(r: Rollout, event: str) -> None:
+        metrics.rollout_events.labels(r.model, event).inc()
+        if event in ("rolled_back", "promoted", "aborted"):
+            alert({"type": f"rollout_{event}", "model": r.model, "rollout": r.id,
+                   "candidate": r.candidate, "baseline": r.baseline, "reason": r.reason,
+                   "gates": [g.as_dict() for g in (r.canary.gates if r.canary else ())]})
+
+    return on_event, on_read
+
+
 def rollouts_for(config: PlatformConfig, deployed: Iterable[str], redis_url: str | None,
                  metrics: Metrics, alert: Callable[[dict[str, Any]], None]) -> Rollouts:
     """The ingress's view of the rollouts (their state is in the shared Redis)."""
@@ -83,16 +103,9 @@ def rollouts_for(config: PlatformConfig, deployed: Iterable[str], redis_url: str
     store = (RolloutStore(async_client(redis_url, max(1.0, settings.poll_s)))
              if redis_url else None)
 
-    def decided(r: Rollout, event: str) -> None:
-        metrics.rollout_events.labels(r.model, event).inc()
-        metrics.rollout_share.labels(r.model, r.candidate).set(r.share())
-        if event in ("rolled_back", "promoted", "aborted"):
-            alert({"type": f"rollout_{event}", "model": r.model, "rollout": r.id,
-                   "candidate": r.candidate, "baseline": r.baseline, "reason": r.reason,
-                   "gates": [g.as_dict() for g in (r.canary.gates if r.canary else ())]})
-
+    on_event, on_read = rollout_hooks(metrics, alert)
     return Rollouts(settings, store, {m.name: (m.base, m.variant) for m in config.catalog.models},
-                    set(deployed), on_event=decided)
+                    set(deployed), on_event=on_event, on_read=on_read)
 
 
 def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str | None

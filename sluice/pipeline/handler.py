@@ -52,9 +52,9 @@ from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.engines import SUBJECT_ATTR
-from sluice.pipeline.selector import Selector, asked_bars
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
 from sluice.pipeline.request_body import decode_json, read_body
+from sluice.pipeline.selector import Selector, asked_bars
 from sluice.pipeline.settlement import Settled, Settlement
 from sluice.rollouts.assignment import subject
 from sluice.rollouts.controller import Rollouts

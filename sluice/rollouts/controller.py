@@ -36,23 +36,28 @@ from sluice.schema.rollouts import RolloutSettings, RolloutSpec
 
 log = logging.getLogger(__name__)
 ACTIONS = ("pause", "resume", "promote", "abort")
+EVENTS = ("started", "advanced", "promoted", "rolled_back", "aborted", "paused", "resumed",
+          "retired")
 
 
 class Rollouts:
     def __init__(self, settings: RolloutSettings, store: RolloutStore | None,
                  models: Mapping[str, tuple[str, str]], deployed: Collection[str],
                  on_event: Callable[[Rollout, str], None] | None = None,
+                 on_read: Callable[[Rollout], None] | None = None,
                  clock: Callable[[], float] = time.time, holder: str | None = None,
                  rng: random.Random | None = None) -> None:
         """models: each catalog model's base and variant label (`large@v2` -> `large`,
         `v2`; `large` -> `large`, its `version`); deployed: the models
         this ingress can call; on_event(rollout, event): a decision was taken (metric,
-        log, webhook)."""
+        log, webhook); on_read(rollout): each rollout, whenever the state is read or
+        changed (a gauge of its share on every replica)."""
         self.settings, self._store = settings, store
         self._base = {name: base for name, (base, _) in models.items()}
         self._labels = {name: label for name, (_, label) in models.items()}
         self._deployed = set(deployed)
         self._on_event = on_event or (lambda _r, _e: None)
+        self._on_read = on_read or (lambda _r: None)
         self._clock, self._rng = clock, rng or random.Random()
         self._holder = holder or uuid.uuid4().hex
         self._rollouts: dict[str, Rollout] = {}  # by model
@@ -187,6 +192,7 @@ class Rollouts:
         """The hot path's lookups, from the rollouts now known."""
         self._watched, self._splits = {}, {}
         for r in self._rollouts.values():
+            self._on_read(r)
             if r.ended:
                 continue
             self._watched[r.candidate] = self._watched[r.baseline] = r.id

@@ -24,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -79,7 +80,8 @@ def serve(tmp_path_factory, shared_stack_stopped) -> Iterator[subprocess.Popen]:
 
 def cli(*args: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "sluice.cli", "rollout", *args, "--url", URL,
-                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
 
@@ -120,7 +122,7 @@ class Load:
                 except httpx.HTTPError as exc:
                     self.answers.append((0, None, repr(exc)))
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for t in self._threads:
             t.start()
         return self

@@ -45,9 +45,12 @@ from sluice.observability.assets import (
 )
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import UNROUTED
+from sluice.pipeline.assembly import rollout_hooks
+from sluice.rollouts import state as ops
 from sluice.router.cascade import ESCALATED, FALLBACK, LARGE, SMALL, CascadePolicy
 from sluice.schema.accounting import AccountingConfig
 from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
+from sluice.schema.rollouts import RolloutSpec
 from sluice.schema.routing import RouteConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +143,10 @@ def exported(catalog_slos: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
         metrics.cost.labels(model).inc(0.001)  # as the ingress's response pricer does
     metrics.record(UNROUTED, "chat", 400, duration_s=0.01)
     metrics.context_overflows.labels("small", "trim", "trimmed", "acme").inc()  # context_gate
+    on_event, on_read = rollout_hooks(metrics, alert=lambda _event: None)  # as the ingress
+    canary = ops.begin("large-v2-x", RolloutSpec(model="large", to="v2"), "large", 0.0)
+    on_read(canary)
+    on_event(ops.abort(canary, 1.0), "rolled_back")
     asyncio.run(_accounting(metrics))
     out: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
@@ -336,7 +343,8 @@ def test_dashboard_rows_and_what_they_show(dashboard: dict[str, Any]) -> None:
         else:
             assert current is not None, "panels come under rows"
             rows[current].append(panel)
-    assert list(rows) == ["Latency", "Throughput", "Queue", "Cache", "Cascade", "Cost"]
+    assert list(rows) == ["Latency", "Throughput", "Queue", "Cache", "Cascade", "Cost",
+                          "Rollouts"]
     assert all(rows[name] for name in rows)
     queries = {name: " ".join(t["expr"] for p in panels for t in p.get("targets", []))
                for name, panels in rows.items()}
@@ -348,7 +356,8 @@ def test_dashboard_rows_and_what_they_show(dashboard: dict[str, Any]) -> None:
             "Cost": ["sluice_cost_usd_total", 'sluice_attributed_cost_usd_total{scope="tenant"}',
                      'sluice_attributed_cost_usd_total{scope="key"}', "sluice_budget_spent_usd",
                      "sluice_budget_limit_usd", 'sluice_ledger_records_total{result="dropped"}',
-                     "sluice_ledger_buffered", "sluice_ledger_write_errors_total"]}.items():
+                     "sluice_ledger_buffered", "sluice_ledger_write_errors_total"],
+            "Rollouts": ["sluice_rollout_share", 'sluice_rollout_events_total']}.items():
         for what in shown:
             assert what in queries[row], f"row {row} does not show {what}"
 
