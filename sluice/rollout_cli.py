@@ -80,7 +80,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     gates = {k: v for k, v in {
         "min_requests": args.min_requests, "confidence": args.confidence,
         "error_margin": args.error_margin, "latency_quantile": args.quantile,
-        "ttft_max_ratio": args.ttft_ratio, "tpot_max_ratio": args.tpot_ratio}.items()
+        "ttft_max_ratio": args.ttft_ratio, "tpot_max_ratio": args.tpot_ratio,
+        "min_agreement": args.min_agreement, "quality_sample": args.quality_sample,
+        "min_pairs": args.min_pairs}.items()
         if v is not None}
     if gates:
         body["gates"] = gates
@@ -130,6 +132,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--quantile", type=float, help="gates: latency quantile compared")
     start.add_argument("--ttft-ratio", type=float)
     start.add_argument("--tpot-ratio", type=float)
+    start.add_argument("--min-agreement", type=float, help="quality gate: the least share of "
+                       "the canary's answers agreeing with the baseline's on the same request")
+    start.add_argument("--quality-sample", type=float, help="quality gate: the share of the "
+                       "canary's requests also asked of the baseline")
+    start.add_argument("--min-pairs", type=int, help="quality gate: compared pairs per step "
+                       "before it decides")
     common(start)
     start.set_defaults(func=_cmd_start)
     status = rollout.add_parser("status", help="where MODEL's rollout stands (all without "

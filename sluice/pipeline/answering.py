@@ -87,14 +87,17 @@ class Pipeline:
 
     def _maybe_shadow(self, request: ParsedRequest, model: str, answer: Answer,
                       started: float) -> None:
-        """A sampled copy of the request goes to a shadow rollout's candidate in the
-        background; the user's answer is passed on unchanged (a stream is only read along
-        to compare it at its end) and nobody is billed for the copy."""
+        """A sampled copy of the request goes, in the background, to the variant this
+        answer is compared with (a shadow's candidate, or a canary's baseline for its
+        quality gate). The user's answer is passed on unchanged (a stream is only read
+        along, to compare it at its end), and nobody is billed for the copy."""
         rollouts = self._rollouts
-        shadow = rollouts.shadow_for(model) if rollouts is not None and self._spawn else None
-        if shadow is None or answer.model != shadow.baseline:
+        compared = (rollouts.compare_for(model, answer.model)
+                    if rollouts is not None and self._spawn is not None else None)
+        if compared is None:
             return
-        assert self._spawn is not None
+        assert self._spawn is not None and rollouts is not None
+        rollout, copy_to = compared
         endpoint = request.endpoint
         copy = request.llm.model_copy(update={"stream": False, "stream_options": None})
         told: asyncio.Future[tuple[str, int, float]] = (
@@ -105,14 +108,15 @@ class Pipeline:
         elif answer.events is not None:
             answer.events = _told(answer.events, told, started, self._clock)
 
-        async def candidate_answer() -> tuple[str, int]:
-            stream = await self._engines.call_chain(shadow.candidate, endpoint, copy)
+        async def copy_answer() -> tuple[str, int]:
+            stream = await self._engines.call_chain(copy_to, endpoint, copy)
             return _text_and_tokens(endpoint, stream.whole())
 
-        def agreed(base: str, cand: str) -> bool:
-            return agree(base, cand, "text-overlap", 0.5)
+        def agreed(user: str, other: str) -> bool:
+            return agree(user, other, "text-overlap", 0.5)
 
-        self._spawn(rollouts.shadowed(shadow, candidate_answer(), told, agreed))
+        self._spawn(rollouts.shadowed(rollout, copy_answer(), told, agreed,
+                                      copy_is_candidate=copy_to == rollout.candidate))
 
     async def _cascade(self, request: ParsedRequest, runner: CascadeRunner, tenant: str,
                        budget: str | None, spend: StageLog) -> Answer:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from sluice.rollouts.gates import GateResult, error_gate, latency_gate
+from sluice.rollouts.gates import GateResult, agreement_gate, error_gate, latency_gate
 
 Status = Literal["running", "paused", "promoted", "rolled_back", "aborted"]
 ENDED: tuple[Status, ...] = ("promoted", "rolled_back", "aborted")
@@ -37,6 +37,8 @@ class GateConfig:
     latency_quantile: float = 0.95
     ttft_max_ratio: float = 1.2  # its p95 TTFT at most 1.2x the baseline's
     tpot_max_ratio: float = 1.2
+    min_agreement: float | None = None  # quality: off unless set (see agreement_gate)
+    min_pairs: int = 50  # compared pairs per step before the agreement gate decides
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Window:
     errors: int = 0  # 5xx and engine failures (not client mistakes)
     ttft_s: tuple[float, ...] = ()
     tpot_s: tuple[float, ...] = ()
+    agreed: int = 0  # the canary's: compared pairs whose answers agreed with the baseline's
+    pairs: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,12 +107,15 @@ def start(plan: CanaryPlan, now: float) -> CanaryState:
 
 def judge(plan: CanaryPlan, canary: Window, baseline: Window) -> tuple[GateResult, ...]:
     g = plan.gates
+    quality = () if g.min_agreement is None else (agreement_gate(
+        canary.agreed, canary.pairs, g.min_agreement, g.confidence, g.min_pairs),)
     return (
         error_gate(canary.errors, canary.requests, baseline.errors, baseline.requests,
                    g.error_margin, g.confidence, g.min_requests),
         latency_gate("ttft", canary.ttft_s, baseline.ttft_s, g.latency_quantile,
                      g.ttft_max_ratio, g.confidence, g.min_requests),
         _tpot_gate(g, canary, baseline),
+        *quality,
     )
 
 

@@ -23,6 +23,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sluice.errors import Conflict, InvalidRequest, NotFound, SluiceError, Unavailable
@@ -90,16 +91,28 @@ class Rollouts:
         """The variant label of a catalog model (`x-sluice-variant`)."""
         return self._labels.get(model)
 
-    def shadow_for(self, model: str) -> Rollout | None:
-        """The shadow rollout a copy of this request goes to, if it is sampled and a shadow
-        call is free (the count of skipped samples says how often one was not)."""
+    def compare_for(self, model: str, answered_by: str) -> tuple[Rollout, str] | None:
+        """Whether this answer is compared with another variant's answer to a copy of the
+        request, and whose: a shadow copies a sample of the baseline's requests to the
+        candidate; a canary with a quality gate copies a sample of the candidate's to the
+        baseline. None when not sampled, or when the copies in flight are at their bound
+        (counted in `shadow_skipped`)."""
         r = self._rollouts.get(model)
-        if r is None or r.shadow_fraction() <= 0 or self._rng.random() >= r.shadow_fraction():
+        if r is None or r.status != "running":
+            return None
+        if r.spec.kind == "shadow" and answered_by == r.baseline:
+            copy_to, fraction = r.candidate, r.shadow_fraction()
+        elif (r.spec.kind == "canary" and answered_by == r.candidate
+              and r.spec.gates.min_agreement is not None):
+            copy_to, fraction = r.baseline, r.spec.gates.quality_sample
+        else:
+            return None
+        if self._rng.random() >= fraction:
             return None
         if self._shadows_in_flight >= self.settings.shadow_max_in_flight:
             self.shadow_skipped += 1
             return None
-        return r
+        return r, copy_to
 
     def observe(self, outcome: Outcome) -> None:
         """An answered request (settlement's outcome): counted for its variant's rollout.
@@ -126,29 +139,33 @@ class Rollouts:
 
     # ---- shadow ------------------------------------------------------------------------
 
-    async def shadowed(self, r: Rollout, candidate: Awaitable[tuple[str, int]],
-                       baseline: Awaitable[tuple[str, int, float]], agree: Callable[[str, str],
-                                                                                    bool]
+    async def shadowed(self, r: Rollout, copy: Awaitable[tuple[str, int]],
+                       told: Awaitable[tuple[str, int, float]],
+                       agree: Callable[[str, str], bool], copy_is_candidate: bool = True
                        ) -> None:
-        """One shadow pair: the candidate's answer (text, tokens) against the one the user
-        got (text, tokens, latency); recorded, never returned."""
+        """One compared pair: the copy's answer (text, tokens) against the one the user got
+        (text, tokens, latency), recorded as the candidate's against the baseline's; never
+        returned, never billed."""
         self._shadows_in_flight += 1
         started = self._clock()
         try:
             try:
-                text, tokens = await asyncio.wait_for(candidate, self.settings.shadow_timeout_s)
+                text, tokens = await asyncio.wait_for(copy, self.settings.shadow_timeout_s)
                 failed, took = False, self._clock() - started
-            except Exception as exc:  # noqa: BLE001 - a shadow never fails anything
-                log.warning("rollout %s: shadow call to %s failed: %r", r.id, r.candidate, exc)
+            except Exception as exc:  # noqa: BLE001 - a copy never fails anything
+                log.warning("rollout %s: the copy of a request failed: %r", r.id, exc)
                 text, tokens, failed, took = "", 0, True, self._clock() - started
-            base_text, base_tokens, base_s = await asyncio.wait_for(
-                baseline, self.settings.shadow_timeout_s)
-            pair = ShadowPair(None if failed else agree(base_text, text), failed, base_s, took,
-                              base_tokens, tokens)
+            user_text, user_tokens, user_s = await asyncio.wait_for(
+                told, self.settings.shadow_timeout_s)
+            agreed = None if failed else agree(user_text, text)
+            if copy_is_candidate:
+                pair = ShadowPair(agreed, failed, user_s, took, user_tokens, tokens)
+            else:  # the candidate answered the user; the baseline answered the copy
+                pair = ShadowPair(agreed, False, took, user_s, tokens, user_tokens)
             if self._store is not None:
                 await self._store.shadowed(r.id, pair)
         except Exception as exc:  # noqa: BLE001 - the user's answer failed, or Redis did
-            log.info("rollout %s: shadow pair not recorded: %r", r.id, exc)
+            log.info("rollout %s: compared pair not recorded: %r", r.id, exc)
         finally:
             self._shadows_in_flight -= 1
 
@@ -213,9 +230,16 @@ class Rollouts:
         assert self._store is not None
         for r in list(self._rollouts.values()):
             if r.canary is not None and r.status == "running":
-                seen = await self._store.observations(r.id, r.step_started())
+                since = r.step_started()
+                seen = await self._store.observations(r.id, since)
+                candidate = window(seen, r.candidate)
+                if r.spec.gates.min_agreement is not None:
+                    judged = [p for p in await self._store.shadow_pairs(r.id, since)
+                              if p.agreed is not None]
+                    candidate = replace(candidate, agreed=sum(bool(p.agreed) for p in judged),
+                                        pairs=len(judged))
                 now = self._clock()
-                new = ops.evaluate(r, now, window(seen, r.candidate), window(seen, r.baseline))
+                new = ops.evaluate(r, now, candidate, window(seen, r.baseline))
                 if (new.status, new.canary.step if new.canary else 0) != (
                         r.status, r.canary.step if r.canary else 0):
                     await self._write(r, new, new.history[-1]["event"])
@@ -322,9 +346,10 @@ class Rollouts:
         seen = await store.observations(r.id, r.step_started())
         view["measured"] = ab_report(seen, r.candidate, r.baseline, r.spec.gates.confidence)
         view["measured"]["since"] = r.step_started()
-        if r.spec.kind == "shadow":
-            view["shadow"] = shadow_report(await store.shadow_pairs(r.id),
-                                           r.spec.gates.confidence)
+        if r.spec.kind == "shadow" or r.spec.gates.min_agreement is not None:
+            view["shadow"] = shadow_report(
+                await store.shadow_pairs(r.id, 0.0 if r.spec.kind == "shadow" else
+                                         r.step_started()), r.spec.gates.confidence)
             view["shadow"]["skipped_here"] = self.shadow_skipped
         return view
 

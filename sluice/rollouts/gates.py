@@ -9,6 +9,9 @@ longer.
 - **Error rate**: Newcombe's hybrid score interval (method 10, from two Wilson intervals)
   for the canary's error rate minus the baseline's. Breach when its lower end is above the
   allowed margin; pass when its upper end is at or below it.
+- **Agreement** (quality, opt-in): on a sample of the canary's requests the baseline is
+  asked the same in the background, and the answers compared as the shadow compares
+  them; a Wilson interval on the agreement rate against `min_agreement`.
 - **Latency** (p95 TTFT or TPOT by default): an exceedance test, which needs no assumption
   about the latency distribution. Let q be the baseline's quantile (its 95th percentile);
   if the canary's own quantile were at most `max_ratio` x q, at most 5% of its requests
@@ -109,6 +112,25 @@ def latency_gate(name: str, canary: Sequence[float], baseline: Sequence[float], 
               f"allowed {allowed:.0%}")
     verdict: Verdict = "breach" if lo > allowed else "pass" if hi < allowed else "wait"
     return GateResult(name, verdict, qc, qb, detail)
+
+
+def agreement_gate(agreed: int, pairs: int, min_agreement: float, confidence: float,
+                   min_pairs: int) -> GateResult:
+    """Quality: on requests the canary answered, the baseline was asked the same in the
+    background (`quality_sample` of them) and the two answers compared (the shadow's
+    agreement). Breach when the Wilson interval of the agreement rate lies below
+    `min_agreement`; pass when it lies at or above it."""
+    if pairs < min_pairs:
+        return GateResult("agreement", "wait", _rate(agreed, pairs), None,
+                          f"{pairs} compared pairs, {min_pairs} needed")
+    lo, hi = wilson_interval(agreed, pairs, z_for(confidence))
+    rate = agreed / pairs
+    detail = (f"the canary agreed with the baseline on {agreed} of {pairs} requests "
+              f"({rate:.1%}, in [{lo:.1%}, {hi:.1%}] at {confidence:.0%}), at least "
+              f"{min_agreement:.0%} required")
+    verdict: Verdict = "breach" if hi < min_agreement else "pass" if lo >= min_agreement \
+        else "wait"
+    return GateResult("agreement", verdict, rate, min_agreement, detail)
 
 
 def _rate(x: int, n: int) -> float | None:

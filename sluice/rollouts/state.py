@@ -138,7 +138,8 @@ def _gates(spec: RolloutSpec) -> GateConfig:
     g = spec.gates
     return GateConfig(confidence=g.confidence, min_requests=g.min_requests,
                       error_margin=g.error_margin, latency_quantile=g.latency_quantile,
-                      ttft_max_ratio=g.ttft_max_ratio, tpot_max_ratio=g.tpot_max_ratio)
+                      ttft_max_ratio=g.ttft_max_ratio, tpot_max_ratio=g.tpot_max_ratio,
+                      min_agreement=g.min_agreement, min_pairs=g.min_pairs)
 
 
 def begin(rollout_id: str, spec: RolloutSpec, baseline: str, now: float) -> Rollout:

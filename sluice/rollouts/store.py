@@ -104,8 +104,8 @@ class RolloutStore:
         entries = await self._r.xrange(obs_key(rollout_id), min=_ms_id(since), max="+")
         return [Observation.from_fields(f) for _, f in entries]
 
-    async def shadow_pairs(self, rollout_id: str) -> list[ShadowPair]:
-        entries = await self._r.xrange(shadow_key(rollout_id), min="-", max="+")
+    async def shadow_pairs(self, rollout_id: str, since: float = 0.0) -> list[ShadowPair]:
+        entries = await self._r.xrange(shadow_key(rollout_id), min=_ms_id(since), max="+")
         return [ShadowPair.from_fields(f) for _, f in entries]
 
     async def lease(self, holder: str, ttl_s: float) -> bool:

@@ -53,6 +53,14 @@ class GateSpec(Frozen):
     ttft_max_ratio: float = Field(default=1.2, ge=1, description="The candidate's quantile of "
                                   "TTFT may be at most this times the baseline's.")
     tpot_max_ratio: float = Field(default=1.2, ge=1, description="The same for TPOT.")
+    min_agreement: float | None = Field(
+        default=None, gt=0, le=1, description="Quality (off unless set): on a sample of the "
+        "candidate's requests the baseline answers the same in the background, and the "
+        "share of pairs whose answers agree (text overlap) must be at least this.")
+    quality_sample: float = Field(default=0.1, gt=0, le=1, description="The share of the "
+                                  "candidate's requests compared with the baseline.")
+    min_pairs: int = Field(default=50, ge=10, description="Compared pairs per step before "
+                           "the agreement gate decides.")
 
 
 class RolloutSpec(Frozen):

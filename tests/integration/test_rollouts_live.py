@@ -251,9 +251,13 @@ def test_a_slow_candidate_is_rolled_back_for_its_first_token_latency(serve) -> N
 
 
 def test_a_healthy_canary_advances_through_its_steps_and_is_promoted(serve) -> None:
-    cli("start", "small", "--to", "v2", "--steps", "25,50,100", "--step-s", "3", *GATES)
+    # with the quality gate: every canary answer is also asked of the baseline, and they agree
+    cli("start", "small", "--to", "v2", "--steps", "25,50,100", "--step-s", "3", *GATES,
+        "--min-agreement", "0.8", "--quality-sample", "1", "--min-pairs", "20")
     with Load() as load:
         seen = _until("promoted", 300)
+    gates = {g["gate"]: g for g in seen["canary"]["gates"]}
+    assert gates["agreement"]["verdict"] == "pass", gates["agreement"]
     events = [(e["event"], e["share"]) for e in seen["history"]]
     # (then `retired`, once every replica has read the promotion)
     assert events[:3] == [("started", 25), ("advanced", 50), ("promoted", 100)], events

@@ -149,3 +149,13 @@ def test_a_plan_must_rise_to_100(steps) -> None:
 def test_how_long_a_step_needs_at_a_given_traffic() -> None:
     # 200 canary requests at 5% of 10 req/s: 400 s
     assert canary.windows_needed((5, 50), 10.0, 200) == [400.0, 40.0]
+
+
+def test_the_agreement_gate_decides_on_enough_pairs_only() -> None:
+    from sluice.rollouts.gates import agreement_gate
+
+    assert agreement_gate(10, 10, 0.8, 0.95, 50).verdict == "wait"
+    assert agreement_gate(50, 50, 0.9, 0.95, 50).verdict == "pass"  # lower bound 0.929
+    assert agreement_gate(45, 50, 0.9, 0.95, 50).verdict == "wait"  # 90%: not shown either way
+    breach = agreement_gate(30, 50, 0.9, 0.95, 50)
+    assert breach.verdict == "breach" and breach.canary == 0.6

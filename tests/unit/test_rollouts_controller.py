@@ -209,3 +209,37 @@ def test_without_redis_the_admin_api_says_so_and_requests_go_to_the_model() -> N
     assert rollouts.route("small", "h:x") == "small"
     with pytest.raises(Unavailable, match="Redis"):
         asyncio.run(rollouts.list())
+
+
+def test_a_canary_whose_answers_disagree_with_the_baselines_is_rolled_back(redis_url) -> None:
+    async def run() -> None:
+        clock = Clock()
+        rollouts = controller(redis_url, clock)
+        gates = {**GATES, "min_agreement": 0.8, "quality_sample": 1.0, "min_pairs": 20}
+        r_view = await rollouts.begin(canary_spec(step_s=60, max_step_s=600, gates=gates))
+        assert rollouts.compare_for("small", "small") is None  # the baseline's: not compared
+        sampled = rollouts.compare_for("small", "small@v2")
+        assert sampled is not None and sampled[1] == "small"  # a copy goes to the baseline
+        rollout = sampled[0]
+
+        async def copy() -> tuple[str, int]:
+            return "the baseline says four", 4
+
+        for i in range(30):  # 30% agree
+            async def told(i=i) -> tuple[str, int, float]:
+                return ("the baseline says four" if i % 10 < 3 else "noise noise noise"), 3, 0.2
+
+            await rollouts.shadowed(rollout, copy(), told(), lambda a, b: a == b,
+                                    copy_is_candidate=False)
+        await _feed(rollouts, "small", 40)
+        await _feed(rollouts, "small@v2", 40)
+        await rollouts.judge()
+        status = await rollouts.status("small")
+        assert status["status"] == "rolled_back", status["canary"]["gates"]
+        assert status["reason"].startswith("agreement: the canary agreed with the baseline "
+                                           "on 9 of 30"), status["reason"]
+        assert status["shadow"]["pairs"] == 30
+        assert r_view["spec"]["gates"]["min_agreement"] == 0.8
+        await rollouts.close()
+
+    asyncio.run(run())
