@@ -17,6 +17,11 @@ Per scenario and share: the share of runs a gate rolled back, the share still un
 the bound (also rolled back), and the canary requests it took (median, p90) to roll back
 or to advance. Writes results.json and a plot of P(rolled back
 by n canary requests).
+
+`--agreement` adds the quality gate (`sluice.rollouts.gates.agreement_gate`, 50 compared
+pairs before it decides, 95%): for a true agreement rate against `min_agreement` 0.9, the
+share of runs it breaches or passes and the pairs it takes, looked at every 10 pairs. At
+the default `quality_sample` of 10%, a pair costs 10 canary requests.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 from sluice.rollouts import canary
 from sluice.rollouts.canary import CanaryPlan, Window
+from sluice.rollouts.gates import agreement_gate
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,30 @@ def summary(outcomes: list[tuple[str, int]], max_requests: int) -> dict[str, Any
                               for n in range(0, max_requests + 1, 50)]}
 
 
+AGREEMENT = [(0.98, 0.9), (0.95, 0.9), (0.90, 0.9), (0.85, 0.9), (0.80, 0.9), (0.70, 0.9)]
+
+
+def agreement_power(rng: random.Random, runs: int, every: int = 10, cap: int = 5000
+                    ) -> list[dict[str, Any]]:
+    rows = []
+    for rate, bound in AGREEMENT:
+        outcomes = []
+        for _ in range(runs):
+            agreed = pairs = 0
+            verdict = "wait"
+            while verdict == "wait" and pairs < cap:
+                agreed += sum(rng.random() < rate for _ in range(every))
+                pairs += every
+                verdict = agreement_gate(agreed, pairs, bound, 0.95, 50).verdict
+            outcomes.append((verdict, pairs))
+        decided = [n for v, n in outcomes if v != "wait"]
+        rows.append({"agreement": rate, "min_agreement": bound,
+                     "breach": sum(v == "breach" for v, _ in outcomes) / runs,
+                     "pass": sum(v == "pass" for v, _ in outcomes) / runs,
+                     "pairs_median": _pct(decided, 0.5), "pairs_p90": _pct(decided, 0.9)})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=200)
@@ -111,6 +141,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench-results/canary-power"))
     ap.add_argument("--plot", type=Path, default=Path("docs/benchmarks/canary_power.png"))
+    ap.add_argument("--agreement", action="store_true", help="also the quality gate")
     args = ap.parse_args()
     shares = [int(s) for s in args.shares.split(",")]
     results: dict[str, Any] = {"runs": args.runs, "step_requests": args.step_requests,
@@ -135,6 +166,13 @@ def main() -> int:
                   f"{s['rollback_n_median']} / "
                   f"{s['rollback_n_p90']} | {s['advance_n_median']} / {s['advance_n_p90']} |",
                   flush=True)
+    if args.agreement:
+        results["agreement"] = agreement_power(random.Random(args.seed), args.runs)
+        print("\n| true agreement | min_agreement | breached | passed | pairs to decide: "
+              "median / p90 |\n|---|---|---|---|---|")
+        for r in results["agreement"]:
+            print(f"| {r['agreement']:.0%} | {r['min_agreement']:.0%} | {r['breach']:.1%} | "
+                  f"{r['pass']:.1%} | {r['pairs_median']} / {r['pairs_p90']} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     _plot(results, args.plot)

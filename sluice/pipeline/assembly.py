@@ -100,7 +100,8 @@ def rollouts_for(config: PlatformConfig, deployed: Iterable[str], redis_url: str
                  metrics: Metrics, alert: Callable[[dict[str, Any]], None]) -> Rollouts:
     """The ingress's view of the rollouts (their state is in the shared Redis)."""
     settings = config.profile.rollouts
-    store = (RolloutStore(async_client(redis_url, max(1.0, settings.poll_s)))
+    # never on a request's path (that reads the state in memory): a generous bound
+    store = (RolloutStore(async_client(redis_url, max(5.0, settings.poll_s)))
              if redis_url else None)
 
     on_event, on_read = rollout_hooks(metrics, alert)

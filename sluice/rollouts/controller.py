@@ -24,8 +24,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
+from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import Conflict, InvalidRequest, NotFound, SluiceError, Unavailable
 from sluice.observability.outcome import Outcome
 from sluice.rollouts import state as ops
@@ -36,6 +37,7 @@ from sluice.rollouts.store import RolloutStore
 from sluice.schema.rollouts import RolloutSettings, RolloutSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 ACTIONS = ("pause", "resume", "promote", "abort")
 EVENTS = ("started", "advanced", "promoted", "rolled_back", "aborted", "paused", "resumed",
           "retired")
@@ -68,6 +70,9 @@ class Rollouts:
         self._splits: dict[str, tuple[str, str, float, str]] = {}  # model -> (candidate,
         #   baseline, candidate's share, salt) of its running rollout
         self._buffer: list[tuple[str, str, bool, float | None, float | None, float]] = []
+        # the current step's observations read so far, per rollout: (rollout id, step
+        # start) -> (the last entry's id, what it read), so each read asks only what is new
+        self._steps: dict[str, tuple[float, str | None, list[Observation]]] = {}
         self._shadows_in_flight = 0
         self.shadow_skipped = 0
         self._task: asyncio.Task[None] | None = None
@@ -231,7 +236,7 @@ class Rollouts:
         for r in list(self._rollouts.values()):
             if r.canary is not None and r.status == "running":
                 since = r.step_started()
-                seen = await self._store.observations(r.id, since)
+                seen = await self._step(r)
                 candidate = window(seen, r.candidate)
                 if r.spec.gates.min_agreement is not None:
                     judged = [p for p in await self._store.shadow_pairs(r.id, since)
@@ -249,6 +254,21 @@ class Rollouts:
                         self._rollouts[written.model] = written
             elif r.ended and not r.retired:
                 await self._drain(r)
+
+    async def _step(self, r: Rollout) -> list[Observation]:
+        """The observations of the rollout's current step, every replica's, read
+        incrementally."""
+        assert self._store is not None
+        since = r.step_started()
+        held = self._steps.get(r.id)
+        if held is None or held[0] != since:
+            held = (since, None, [])
+        new, last = await self._store.observations(r.id, since, held[1])
+        seen = held[2] + new
+        self._steps = {k: v for k, v in self._steps.items()
+                       if k in {x.id for x in self._rollouts.values() if not x.ended}}
+        self._steps[r.id] = (since, last, seen)
+        return seen
 
     async def _drain(self, r: Rollout) -> None:
         loser = r.loser
@@ -280,6 +300,14 @@ class Rollouts:
 
     # ---- the admin API -----------------------------------------------------------------
 
+    async def _stored(self, work: Awaitable[T]) -> T:
+        """An admin call's Redis work: a store that fails is a 503 (retry), not a 500."""
+        try:
+            return await work
+        except STORE_ERRORS as exc:
+            raise Unavailable(f"The rollouts' store (Redis) failed: {type(exc).__name__}; "
+                              "retry.", code="rollouts_store_unavailable") from None
+
     def _needs_store(self) -> RolloutStore:
         if self._store is None:
             raise Unavailable("Rollouts keep their state in Redis, and this platform runs "
@@ -287,7 +315,7 @@ class Rollouts:
                               code="rollouts_unavailable")
         return self._store
 
-    async def begin(self, spec: RolloutSpec) -> dict[str, Any]:
+    async def _begin(self, spec: RolloutSpec) -> dict[str, Any]:
         store = self._needs_store()
         if self._base.get(spec.model) != spec.model:
             raise InvalidRequest(f"'{spec.model}' is not a model of the catalog (a rollout "
@@ -313,9 +341,9 @@ class Rollouts:
         self._rollouts[spec.model] = written
         self._index()
         self._on_event(written, "started")
-        return await self.status(spec.model)
+        return await self._status(spec.model)
 
-    async def act(self, model: str, action: str) -> dict[str, Any]:
+    async def _act(self, model: str, action: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise NotFound(f"Unknown rollout action '{action}' (one of {', '.join(ACTIONS)}).")
         store = self._needs_store()
@@ -334,16 +362,16 @@ class Rollouts:
                                            "pause": "paused", "resume": "resumed"}[action])
             except Conflict:
                 continue
-            return await self.status(model)
+            return await self._status(model)
         raise Conflict(f"The rollout of '{model}' kept changing; retry.")
 
-    async def status(self, model: str) -> dict[str, Any]:
+    async def _status(self, model: str) -> dict[str, Any]:
         store = self._needs_store()
         r = await store.get(model)
         if r is None:
             raise NotFound(f"'{model}' has no rollout.")
         view = r.view()
-        seen = await store.observations(r.id, r.step_started())
+        seen = await self._step(r)
         view["measured"] = ab_report(seen, r.candidate, r.baseline, r.spec.gates.confidence)
         view["measured"]["since"] = r.step_started()
         if r.spec.kind == "shadow" or r.spec.gates.min_agreement is not None:
@@ -353,13 +381,26 @@ class Rollouts:
             view["shadow"]["skipped_here"] = self.shadow_skipped
         return view
 
-    async def list(self) -> dict[str, Any]:
+    async def _list(self) -> dict[str, Any]:
         store = self._needs_store()
         rollouts, serving = await store.all()
         return {"rollouts": [r.view() for r in rollouts.values()], "serving": serving}
 
-    def snapshot(self) -> list[Rollout]:
-        return list(self._rollouts.values())
+    async def begin(self, spec: RolloutSpec) -> dict[str, Any]:
+        """Start a rollout (400 for a model or variant the platform lacks, 409 while one
+        runs)."""
+        return await self._stored(self._begin(spec))
+
+    async def act(self, model: str, action: str) -> dict[str, Any]:
+        """pause, resume, promote or abort (404 without a rollout, 409 when it cannot)."""
+        return await self._stored(self._act(model, action))
+
+    async def status(self, model: str) -> dict[str, Any]:
+        """The rollout with what its current step measured."""
+        return await self._stored(self._status(model))
+
+    async def list(self) -> dict[str, Any]:
+        return await self._stored(self._list())
 
     def restored(self, rollouts: Mapping[str, Rollout]) -> None:
         """Tests: a state as if read from the store."""

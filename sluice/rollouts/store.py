@@ -100,9 +100,21 @@ class RolloutStore:
         await self._r.xadd(shadow_key(rollout_id), pair.fields(), maxlen=MAX_OBSERVATIONS,
                            approximate=True)
 
-    async def observations(self, rollout_id: str, since: float) -> list[Observation]:
-        entries = await self._r.xrange(obs_key(rollout_id), min=_ms_id(since), max="+")
-        return [Observation.from_fields(f) for _, f in entries]
+    async def observations(self, rollout_id: str, since: float, after: str | None = None,
+                           batch: int = 10_000) -> tuple[list[Observation], str | None]:
+        """The observations added since `since` (or after the entry id `after`, exclusive),
+        and the last one's id: a reader keeps it and asks only for what is new."""
+        out: list[Observation] = []
+        start = f"({after}" if after else _ms_id(since)
+        while True:
+            entries = await self._r.xrange(obs_key(rollout_id), min=start, max="+",
+                                           count=batch)
+            out += [Observation.from_fields(f) for _, f in entries]
+            if entries:
+                after = _s(entries[-1][0])
+                start = f"({after}"
+            if len(entries) < batch:
+                return out, after
 
     async def shadow_pairs(self, rollout_id: str, since: float = 0.0) -> list[ShadowPair]:
         entries = await self._r.xrange(shadow_key(rollout_id), min=_ms_id(since), max="+")

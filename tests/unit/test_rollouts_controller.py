@@ -243,3 +243,23 @@ def test_a_canary_whose_answers_disagree_with_the_baselines_is_rolled_back(redis
         await rollouts.close()
 
     asyncio.run(run())
+
+
+def test_the_judge_reads_only_whats_new_and_a_dead_store_is_a_503(redis_server, redis_url
+                                                                   ) -> None:
+    async def run() -> None:
+        clock = Clock()
+        rollouts = controller(redis_url, clock)
+        await rollouts.begin(canary_spec(step_s=60, max_step_s=600))
+        r = (await rollouts._store.all())[0]["small"]
+        await _feed(rollouts, "small", 3)
+        assert len(await rollouts._step(r)) == 3
+        await _feed(rollouts, "small@v2", 2)
+        seen = await rollouts._step(r)
+        assert [o.model for o in seen] == ["small"] * 3 + ["small@v2"] * 2  # 3 kept, 2 read
+        redis_server.stop()
+        with pytest.raises(Unavailable, match="store"):
+            await rollouts.status("small")
+        assert rollouts.route("small", "h:x") in ("small", "small@v2")  # no Redis needed
+
+    asyncio.run(run())
