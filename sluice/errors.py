@@ -174,3 +174,22 @@ def from_engine_error(status: int, message: str, err_type: str | None = None,
     if status == 503 or (status >= 500 and ENGINE_DEAD_MESSAGE in message):
         return Unavailable(message)  # retriable: another replica, or this one once replaced
     return InternalError(message, code=err_type)
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """A field's place in a body, as a client reads it: `messages[0].content`."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def invalid_value(errors: list[Any]) -> InvalidRequest:
+    """A 400 naming the first field pydantic refused (`ValidationError.errors()`)."""
+    first = errors[0]
+    field = field_path(tuple(first["loc"])) or None
+    return InvalidRequest(f"Invalid value for '{field}': {first['msg']}", param=field)
+

@@ -15,7 +15,7 @@ import pydantic
 
 from sluice.accounting.key_store import KeyStore
 from sluice.accounting.tenancy import Principal
-from sluice.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from sluice.errors import Forbidden, InvalidRequest, NotFound, Unauthorized, invalid_value
 from sluice.schema.accounting import ANONYMOUS, StoredKey
 
 MAX_BODY_BYTES = 16_384
@@ -49,10 +49,7 @@ def key_fields(raw: bytes) -> dict[str, Any]:
     try:  # validated with a placeholder hash; the store sets the real one
         StoredKey.model_validate({**body, "sha256": "0" * 64})
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{field}': {first['msg']}",
-                             param=field) from None
+        raise invalid_value(exc.errors()) from None
     return body
 
 

@@ -29,12 +29,12 @@ from sluice.deployments.http import (
     render_message,
     request_id,
 )
+from sluice.deployments.rollout_admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_BYTES
+from sluice.deployments.rollout_admin import check_operator, spec_of
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
 from sluice.pipeline.request_body import read_body
-from sluice.rollouts.admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_BYTES
-from sluice.rollouts.admin import check_operator, spec_of
 from sluice.schema.platform import PlatformConfig
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,7 @@ from vllm import envs as vllm_envs
 from vllm.exceptions import VLLMClientError
 
 from sluice.control_tokens import ControlTokens
-from sluice.errors import InvalidRequest
-from sluice.pipeline.request_body import field_path
+from sluice.errors import InvalidRequest, invalid_value
 
 Endpoint = Literal["chat", "completions"]
 LLMRequest = ChatCompletionRequest | CompletionRequest
@@ -256,11 +255,7 @@ def parse_request(endpoint: Endpoint, body: dict[str, Any], limits: RequestLimit
     try:
         request = _REQUEST_TYPES[endpoint].model_validate(body)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = field_path(tuple(first["loc"])) or None
-        raise InvalidRequest(
-            f"Invalid value for '{field}': {first['msg']}", param=field
-        ) from None
+        raise invalid_value(exc.errors()) from None
     except VLLMClientError as exc:  # vLLM's own request checks (e.g. stream_options
         # without stream), raised from its model validators past pydantic's wrapping
         param = getattr(exc, "parameter", None)

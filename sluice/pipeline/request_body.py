@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sluice.errors import BodyTimeout, InvalidRequest, PayloadTooLarge
+from sluice.errors import BodyTimeout, InvalidRequest, PayloadTooLarge, field_path
 
 
 async def read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int,
@@ -118,13 +118,4 @@ def _surrogate_at(body: Any) -> tuple[Any, ...] | None:
             stack.extend(((*path, i), item) for i, item in enumerate(value))
     return None
 
-
-def field_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
 

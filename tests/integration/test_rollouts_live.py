@@ -14,8 +14,6 @@ wait is bounded. Marked `alone`: five engines beside the shared stack's would no
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +28,7 @@ import httpx
 import psutil
 import pytest
 
+from loadtests import own_stack
 from loadtests.rollout_stack import FAILING, SLOW, write_profile
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]
@@ -70,12 +69,7 @@ def serve(tmp_path_factory, shared_stack_stopped) -> Iterator[subprocess.Popen]:
             proc.poll() is not None and pytest.fail(log_path.read_text()[-3000:])))
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
+        own_stack.stop(proc)  # Ctrl-C, then killed after 120 s
 
 
 def cli(*args: str) -> dict:

@@ -12,9 +12,9 @@ import pytest
 from sluice import sse
 from sluice.accounting.tenancy import Principal
 from sluice.deployments.engine_faults import MESSAGE, faulted
+from sluice.deployments.rollout_admin import check_operator, spec_of
 from sluice.errors import Forbidden, InvalidRequest, Unauthorized
 from sluice.pipeline.answering import _told
-from sluice.rollouts.admin import check_operator, spec_of
 from sluice.rollouts.report import Observation, ShadowPair, ab_report, shadow_report, window
 from sluice.schema.accounting import ANONYMOUS
 

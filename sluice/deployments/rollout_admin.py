@@ -7,13 +7,12 @@ everything else. A known key that is not an admin's is refused either way.
 
 from __future__ import annotations
 
-import json
-
 import pydantic
 
 from sluice.accounting.key_admin import check_admin
 from sluice.accounting.tenancy import Principal
-from sluice.errors import InvalidRequest
+from sluice.errors import InvalidRequest, invalid_value
+from sluice.pipeline.request_body import decode_json
 from sluice.schema.accounting import ANONYMOUS
 from sluice.schema.rollouts import RolloutSpec
 
@@ -31,15 +30,6 @@ def spec_of(raw: bytes) -> RolloutSpec:
     if len(raw) > MAX_BODY_BYTES:
         raise InvalidRequest(f"A rollout's body is at most {MAX_BODY_BYTES} bytes.")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    try:
-        return RolloutSpec.model_validate(body)
+        return RolloutSpec.model_validate(decode_json(raw))
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{field}': {first['msg']}",
-                             param=field) from None
+        raise invalid_value(exc.errors()) from None
