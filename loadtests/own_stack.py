@@ -21,7 +21,8 @@ def serve(profile: Path, log: Path, port: int, redis_port: int,
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(profile),
-             "--port", str(port), "--redis-port", str(redis_port), "--no-dashboard"],
+             "--port", str(port), "--redis-port", str(redis_port), "--no-dashboard",
+             "--run-dir", str(log.parent / "run")],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:

@@ -64,7 +64,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"sluice serve: {exc}", file=sys.stderr)
         return 2
-    stack = LocalStack(config, REPO_ROOT / ".run", redis_port=args.redis_port,
+    stack = LocalStack(config, Path(args.run_dir), redis_port=args.redis_port,
                        prometheus_port=args.prometheus_port if args.observability else None)
     # While starting, Ctrl-C or SIGTERM interrupts the start-up, which stops what it started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile", default=str(DEFAULT_PROFILE))
     serve.add_argument("--port", type=int, default=0, help="override the profile's HTTP port")
     serve.add_argument("--redis-port", type=int, default=6379)
+    serve.add_argument("--run-dir", default=str(REPO_ROOT / ".run"),
+                       help="where the stack keeps its files: logs, and the data of the Redis "
+                       "it starts (the ledger, caches and rollouts survive a restart there)")
     serve.add_argument("--observability", action="store_true",
                        help="also run Prometheus scraping the ingress, alert rules loaded")
     serve.add_argument("--prometheus-port", type=int, default=9090)

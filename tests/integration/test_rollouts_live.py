@@ -62,7 +62,8 @@ def serve(tmp_path_factory, shared_stack_stopped) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "serve", "--profile",
          str(write_profile(tmp, {"poll_s": 0.5, "evaluate_s": 1.0})),
-         "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
+         "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard",
+         "--run-dir", str(tmp / "run")],  # a Redis of its own: no rollout of an earlier run
         cwd=ROOT, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     try:
         _wait("sluice serve to be ready", 600, lambda: _ready() or (
