@@ -322,8 +322,10 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 def _describe(operation: dict[str, Any], method: str, path: str, facts: ApiFacts) -> None:
     """Replace what FastAPI guessed for one operation with what the route really does."""
     admin = path.startswith("/v1/admin/")
+    # rollouts: an admin key where keys are required, anyone otherwise (rollout_admin)
+    access = "operator" if path.startswith("/v1/admin/rollouts") else "admin"
     spec = _OPERATIONS.get((method, path)) or (
-        {"errors": _ADMIN_ERRORS, "access": "admin", "body": "object" if method == "POST"
+        {"errors": _ADMIN_ERRORS, "access": access, "body": "object" if method == "POST"
          and "{" not in path else None} if admin else {})
     responses = operation.setdefault("responses", {})
     responses.pop("422", None)  # no FastAPI validation: the routes read the raw request
@@ -336,12 +338,13 @@ def _describe(operation: dict[str, Any], method: str, path: str, facts: ApiFacts
     errors = spec.get("errors", (500,))
     access = spec.get("access", "public")
     for code in errors:
-        if code == 401 and access == "key" and not facts.auth_required:
+        if (code == 401 and access in ("key", "operator")
+                and not facts.auth_required):
             continue  # without `auth.required`, an unknown key is the anonymous one
         responses[str(code)] = _error(code)
     responses.update(spec.get("responses", {}))
     if access != "public":
-        optional = access == "key" and not facts.auth_required
+        optional = access in ("key", "operator") and not facts.auth_required
         operation["security"] = [{}, {BEARER: []}] if optional else [{BEARER: []}]
     parameters = [p for p in operation.get("parameters", [])]
     for p in parameters:
