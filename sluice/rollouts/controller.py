@@ -221,6 +221,8 @@ class Rollouts:
             self._splits[r.model] = (r.candidate, r.baseline, r.share(), r.salt)
 
     async def flush(self) -> None:
+        """Add the buffered observations to Redis (dropped if it fails: they are
+        measurements, and the gates wait for enough of them)."""
         if self._store is None or not self._buffer:
             return
         buffered, self._buffer = self._buffer, []
@@ -231,7 +233,7 @@ class Rollouts:
             await self._store.observe(rollout_id, observations)
 
     async def judge(self) -> None:
-        """Judge every running canary once; drain and remove what ended rollouts left."""
+        """Judge every running canary once; mark the losers of ended rollouts drained."""
         assert self._store is not None
         for r in list(self._rollouts.values()):
             if r.canary is not None and r.status == "running":
