@@ -33,7 +33,7 @@ from loadtests.rollout_stack import FAILING, SLOW, write_profile
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]
 ROOT = Path(__file__).resolve().parents[2]
-PORT, REDIS_PORT = 8850, 6431
+PORT, REDIS_PORT = 8890, 6443
 URL = f"http://127.0.0.1:{PORT}"
 GATES = ["--min-requests", "40", "--quantile", "0.5", "--ttft-ratio", "3", "--tpot-ratio", "3",
          "--error-margin", "0.1"]
