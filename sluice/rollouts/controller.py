@@ -198,6 +198,7 @@ class Rollouts:
                 if now - last_judged >= self.settings.evaluate_s:
                     last_judged = now
                     if await self._store.lease(self._holder, 3 * self.settings.evaluate_s):
+                        await self.declared()
                         await self.judge()
             except asyncio.CancelledError:
                 raise
@@ -256,6 +257,20 @@ class Rollouts:
                         self._rollouts[written.model] = written
             elif r.ended and not r.retired:
                 await self._drain(r)
+
+    async def declared(self) -> None:
+        """Start the profile's declared rollouts that never ran (`rollouts.start`)."""
+        assert self._store is not None
+        for spec in self.settings.start:
+            if await self._store.ever(spec.model, spec.candidate):
+                continue
+            try:
+                await self._begin(spec)
+            except (Conflict, InvalidRequest) as exc:  # one is running; or not deployed
+                log.warning("declared rollout of %s to %s not started: %s", spec.model,
+                            spec.candidate, exc.message)
+                continue
+            await self._store.started(spec.model, spec.candidate)
 
     async def _step(self, r: Rollout) -> list[Observation]:
         """The observations of the rollout's current step, every replica's, read

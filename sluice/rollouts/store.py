@@ -21,6 +21,7 @@ from sluice.rollouts.state import Rollout
 ROLLOUTS = "sluice:rollouts"
 SERVING = "sluice:rollouts:serving"
 LEASE = "sluice:rollouts:judge"
+DECLARED = "sluice:rollouts:declared"  # set of model@variant the profile's rollouts began
 MAX_OBSERVATIONS = 200_000  # per rollout (a stream entry is about 100 bytes)
 KEEP_ENDED_S = 7 * 86400
 
@@ -122,6 +123,13 @@ class RolloutStore:
 
     async def lease(self, holder: str, ttl_s: float) -> bool:
         return bool(await self._r.eval(_LEASE, 1, LEASE, holder, int(ttl_s * 1000)))
+
+    async def ever(self, model: str, candidate: str) -> bool:
+        """Whether a declared rollout of `model` to `candidate` was started before."""
+        return bool(await self._r.sismember(DECLARED, f"{model}>{candidate}"))
+
+    async def started(self, model: str, candidate: str) -> None:
+        await self._r.sadd(DECLARED, f"{model}>{candidate}")
 
     async def forget(self, model: str) -> None:
         """Drop a model's ended rollout and its serving variant (tests, a reset)."""

@@ -19,26 +19,6 @@ from sluice.schema.base import Frozen
 ROLLOUT_ID = r"^[a-z0-9][a-z0-9._-]*$"
 
 
-class RolloutSettings(Frozen):
-    """How the ingress replicas follow and judge rollouts (their state lives in Redis)."""
-
-    poll_s: float = Field(default=1.0, gt=0, le=60, description="How often each ingress "
-                          "replica re-reads the rollouts' state (the longest a change of "
-                          "share takes to reach it).")
-    evaluate_s: float = Field(default=5.0, gt=0, le=600, description="How often the gates "
-                              "are judged (by one ingress replica at a time, under a lease).")
-    sticky_header: str = Field(default="x-sluice-user", pattern=r"^[a-z0-9-]+$",
-                               description="The request header naming a user: a user stays "
-                               "in one variant.")
-    sticky_key: bool = Field(default=False, description="Without the user header, keep each "
-                             "API key in one variant (an A/B split by application); off: "
-                             "such requests are split one by one.")
-    shadow_max_in_flight: int = Field(default=4, ge=1, description="Shadow calls one ingress "
-                                      "replica runs at once; a sample beyond is skipped.")
-    shadow_timeout_s: float = Field(default=60.0, gt=0, description="Longest a shadow pair "
-                                    "waits for both answers.")
-
-
 class GateSpec(Frozen):
     """When a canary step may advance and when it is rolled back (sluice.rollouts.gates)."""
 
@@ -96,3 +76,27 @@ class RolloutSpec(Frozen):
     @property
     def candidate(self) -> str:
         return f"{self.model}@{self.to}"
+
+
+class RolloutSettings(Frozen):
+    """How the ingress replicas follow and judge rollouts (their state lives in Redis)."""
+
+    poll_s: float = Field(default=1.0, gt=0, le=60, description="How often each ingress "
+                          "replica re-reads the rollouts' state (the longest a change of "
+                          "share takes to reach it).")
+    evaluate_s: float = Field(default=5.0, gt=0, le=600, description="How often the gates "
+                              "are judged (by one ingress replica at a time, under a lease).")
+    sticky_header: str = Field(default="x-sluice-user", pattern=r"^[a-z0-9-]+$",
+                               description="The request header naming a user: a user stays "
+                               "in one variant.")
+    sticky_key: bool = Field(default=False, description="Without the user header, keep each "
+                             "API key in one variant (an A/B split by application); off: "
+                             "such requests are split one by one.")
+    shadow_max_in_flight: int = Field(default=4, ge=1, description="Shadow calls one ingress "
+                                      "replica runs at once; a sample beyond is skipped.")
+    shadow_timeout_s: float = Field(default=60.0, gt=0, description="Longest a shadow pair "
+                                    "waits for both answers.")
+    start: tuple[RolloutSpec, ...] = Field(
+        default=(), description="Rollouts declared in the profile: each is started once, "
+        "when the model has never had a rollout to that variant (so a restart or a config "
+        "update does not start it again, and one that ended stays ended).")

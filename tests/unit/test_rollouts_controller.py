@@ -263,3 +263,20 @@ def test_the_judge_reads_only_whats_new_and_a_dead_store_is_a_503(redis_server, 
         assert rollouts.route("small", "h:x") in ("small", "small@v2")  # no Redis needed
 
     asyncio.run(run())
+
+
+def test_a_rollout_declared_in_the_profile_starts_once(redis_url) -> None:
+    async def run() -> None:
+        clock = Clock()
+        spec = RolloutSpec(model="small", to="v2", kind="ab", percent=10)
+        settings = RolloutSettings(start=(spec,))
+        store = RolloutStore(async_client(redis_url, 1.0))
+        rollouts = Rollouts(settings, store, MODELS, set(MODELS), clock=clock)
+        await rollouts.declared()
+        assert (await rollouts.status("small"))["status"] == "running"
+        await rollouts.act("small", "abort")
+        again = Rollouts(settings, store, MODELS, set(MODELS), clock=clock)  # a restart
+        await again.declared()
+        assert (await again.status("small"))["status"] == "aborted"  # not started again
+
+    asyncio.run(run())
