@@ -143,7 +143,7 @@ def _canary(url: str, rate: float, to: str, gates: dict[str, Any], steps: list[i
                         for e in status["history"]]}
 
 
-def live(rate: float, min_requests: list[int], out: Path) -> dict[str, Any]:
+def live(rate: float, min_requests: list[int], parts: set[str]) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sluice-rollout-bench-"))
     profile = write_profile(tmp, {"poll_s": 1.0, "evaluate_s": 5.0})
     print(f"[rollout bench] starting a stack with five engines ({tmp}) ...", flush=True)
@@ -151,7 +151,7 @@ def live(rate: float, min_requests: list[int], out: Path) -> dict[str, Any]:
     url = f"http://127.0.0.1:{PORT}"
     results: list[dict[str, Any]] = []
     try:
-        for m in min_requests:
+        for m in (min_requests if "rollback" in parts else ()):
             gates = {"min_requests": m}  # the shipped gates otherwise (95%, +1 point, 1.2x p95)
             for to in (FAILING, SLOW):
                 print(f"[rollout bench] canary small@{to}, min_requests {m}, "
@@ -161,14 +161,18 @@ def live(rate: float, min_requests: list[int], out: Path) -> dict[str, Any]:
                 r["min_requests"] = m
                 print(f"[rollout bench]   {json.dumps(r)}", flush=True)
                 results.append(r)
-        m = min(min_requests)
-        print(f"[rollout bench] healthy canary small@v2, min_requests {m} ...", flush=True)
-        r = _canary(url, rate, "v2", {"min_requests": m, "latency_quantile": 0.5},
-                    [5, 10, 25, 50, 100], 10, "promoted",
-                    timeout_s=sum(3 * m / (rate * s / 100) for s in (5, 10, 25, 50)) + 120)
-        r["min_requests"] = m
-        print(f"[rollout bench]   {json.dumps(r)}", flush=True)
-        results.append(r)
+        if "promote" in parts:
+            # a good canary must show it is not worse: with 0 errors, +1 point (the default
+            # margin) takes ~380 canary requests per step, +5 points ~75
+            m = min(min_requests)
+            gates = {"min_requests": m, "error_margin": 0.05}
+            print(f"[rollout bench] healthy canary small@v2, {gates} ...", flush=True)
+            need = max(m, 75)
+            r = _canary(url, rate, "v2", gates, [5, 10, 25, 50, 100], 10, "promoted",
+                        timeout_s=sum(2 * need / (rate * s / 100) for s in (5, 10, 25, 50)))
+            r["gates"] = gates
+            print(f"[rollout bench]   {json.dumps(r)}", flush=True)
+            results.append(r)
     finally:
         own_stack.stop(proc)
     return {"rate": rate, "canaries": results}
@@ -179,6 +183,7 @@ def main() -> None:
     p.add_argument("--only", choices=("decision", "live"))
     p.add_argument("--rate", type=float, default=16.0)
     p.add_argument("--min-requests", default="200,50", help="gate settings to measure")
+    p.add_argument("--parts", default="rollback,promote", help="live: which canaries")
     p.add_argument("--calls", type=int, default=200_000)
     p.add_argument("--out", default="bench-results/rollouts")
     args = p.parse_args()
@@ -191,9 +196,10 @@ def main() -> None:
         print(f"[rollout bench] decision: {d['ns_per_request_p50']} ns per request; "
               f"added {d['added_ns']:.0f} ns", flush=True)
     if args.only in (None, "live"):
-        report["live"] = live(args.rate, [int(x) for x in args.min_requests.split(",")], out)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    print(f"[rollout bench] wrote {out / 'report.json'}")
+        report["live"] = live(args.rate, [int(x) for x in args.min_requests.split(",")],
+                              set(args.parts.split(",")))
+    (out / f"report-{args.only or 'all'}.json").write_text(json.dumps(report, indent=1))
+    print(f"[rollout bench] wrote {out}")
 
 
 if __name__ == "__main__":
