@@ -22,7 +22,9 @@ def _error_item(streamed: bool) -> Any:
                                       "code": 500}})]
     from ray.serve.llm.openai_api_models import ErrorResponse
 
-    return ErrorResponse(error={"message": MESSAGE, "type": "InjectedFault", "code": 500})
+    # (pydantic builds its ErrorInfo, which ray.serve.llm does not export, from the dict)
+    return ErrorResponse(error={"message": MESSAGE, "type": "InjectedFault",  # type: ignore[arg-type]
+                                "code": 500})
 
 
 async def _failed(streamed: bool) -> AsyncIterator[Any]:

@@ -189,6 +189,8 @@ class Rollouts:
         await self.flush()
 
     async def _run(self) -> None:
+        store = self._store
+        assert store is not None
         last_judged = 0.0
         while True:
             try:
@@ -197,7 +199,7 @@ class Rollouts:
                 now = self._clock()
                 if now - last_judged >= self.settings.evaluate_s:
                     last_judged = now
-                    if await self._store.lease(self._holder, 3 * self.settings.evaluate_s):
+                    if await store.lease(self._holder, 3 * self.settings.evaluate_s):
                         await self.declared()
                         await self.judge()
             except asyncio.CancelledError:
@@ -228,8 +230,9 @@ class Rollouts:
             return
         buffered, self._buffer = self._buffer, []
         by_rollout: dict[str, list[Observation]] = {}
-        for rollout_id, *fields in buffered:
-            by_rollout.setdefault(rollout_id, []).append(Observation(*fields))
+        for rollout_id, model, error, ttft, tpot, cost in buffered:
+            by_rollout.setdefault(rollout_id, []).append(
+                Observation(model, error, ttft, tpot, cost))
         for rollout_id, observations in by_rollout.items():
             await self._store.observe(rollout_id, observations)
 
