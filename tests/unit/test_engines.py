@@ -365,3 +365,54 @@ def test_only_failures_another_replica_may_not_have_are_retriable() -> None:
 
     lookalike = type("EngineDeadError", (Exception,), {})  # same name, not vLLM's
     assert not retriable(lookalike())
+
+
+def test_a_rollouts_variant_answers_its_model_and_a_gone_one_falls_back() -> None:
+    """The variant a rollout picks is called (and its failures reported to the rollout);
+    a variant this ingress cannot call (removed from the profile after its rollout) leaves
+    the request to the model itself."""
+    from opentelemetry.trace import NoOpTracer
+
+    from sluice.errors import Unavailable
+    from sluice.pipeline.engines import SUBJECT_ATTR, Engines, Timeouts
+
+    class _Served(_Replicas):
+        def options(self, **_):
+            return self
+
+    class _LLMRequest:
+        request_id, stream = "req-1", True
+
+        def model_copy(self, update):
+            copy = _LLMRequest()
+            copy.__dict__.update(self.__dict__ | update)
+            return copy
+
+    class _Rollouts:
+        def __init__(self, to: str) -> None:
+            self.to, self.asked, self.failed_calls = to, [], []
+
+        def route(self, model, subject):
+            self.asked.append((model, subject))
+            return self.to
+
+        def failed(self, model, exc):
+            self.failed_calls.append((model, type(exc).__name__))
+
+    def engines(rollouts, dead_v2: int = 0) -> Engines:
+        handles = {"small": _Served(dead=0, exc=RuntimeError()),
+                   "small@v2": _Served(dead=dead_v2, exc=ray_exceptions.ActorDiedError())}
+        return Engines(handles, {m: Timeouts(5) for m in handles}, attempts=1,
+                       tracer=NoOpTracer(), rollouts=rollouts)
+
+    request = _LLMRequest()
+    setattr(request, SUBJECT_ATTR, "h:user-1")
+    to_v2 = _Rollouts("small@v2")
+    assert asyncio.run(engines(to_v2).call("small", "chat", request)).model == "small@v2"
+    assert to_v2.asked == [("small", "h:user-1")]
+    gone = _Rollouts("small@v9")  # not deployed here
+    assert asyncio.run(engines(gone).call("small", "chat", request)).model == "small"
+    broken = _Rollouts("small@v2")
+    with pytest.raises(Unavailable):
+        asyncio.run(engines(broken, dead_v2=5).call("small", "chat", request))
+    assert broken.failed_calls == [("small@v2", "Unavailable")]
