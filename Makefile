@@ -26,7 +26,7 @@ help:
 	@echo "make bench-autoscale-sim  - simulated fleet: SLO policy vs Serve's stock policy"
 	@echo "make bench-ledger   - ledger store throughput and per-request accounting cost"
 	@echo "make bench-rate-limits - rate-limit check latency; how far a limit holds over replicas"
-	@echo "make bench-admission   - overload: bounded queue (503 at once) vs unbounded, same burst"
+	@echo "make bench-admission   - overload: bounded queue (503 at once) vs unbounded, same burst; sustained 40/s"
 	@echo "make bench-context     - context overflow: token-count cost, reject vs route vs trim on growing chats"
 	@echo "make bench-messages    - Anthropic /v1/messages vs OpenAI /v1/chat/completions on one model (official SDKs)"
 	@echo "make bench-providers   - a hosted model through Sluice vs the provider directly; failover when it dies or stalls"
@@ -138,7 +138,7 @@ bench-rate-limits: setup
 	$(BIN)/python -m loadtests.rate_limit_bench --out bench-results/rate-limits
 
 bench-admission: setup
-	$(BIN)/python -m loadtests.admission_bench --out bench-results/admission
+	$(BIN)/python -m loadtests.admission_bench --rate 40 --duration 30 --out bench-results/admission
 
 bench-context: setup
 	$(BIN)/python -m loadtests.context_bench --out bench-results/context

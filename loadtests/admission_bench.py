@@ -9,8 +9,15 @@ max_num_seqs 8): `bounded` holds max_ongoing_requests 8 on the engine and queues
 max_queued_requests 8 at the ingress; `unbounded` holds 10^9 and queues without limit. A
 burst of `--burst` concurrent chat requests (max_tokens fixed, ignore_eos) is sent, twice;
 per request the status and latency; then the same burst to an unknown model (404, the
-cheapest refusal there is), the floor any refusal costs here under that burst. Prints
-progress; writes results.json and a plot.
+cheapest refusal there is), the floor any refusal costs here under that burst.
+
+A burst of 128 requests at the same instant measures how fast one ingress replica's Python
+gets through 128 connections at once. `--rate` adds the overload as a service meets it:
+requests arriving one by one (Poisson, open loop) at `--rate` per second for `--duration`
+seconds, far above what the engine serves, so the engine stays saturated and most arrivals
+are shed; then the same arrivals to the unknown model, for the floor at that rate (the
+bounded variant only: the unbounded one sheds nothing). Prints progress; writes
+results.json and a plot.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -77,6 +85,32 @@ async def _burst(n: int, max_tokens: int, model: str = "small"
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+async def _sustained(rate: float, duration_s: float, max_tokens: int, model: str = "small",
+                     seed: int = 7) -> list[tuple[int, float, str]]:
+    """Open-loop Poisson arrivals: each request is sent at its time whether or not the
+    earlier ones were answered (a closed loop would slow down with the server and hide
+    its latency)."""
+    rng = random.Random(seed)
+    body = {"model": model, "messages": [{"role": "user", "content": "count"}],
+            "max_tokens": max_tokens, "ignore_eos": True}
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=600,
+                                 limits=limits) as client:
+        async def one(i: int) -> tuple[int, float, str]:
+            started = time.perf_counter()
+            r = await client.post("/v1/chat/completions",
+                                  json={**body, "user": f"rate-{i}"})
+            code = (r.json().get("error") or {}).get("code") or "" if r.status_code != 200 else ""
+            return r.status_code, time.perf_counter() - started, code
+
+        tasks, at, start = [], 0.0, time.perf_counter()
+        while at < duration_s:
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(len(tasks))))
+            at += rng.expovariate(rate)
+        return list(await asyncio.gather(*tasks))
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -101,6 +135,10 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="also: open-loop arrivals per second (0: burst only)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds of --rate arrivals")
     parser.add_argument("--out", default="bench-results/admission")
     args = parser.parse_args()
     out = Path(args.out)
@@ -133,6 +171,10 @@ def main() -> int:
             print(f"[admission] {name}: the same burst refused with 404: p50 "
                   f"{report['variants'][name]['refused_404_p50_ms']:.0f} ms, p99 "
                   f"{report['variants'][name]['refused_404_p99_ms']:.0f} ms", flush=True)
+            if args.rate and variant["max_queued_requests"] >= 0:
+                report["variants"][name]["sustained"] = _sustained_report(args)
+                print(f"[admission] {name}: {args.rate:g}/s for {args.duration:g} s: "
+                      f"{report['variants'][name]['sustained']}", flush=True)
         finally:
             print(f"[admission] {name}: stopping", flush=True)
             _stop(proc)
@@ -141,6 +183,17 @@ def main() -> int:
     print(json.dumps({k: v["all"] for k, v in report["variants"].items()}, indent=2))
     print(f"[admission] wrote {out}/results.json and {out}/admission.png")
     return 0
+
+
+def _sustained_report(args: argparse.Namespace) -> dict[str, Any]:
+    print(f"[admission] {args.rate:g} requests/s for {args.duration:g} s (open loop)",
+          flush=True)
+    results = asyncio.run(_sustained(args.rate, args.duration, args.max_tokens))
+    floor = [s for status, s, _ in asyncio.run(_sustained(
+        args.rate, args.duration, args.max_tokens, model="no-such-model")) if status == 404]
+    return {"rate_per_s": args.rate, "duration_s": args.duration, **_summary(results),
+            "refused_404_p50_ms": (_pct(floor, 0.5) or 0) * 1000,
+            "refused_404_p99_ms": (_pct(floor, 0.99) or 0) * 1000}
 
 
 def _plot(raw: dict[str, list[tuple[int, float, str]]], path: Path, burst: int) -> None:

@@ -25,10 +25,12 @@ from pydantic.json_schema import models_json_schema
 from vllm import envs as vllm_envs
 
 from sluice.deployments import api_shapes
+from sluice.deployments.rollout_admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_BYTES
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.selector import MAX_TTFT, MIN_QUALITY, PATTERNS, TASK
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import PlatformConfig
+from sluice.schema.rollouts import RolloutSpec
 
 BEARER = "bearerAuth"
 OPENAPI_URL = "/openapi.json"
@@ -48,6 +50,7 @@ class ApiFacts:
     auth_required: bool
     max_stop_chars: int = 256
     version: str = "0.1.0"
+    rollout_models: tuple[str, ...] = ()  # the catalog's models that are not variants
 
     @classmethod
     def of(cls, config: PlatformConfig, router: StaticRouter) -> ApiFacts:
@@ -56,8 +59,9 @@ class ApiFacts:
         # the handler's bound: the largest context among the models a request may run
         bound = {m: min(limit, max(c.context_length for c in router.models_at_worst(m)))
                  for m in router.model_ids}
+        bases = tuple(m.name for m in config.catalog.models if m.base == m.name)
         return cls(bound, ingress.max_n, limit, auth.max_tags, ingress.max_body_bytes,
-                   auth.required, ingress.max_stop_chars)
+                   auth.required, ingress.max_stop_chars, rollout_models=bases)
 
 
 def tags_pattern(max_tags: int) -> str:
@@ -95,13 +99,15 @@ def document(app: FastAPI, facts: ApiFacts) -> dict[str, Any]:
     chat, completion = api_shapes.request_models(
         facts.max_tokens_by_model, facts.max_n, facts.max_tokens,
         vllm_envs.VLLM_MAX_STOP_STRINGS, facts.max_stop_chars)
-    shapes = [*api_shapes.SHAPES, chat, completion]
+    shapes = [*api_shapes.SHAPES, chat, completion, RolloutSpec]
     _, defs = models_json_schema([(m, "validation") for m in shapes], ref_template=REF)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas.update(defs["$defs"])
+    if facts.rollout_models:  # (another model: 404, a variant named as the model: 400)
+        schemas["RolloutSpec"]["properties"]["model"]["enum"] = list(facts.rollout_models)
     components["securitySchemes"] = {BEARER: {
         "type": "http", "scheme": "bearer",
         "description": "An API key: `Authorization: Bearer <key>`."
@@ -307,6 +313,14 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "This ingress replica's response- and semantic-cache counters",
         "ok": {**_ok(None, "Counters."), "content": {"application/json": {"schema": {
             "type": "object"}}}}},
+    ("POST", "/v1/admin/rollouts"): {
+        "summary": "Start a canary, A/B or shadow rollout of a model to one of its variants",
+        "access": "operator", "errors": (*_ADMIN_ERRORS, 413), "body": "RolloutSpec",
+        "body_bytes": MAX_ROLLOUT_BODY_BYTES,
+        "ok": {**_ok(None, "Started: the rollout as `GET /v1/admin/rollouts/{model}` shows "
+                     "it. 404: no such model or variant here; 409: one runs, or the variant "
+                     "already serves."),
+               "content": {"application/json": {"schema": {"type": "object"}}}}},
     ("GET", "/healthz"): {"summary": "Liveness", "ok": _ok("Health", "The ingress runs.")},
     ("GET", "/readyz"): {
         "summary": "Readiness: every model's engine answers its health check",
@@ -359,6 +373,7 @@ def _describe(operation: dict[str, Any], method: str, path: str, facts: ApiFacts
     if body is not None:
         schema = ({"type": "object"} if body == "object"
                   else {"$ref": REF.format(model=body)})
+        bound = spec.get("body_bytes", facts.max_body_bytes)
         operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": schema}},
-            "description": f"JSON, at most {facts.max_body_bytes} bytes (else 413)."}
+            "description": f"JSON, at most {bound} bytes (else 413)."}

@@ -11,7 +11,7 @@ import pydantic
 
 from sluice.accounting.key_admin import check_admin
 from sluice.accounting.tenancy import Principal
-from sluice.errors import InvalidRequest, invalid_value
+from sluice.errors import PayloadTooLarge, invalid_value
 from sluice.pipeline.request_body import decode_json
 from sluice.schema.accounting import ANONYMOUS
 from sluice.schema.rollouts import RolloutSpec
@@ -28,7 +28,7 @@ def check_operator(principal: Principal, keys_required: bool) -> None:
 def spec_of(raw: bytes) -> RolloutSpec:
     """The rollout a request body asks for (400 names a bad or unknown field)."""
     if len(raw) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"A rollout's body is at most {MAX_BODY_BYTES} bytes.")
+        raise PayloadTooLarge(f"A rollout's body is at most {MAX_BODY_BYTES} bytes.")
     try:
         return RolloutSpec.model_validate(decode_json(raw))
     except pydantic.ValidationError as exc:

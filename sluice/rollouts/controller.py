@@ -27,7 +27,8 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from sluice.cache_tier.store_errors import STORE_ERRORS
-from sluice.errors import Conflict, InvalidRequest, NotFound, SluiceError, Unavailable
+from sluice.errors import (Conflict, InvalidRequest, ModelNotFound, NotFound, SluiceError,
+                           Unavailable)
 from sluice.observability.outcome import Outcome
 from sluice.rollouts import state as ops
 from sluice.rollouts.assignment import choose
@@ -336,22 +337,23 @@ class Rollouts:
         return self._store
 
     async def _begin(self, spec: RolloutSpec) -> dict[str, Any]:
-        store = self._needs_store()
-        if self._base.get(spec.model) != spec.model:
-            raise InvalidRequest(f"'{spec.model}' is not a model of the catalog (a rollout "
-                                 "names the model clients ask for, not a variant).",
-                                 param="model")
+        if spec.model not in self._base:
+            raise ModelNotFound(f"The catalog has no model '{spec.model}'.", param="model")
+        if self._base[spec.model] != spec.model:
+            raise InvalidRequest(f"'{spec.model}' is a variant: a rollout names the model "
+                                 "clients ask for.", param="model")
         if spec.candidate not in self._base:
-            raise InvalidRequest(f"The catalog has no variant '{spec.candidate}': add it "
-                                 "(and its deployment to the profile) first.", param="to")
+            raise ModelNotFound(f"The catalog has no variant '{spec.candidate}': add it "
+                                "(and its deployment to the profile) first.", param="to")
         if spec.candidate not in self._deployed:
-            raise InvalidRequest(f"'{spec.candidate}' is in the catalog but not deployed "
-                                 "on this platform.", param="to")
+            raise ModelNotFound(f"'{spec.candidate}' is in the catalog but not deployed "
+                                "on this platform.", param="to")
+        store = self._needs_store()  # (a client's mistake is said first, even without it)
         await self.refresh()
         baseline = self._serving.get(spec.model, spec.model)
         if baseline == spec.candidate:
-            raise InvalidRequest(f"'{spec.candidate}' already serves '{spec.model}'.",
-                                 param="to")
+            raise Conflict(f"'{spec.candidate}' already serves '{spec.model}'.",
+                           code="already_serving")
         rollout_id = f"{spec.model}-{spec.to}-{uuid.uuid4().hex[:6]}"
         new = ops.begin(rollout_id, spec, baseline, self._clock())
         written = await store.put(new, None)
@@ -407,8 +409,8 @@ class Rollouts:
         return {"rollouts": [r.view() for r in rollouts.values()], "serving": serving}
 
     async def begin(self, spec: RolloutSpec) -> dict[str, Any]:
-        """Start a rollout (400 for a model or variant the platform lacks, 409 while one
-        runs)."""
+        """Start a rollout (404 for a model or variant the platform lacks, 400 for a variant
+        named as the model, 409 while one runs or when the candidate already serves)."""
         return await self._stored(self._begin(spec))
 
     async def act(self, model: str, action: str) -> dict[str, Any]:

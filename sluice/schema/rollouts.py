@@ -10,7 +10,7 @@ answers are compared and never returned.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -52,11 +52,13 @@ class RolloutSpec(Frozen):
     kind: Literal["canary", "ab", "shadow"] = Field(default="canary", description="canary: "
                                                     "steps and gates; ab: a fixed split; "
                                                     "shadow: sampled copies, never returned.")
-    steps: tuple[int, ...] = Field(default=(5, 10, 25, 50, 100), description="canary: the "
-                                   "candidate's percent of the traffic at each step.")
+    steps: tuple[Annotated[int, Field(gt=0, le=100)], ...] = Field(
+        default=(5, 10, 25, 50, 100), min_length=2, description="canary: the candidate's "
+        "percent of the traffic at each step, rising strictly to 100.")
     step_s: float = Field(default=600.0, gt=0, description="canary: shortest step.")
     max_step_s: float = Field(default=7200.0, gt=0, description="canary: a step still "
-                              "undecided after this long rolls back (not enough evidence).")
+                              "undecided after this long rolls back (not enough evidence); "
+                              "at least `step_s`.")
     percent: float = Field(default=50.0, gt=0, le=100, description="ab: the candidate's "
                            "percent of the traffic; shadow: the percent of requests copied.")
     gates: GateSpec = Field(default_factory=GateSpec, description="canary: the gates.")

@@ -9,8 +9,11 @@ They keep the *valid* (positive) cases valid by the schema, and the invalid ones
   invalid case that sets no length gets the same short one (it may reach an engine too).
 - **what OpenAPI cannot state**: a prompt must fit the model's context and its token ids its
   vocabulary (the schema documents the 400 for each); `/v1/usage`'s `start` must be before
-  `end` and the window at most 92 days (the 400 is documented too). Valid cases get values
-  that satisfy these; a generated window the platform accepts is kept as drawn.
+  `end` and the window at most 92 days (the 400 is documented too); a canary rollout's
+  steps rise strictly to 100 and its `max_step_s` is at least its `step_s`. Valid cases get
+  values that satisfy these; a generated window or rollout the platform accepts is kept as
+  drawn. (No valid rollout can start on the fuzzed stack: its catalog has no variants, so
+  each is a 404.)
 """
 
 from __future__ import annotations
@@ -91,6 +94,22 @@ def _valid_window(query: dict[str, Any]) -> dict[str, Any]:
         return query
 
 
+def _valid_rollout(body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("kind", "canary") != "canary":
+        return body
+    body = dict(body)
+    if isinstance(body.get("steps"), list):
+        steps = sorted({int(s) for s in body["steps"] if _number(s)} - {100})
+        body["steps"] = [*(steps or [50]), 100]
+    if _number(body.get("step_s")) and _number(body.get("max_step_s")):
+        body["max_step_s"] = max(body["max_step_s"], body["step_s"])
+    elif _number(body.get("step_s")):
+        body["max_step_s"] = max(7200.0, body["step_s"])
+    elif _number(body.get("max_step_s")) and body["max_step_s"] < 600:
+        body["step_s"] = body["max_step_s"]
+    return body
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     path = case.operation.path
@@ -108,4 +127,6 @@ def map_case(context: Any, case: Any) -> Any:
         case.body = _cheap_inference(case.body)
     elif path == "/v1/usage" and case.query:
         case.query = _valid_window(dict(case.query))
+    elif path == "/v1/admin/rollouts" and isinstance(case.body, dict):
+        case.body = _valid_rollout(case.body)
     return case

@@ -31,7 +31,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 PORT, REDIS_PORT = 8795, 6404
 ADMIN, LIMITED, OTHER = "sk-mi-admin", "sk-mi-limited", "sk-mi-other"
+TOKENS = "sk-mi-tokens"
 RPM = 6  # the limited key's requests per minute, over both replicas together
+# the tokens key's tokens per minute: a request reserves its prompt and max_tokens, so a
+# burst of them fits a few (each ~20 prompt tokens + TPM_MAX_TOKENS) and refuses the rest
+TPM, TPM_MAX_TOKENS = 300, 48
 REFRESH_S = 2.0  # accounting.auth.key_refresh_s: the bound a key change takes effect within
 # small's engine replica holds MAX_ONGOING; each ingress replica queues MAX_QUEUED more: the
 # RPM burst's accepted requests fit, with room, even if all land on one ingress replica
@@ -54,11 +58,14 @@ def _profile(tmp: Path) -> Path:
                                    "max_queued_requests": MAX_QUEUED}}
     keys = [{"id": "mi-admin", "tenant": "ops", "sha256": key_hash(ADMIN), "admin": True},
             {"id": "mi-limited", "tenant": "t-mi", "sha256": key_hash(LIMITED)},
-            {"id": "mi-other", "tenant": "t-mi-other", "sha256": key_hash(OTHER)}]
+            {"id": "mi-other", "tenant": "t-mi-other", "sha256": key_hash(OTHER)},
+            {"id": "mi-tokens", "tenant": "t-mi-tokens", "sha256": key_hash(TOKENS)}]
     profile["accounting"] = {
         "auth": {"required": True, "keys": keys, "key_refresh_s": REFRESH_S},
         "rate_limits": {"limits": [{"scope": "key", "id": "mi-limited",
-                                    "requests_per_minute": RPM}],
+                                    "requests_per_minute": RPM},
+                                   {"scope": "key", "id": "mi-tokens",
+                                    "tokens_per_minute": TPM}],
                         "store_timeout_ms": 1000}}  # a loaded 2-core runner
     path = tmp / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
@@ -191,6 +198,32 @@ def test_a_burst_through_two_replicas_accepts_at_most_the_rpm(two_ingress: str) 
             assert r.headers["x-ratelimit-reset-requests"]
         else:
             assert r.headers["x-ratelimit-limit-requests"] == str(RPM)
+    assert _chat(url, OTHER).status_code == 200  # another key is unaffected
+
+
+def test_a_burst_through_two_replicas_uses_at_most_the_tpm(two_ingress: str) -> None:
+    """Tokens per minute through both replicas: each request reserves its prompt (estimated)
+    and max_tokens at admission, corrected to what it used when it ends, so what the
+    accepted requests used in the minute is at most the limit plus one request (an
+    estimate that fell short is charged when that request ends)."""
+    url = two_ingress
+    responses = _burst(url, TOKENS, 16, max_tokens=TPM_MAX_TOKENS)
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}, _unexpected(responses, {200, 429})
+    assert len(_replicas_of(responses)) == 2
+    used = [r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200]
+    assert used and statuses.count(429) >= 8, statuses  # ~5 reservations fit in TPM
+    assert sum(used) <= TPM + max(used), (used, TPM)
+    for r in responses:
+        assert r.headers["x-ratelimit-limit-tokens"] == str(TPM), dict(r.headers)
+        if r.status_code == 429:
+            body = r.json()["error"]
+            assert body["code"] == "rate_limit_exceeded" and body["type"] == "tokens", body
+            assert int(r.headers["retry-after"]) >= 1
+            # (what was left is less than this request's reservation: max_tokens and a
+            # prompt guessed at a quarter of the body's ~80 bytes)
+            assert int(r.headers["x-ratelimit-remaining-tokens"]) < TPM_MAX_TOKENS + 32
+            assert r.headers["x-ratelimit-reset-tokens"]
     assert _chat(url, OTHER).status_code == 200  # another key is unaffected
 
 

@@ -27,6 +27,7 @@ from typing import Self
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests import own_stack
 from loadtests.rollout_stack import FAILING, SLOW, write_profile
@@ -251,6 +252,11 @@ def _rolled_back_by(variant: str, gate: str) -> None:
                 for i in range(10)} == {"v1"}
     events = httpx.get(f"{URL}/metrics", timeout=30).text
     assert 'sluice_rollout_events_total{event="rolled_back",model="small"}' in events
+    # the dashboard's share panel: back to 0 for the candidate that lost
+    shares = {s.labels["variant"]: s.value for f in text_string_to_metric_families(events)
+              if f.name == "sluice_rollout_share" for s in f.samples
+              if s.labels.get("model") == "small"}
+    assert shares.get(f"small@{variant}") == 0.0, shares
 
 
 def test_a_candidate_that_fails_requests_is_rolled_back_for_its_error_rate(serve) -> None:

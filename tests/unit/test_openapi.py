@@ -150,6 +150,33 @@ def test_bodies_valid_by_the_document_parse_and_invalid_ones_are_400s(doc) -> No
     assert not completion.is_valid({"model": "large", "prompt": [[True]]})
 
 
+def test_a_rollouts_body_is_documented_and_what_it_lets_through_is_judged_by_the_platform(
+        doc, client) -> None:
+    """The document states RolloutSpec, its models are the catalog's (not its variants), and
+    a body valid by it is refused only for what the platform lacks (404), never as a 400."""
+    spec = doc["paths"]["/v1/admin/rollouts"]["post"]
+    assert spec["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RolloutSpec"}
+    assert {"400", "404", "409", "413"} <= set(spec["responses"])
+    rollout = _validator(doc, "RolloutSpec")
+    assert (doc["components"]["schemas"]["RolloutSpec"]["properties"]["model"]["enum"]
+            == [m.name for m in CONFIG.catalog.models if "@" not in m.name])
+    good = {"model": "small", "to": "v2", "steps": [10, 100], "step_s": 60,
+            "gates": {"min_requests": 50, "min_agreement": 0.8}}
+    assert rollout.is_valid(good)
+    for bad in ({**good, "model": "small@v2"}, {**good, "steps": [0, 100]},
+                {**good, "steps": [100]}, {**good, "kind": "blue-green"},
+                {**good, "gates": {"confidence": 1}}, {**good, "extra": 1}):
+        assert not rollout.is_valid(bad), bad
+    # (this app has no Redis: a body judged good would be a 503)
+    answer = client.post("/v1/admin/rollouts", json={**good, "to": "v9"})
+    assert answer.status_code == 404 and "no variant 'small@v9'" in answer.text, answer.text
+    answer = client.post("/v1/admin/rollouts", json={**good, "steps": [50, 10, 100]})
+    assert answer.status_code == 400 and "steps rise strictly" in answer.text, answer.text
+    answer = client.post("/v1/admin/rollouts", content=b"{" + b" " * 20_000 + b"}")
+    assert answer.status_code == 413, answer.text
+
+
 @pytest.mark.parametrize("value", [
     "", "a", "team-search,feature:x=1", "a, b ,c", ",a,,b,", "a,b,c,d,e,f,g,h",
     "a,b,c,d,e,f,g,h,i", "a b", "a;b", "a\u00a0", "x" * 64, "x" * 65, "\t a"])

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from sluice.cache_tier.redis_target import async_client
-from sluice.errors import Conflict, InternalError, InvalidRequest, NotFound, Unavailable
+from sluice.errors import (Conflict, InternalError, InvalidRequest, ModelNotFound, NotFound,
+                           Unavailable)
 from sluice.observability.outcome import Outcome
 from sluice.rollouts import state as ops
 from sluice.rollouts.canary import Window
@@ -168,9 +169,11 @@ def test_the_admin_operations_and_their_refusals(redis_url) -> None:
     async def run() -> None:
         clock = Clock()
         rollouts = controller(redis_url, clock)
-        with pytest.raises(InvalidRequest, match="no variant 'small@v9'"):
+        with pytest.raises(ModelNotFound, match="no variant 'small@v9'"):
             await rollouts.begin(canary_spec(to="v9"))
-        with pytest.raises(InvalidRequest, match="not a model of the catalog"):
+        with pytest.raises(ModelNotFound, match="no model 'medium'"):
+            await rollouts.begin(RolloutSpec(model="medium", to="v2"))
+        with pytest.raises(InvalidRequest, match="'small@v2' is a variant"):
             await rollouts.begin(RolloutSpec(model="small@v2", to="v3"))
         with pytest.raises(NotFound):
             await rollouts.status("small")
