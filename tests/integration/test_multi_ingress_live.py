@@ -212,6 +212,8 @@ def test_a_burst_through_two_replicas_uses_at_most_the_tpm(two_ingress: str) -> 
     assert set(statuses) <= {200, 429}, _unexpected(responses, {200, 429})
     assert len(_replicas_of(responses)) == 2
     used = [r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200]
+    print(f"{len(used)} of 16 accepted through both replicas, using {sum(used)} tokens "
+          f"({used}) of the {TPM} TPM")
     assert used and statuses.count(429) >= 8, statuses  # ~5 reservations fit in TPM
     assert sum(used) <= TPM + max(used), (used, TPM)
     for r in responses:
