@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection bench-rollouts chaos soak loadtest plan models redis-server clean help
+.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection bench-rollouts bench-engine-options chaos soak loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -32,6 +32,7 @@ help:
 	@echo "make bench-providers   - a hosted model through Sluice vs the provider directly; failover when it dies or stalls"
 	@echo "make bench-selection - what a selection route's choice costs per request"
 	@echo "make bench-rollouts  - the variant decision's cost; a canary's breach-to-rollback and promotion times"
+	@echo "make bench-engine-options - speculative decoding and chunked prefill, each against the same engine without it"
 	@echo "make chaos          - faults under load (engine, ingress, Redis): the chaos table"
 	@echo "make soak           - 30 min at 70% of measured capacity: errors, latency drift, memory"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
@@ -154,6 +155,9 @@ bench-selection: setup
 
 bench-rollouts: setup
 	$(BIN)/python -m loadtests.rollout_bench --rate 12 --out bench-results/rollouts
+
+bench-engine-options: setup
+	$(BIN)/python -m loadtests.engine_options_bench --out bench-results/engine-options
 
 # one scenario at a time against a stack of its own (ports 8840, 6425, 6426), 4 req/s for
 # 40 s each; e.g. CHAOS_ARGS="--scenarios redis-pause --outage 30 --duration 60"

@@ -172,12 +172,14 @@ def main() -> int:
                   f"{report['variants'][name]['refused_404_p50_ms']:.0f} ms, p99 "
                   f"{report['variants'][name]['refused_404_p99_ms']:.0f} ms", flush=True)
             if args.rate and variant["max_queued_requests"] >= 0:
-                report["variants"][name]["sustained"] = _sustained_report(args)
+                report["variants"][name]["sustained"], sustained = _sustained_report(args)
+                raw[f"{name}, {args.rate:g}/s"] = sustained
                 print(f"[admission] {name}: {args.rate:g}/s for {args.duration:g} s: "
                       f"{report['variants'][name]['sustained']}", flush=True)
         finally:
             print(f"[admission] {name}: stopping", flush=True)
             _stop(proc)
+    report["raw"] = raw  # (status, seconds, code) per request: the plot's data
     (out / "results.json").write_text(json.dumps(report, indent=2))
     _plot(raw, out / "admission.png", args.burst)
     print(json.dumps({k: v["all"] for k, v in report["variants"].items()}, indent=2))
@@ -185,15 +187,17 @@ def main() -> int:
     return 0
 
 
-def _sustained_report(args: argparse.Namespace) -> dict[str, Any]:
+def _sustained_report(args: argparse.Namespace
+                      ) -> tuple[dict[str, Any], list[tuple[int, float, str]]]:
     print(f"[admission] {args.rate:g} requests/s for {args.duration:g} s (open loop)",
           flush=True)
     results = asyncio.run(_sustained(args.rate, args.duration, args.max_tokens))
     floor = [s for status, s, _ in asyncio.run(_sustained(
         args.rate, args.duration, args.max_tokens, model="no-such-model")) if status == 404]
-    return {"rate_per_s": args.rate, "duration_s": args.duration, **_summary(results),
-            "refused_404_p50_ms": (_pct(floor, 0.5) or 0) * 1000,
-            "refused_404_p99_ms": (_pct(floor, 0.99) or 0) * 1000}
+    return ({"rate_per_s": args.rate, "duration_s": args.duration, **_summary(results),
+             "refused_404_p50_ms": (_pct(floor, 0.5) or 0) * 1000,
+             "refused_404_p99_ms": (_pct(floor, 0.99) or 0) * 1000},
+            results + [(404, s, "floor") for s in floor])
 
 
 def _plot(raw: dict[str, list[tuple[int, float, str]]], path: Path, burst: int) -> None:
@@ -202,18 +206,25 @@ def _plot(raw: dict[str, list[tuple[int, float, str]]], path: Path, burst: int) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, results in raw.items():
-        for status, style in ((200, "-"), (503, "--")):
-            xs = sorted(s for st, s, _ in results if st == status)
-            if xs:
-                ax.plot(xs, [(i + 1) / len(results) for i in range(len(xs))], style,
-                        label=f"{name}: {status} ({len(xs)})")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (s, log)")
-    ax.set_ylabel("share of requests")
-    ax.set_title(f"{burst} concurrent requests to one small engine")
-    ax.legend()
+    sustained = {k: v for k, v in raw.items() if "/s" in k}
+    fig, axes = plt.subplots(1, 1 + bool(sustained), figsize=(7 + 6 * bool(sustained), 4),
+                             squeeze=False)
+    panels = [(axes[0][0], {k: v for k, v in raw.items() if k not in sustained},
+               f"a burst of {burst} requests at once")]
+    if sustained:
+        panels.append((axes[0][1], sustained, "open-loop arrivals, engine saturated"))
+    for ax, runs, title in panels:
+        for name, results in runs.items():
+            for status, style in ((200, "-"), (503, "--"), (404, ":")):
+                xs = sorted(s for st, s, _ in results if st == status)
+                if xs:  # each status's own CDF
+                    ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], style,
+                            label=f"{name}: {status} ({len(xs)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (s, log)")
+        ax.set_ylabel("share of its requests")
+        ax.set_title(f"{title}: one small engine")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

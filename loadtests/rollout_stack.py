@@ -1,7 +1,8 @@
 """The stack rollouts are tried on (`tests/integration/test_rollouts_live.py`,
 `loadtests.rollout_bench`): `small` and three variants of it, one healthy (`small@v2`, the
 same weights), one whose replica fails half its requests (`small@v3`) and one that answers
-1.5 s late (`small@v4`), as the profile's injected faults; a `large` on the small weights
+1.5 s late (`small@v4`), as the profile's injected faults, and one that speculates by
+prompt lookup (`small@ngram`, the same weights; asked for by name); a `large` on the small weights
 (the catalog needs a large tier). No response or semantic cache: every request reaches a
 variant; no prefix cache: the same greedy request gets the same answer."""
 
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FAILING, SLOW = "v3", "v4"
+FAILING, SLOW, SPECULATIVE = "v3", "v4", "ngram"
 ERROR_FRACTION, DELAY_S = 0.5, 1.5
 
 
@@ -27,6 +28,7 @@ def write_profile(tmp: Path, rollouts: dict[str, Any]) -> Path:
         {"name": "small@v2", **small, "description": "the same weights: a healthy version"},
         {"name": f"small@{FAILING}", **small, "description": "fails half its requests"},
         {"name": f"small@{SLOW}", **small, "description": "answers 1.5 s late"},
+        {"name": f"small@{SPECULATIVE}", **small, "description": "speculative decoding"},
         {"name": "large", **small, "tier": "large"}]}
     (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
@@ -36,7 +38,9 @@ def write_profile(tmp: Path, rollouts: dict[str, Any]) -> Path:
     profile["models"] = {
         "small": one, "small@v2": one, "large": one,
         f"small@{FAILING}": {**one, "faults": {"error_fraction": ERROR_FRACTION}},
-        f"small@{SLOW}": {**one, "faults": {"delay_s": DELAY_S}}}
+        f"small@{SLOW}": {**one, "faults": {"delay_s": DELAY_S}},
+        f"small@{SPECULATIVE}": {**one, "speculative": {"method": "ngram",
+                                                        "num_speculative_tokens": 3}}}
     profile["semantic_cache"] = {"enabled": False}
     profile["response_cache"] = {"enabled": False}
     profile["rollouts"] = rollouts
@@ -45,7 +49,7 @@ def write_profile(tmp: Path, rollouts: dict[str, Any]) -> Path:
     # another numerical path, and the demo models' random weights have near-ties that it
     # can flip, so a greedy answer would not always equal the same request's earlier one
     profile["engine_kwargs"]["enable_prefix_caching"] = False
-    # five engines in `sluice serve`'s 4 logical CPUs (the CPUs are not what limits them)
+    # six engines in `sluice serve`'s 4 logical CPUs (the CPUs are not what limits them)
     profile["placement_bundles"] = [{"CPU": 0.5}]
     path = tmp / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))

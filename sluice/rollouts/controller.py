@@ -27,8 +27,14 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from sluice.cache_tier.store_errors import STORE_ERRORS
-from sluice.errors import (Conflict, InvalidRequest, ModelNotFound, NotFound, SluiceError,
-                           Unavailable)
+from sluice.errors import (
+    Conflict,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    SluiceError,
+    Unavailable,
+)
 from sluice.observability.outcome import Outcome
 from sluice.rollouts import state as ops
 from sluice.rollouts.assignment import choose

@@ -21,7 +21,14 @@ from sluice.schema.observability import TracingConfig
 from sluice.schema.redis_url import validate_url
 from sluice.schema.rollouts import RolloutSettings
 from sluice.schema.routing import RoutingConfig
-from sluice.schema.serving import SLO, AutoscalingSettings, EngineFaults, ReplicaRoutingConfig
+from sluice.schema.serving import (
+    SLO,
+    AutoscalingSettings,
+    ChunkedPrefill,
+    EngineFaults,
+    ReplicaRoutingConfig,
+    Speculation,
+)
 
 # a model, or a variant of one: `large@v2` (a version of `large`, deployed beside it and
 # given its traffic by a rollout, `sluice.rollouts`)
@@ -201,6 +208,12 @@ class ModelDeployment(Frozen):
         default=None, description="Injected faults (as Envoy's fault filter injects them): "
         "this model's replicas fail a fraction of requests or delay them. For rehearsing a "
         "rollout's rollback, chaos drills and tests; never set in production profiles.")
+    speculative: Speculation | None = Field(
+        default=None, description="Speculative decoding for this model (README: when it "
+        "helps and when it does not).")
+    chunked_prefill: ChunkedPrefill | None = Field(
+        default=None, description="Chunked prefill and its per-step token budget (unset: "
+        "vLLM's default for the platform).")
 
     @model_validator(mode="after")
     def _bounds(self) -> ModelDeployment:
@@ -430,6 +443,12 @@ class PlatformConfig(Frozen):
         stray = set(self.profile.context.models) - served
         if stray:
             raise ValueError(f"context.models: unknown model(s) {sorted(stray)}")
+        for name, deployment in self.profile.models.items():
+            spec = deployment.speculative
+            if spec is not None and spec.draft_model is not None and (
+                    spec.draft_model not in local or spec.draft_model == name):
+                raise ValueError(f"models.{name}.speculative.draft_model: "
+                                 f"'{spec.draft_model}' is not another local catalog model")
         return self
 
     def model_source(self, model: CatalogModel) -> str:

@@ -7,9 +7,9 @@ sluice.router.replica_affinity, sluice.capacity.analysis) are pure logic elsewhe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sluice.schema.base import Frozen
 
@@ -73,3 +73,54 @@ class EngineFaults(Frozen):
                                   "answered with a 503 before any output, at random.")
     delay_s: float = Field(default=0.0, ge=0, le=60, description="Added before each "
                            "request's first output.")
+
+
+class Speculation(Frozen):
+    """Speculative decoding (vLLM's `speculative_config`): a cheap proposer drafts tokens the
+    model verifies in one step. `ngram` (prompt lookup) needs no extra model and helps where
+    answers copy the prompt (extraction, editing, code); `draft` runs a small model of the
+    same tokenizer as the proposer."""
+
+    method: Literal["ngram", "draft"] = Field(description="ngram: prompt lookup; draft: a "
+                                              "draft model (`draft_model`).")
+    num_speculative_tokens: int = Field(default=3, ge=1, le=16, description="Tokens proposed "
+                                        "per step.")
+    prompt_lookup_min: int = Field(default=2, ge=1, le=16, description="ngram: shortest "
+                                   "n-gram matched in the prompt.")
+    prompt_lookup_max: int = Field(default=4, ge=1, le=16, description="ngram: longest.")
+    draft_model: str | None = Field(default=None, description="draft: the catalog model that "
+                                    "proposes (it must share the model's tokenizer).")
+
+    @model_validator(mode="after")
+    def _fits(self) -> Speculation:
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError("prompt_lookup_min must not exceed prompt_lookup_max")
+        if (self.method == "draft") != (self.draft_model is not None):
+            raise ValueError("draft_model is set exactly when method is draft")
+        return self
+
+    def engine_config(self, draft_source: str | None) -> dict[str, Any]:
+        """vLLM's `speculative_config` (draft_source: the draft model's resolved path)."""
+        if self.method == "ngram":
+            return {"method": "ngram", "num_speculative_tokens": self.num_speculative_tokens,
+                    "prompt_lookup_min": self.prompt_lookup_min,
+                    "prompt_lookup_max": self.prompt_lookup_max}
+        return {"method": "draft_model", "model": draft_source,
+                "num_speculative_tokens": self.num_speculative_tokens}
+
+
+class ChunkedPrefill(Frozen):
+    """Chunked prefill (Sarathi-Serve): a long prompt's prefill is split into chunks of at
+    most `max_num_batched_tokens` tokens per engine step, batched with the running decodes,
+    so a long prompt no longer stalls everyone's next token (at some cost to its own TTFT)."""
+
+    enabled: bool = Field(default=True, description="vLLM's `enable_chunked_prefill`.")
+    max_num_batched_tokens: int | None = Field(
+        default=None, ge=16, description="The token budget of one engine step (vLLM's "
+        "`max_num_batched_tokens`); smaller: smoother decodes, slower long prefills.")
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"enable_chunked_prefill": self.enabled}
+        if self.max_num_batched_tokens is not None:
+            out["max_num_batched_tokens"] = self.max_num_batched_tokens
+        return out

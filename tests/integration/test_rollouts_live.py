@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests import own_stack
-from loadtests.rollout_stack import FAILING, SLOW, write_profile
+from loadtests.rollout_stack import FAILING, SLOW, SPECULATIVE, write_profile
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,6 +235,33 @@ def test_an_ab_split_holds_its_share_sticks_and_survives_an_ingress_restart(serv
     assert after == {u: first[u] for u in users[:40]}
     assert status()["share_percent"] == 30
     assert cli("abort", "small")["status"] == "aborted"
+
+
+def test_a_variant_with_speculative_decoding_serves_the_models_own_answers(serve) -> None:
+    """`small@ngram` (vLLM's n-gram speculation, 3 tokens) on small's weights: greedy, with
+    no prefix cache, it must answer what small answers, token for token, streamed or not
+    (speculation proposes; the model's own verification decides every token)."""
+    model = f"small@{SPECULATIVE}"
+    with httpx.Client(timeout=60) as client:
+        for i in range(3):
+            plain = chat(client, f"spec-{i}", stream=False)
+            fast = chat(client, f"spec-{i}", model=model, stream=False)
+            streamed = chat(client, f"spec-{i}", model=model)
+            assert fast.status_code == 200 and streamed.status_code == 200, fast.text
+            assert fast.headers["x-sluice-model"] == model
+            assert fast.json()["usage"]["completion_tokens"] == 8
+            text = fast.json()["choices"][0]["message"]["content"]
+            assert text == plain.json()["choices"][0]["message"]["content"], (i, text)
+            deltas = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                      if line.startswith("data: {")]
+            assert "".join(c["delta"].get("content") or "" for d in deltas
+                           for c in d["choices"]) == text
+        # what vLLM cannot do while speculating is the client's 400, said, not a 500
+        refused = client.post(f"{URL}/v1/chat/completions", json={
+            "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "min_p": 0.1})
+        assert refused.status_code == 400, refused.text
+        assert "speculative" in refused.json()["error"]["message"], refused.text
 
 
 def _rolled_back_by(variant: str, gate: str) -> None:
