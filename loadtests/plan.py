@@ -3,8 +3,11 @@ replicas a target load needs, and what a million output tokens cost.
 
 Drives a stepped ramp of concurrent streaming users (Locust, as a library; no think time, so
 users = requests in flight) against a running Sluice whose model has one replica, measures
-each step (throughput, tokens/s, TTFT and TPOT percentiles, errors), and takes the highest
-step before the first SLO miss (SLOs from the model catalog) as the sustainable load.
+each step (throughput, tokens/s, TTFT and TPOT percentiles, errors, goodput), and takes the
+highest step before the first SLO miss (SLOs from the model catalog) as the sustainable load.
+Beside it, the goodput capacity: the highest step at which `--goodput-share` of requests met
+every SLO jointly (errors count as misses), with the attainment's Wilson interval and the cost
+per million *good* output tokens; and the knee of the throughput curve as a second reading.
 With --validate-url (a Sluice running N replicas of the model) it then offers N times the
 sustainable concurrency there and compares the measured throughput with N times the
 prediction.
@@ -32,6 +35,7 @@ from loadtests.streaming import StreamResult
 from sluice.capacity.analysis import (
     StepStats,
     cost_per_million_tokens,
+    goodput_capacity,
     knee,
     replicas_needed,
     step_stats,
@@ -78,13 +82,15 @@ def run_steps(url: str, model: str, levels: list[int], step_s: float, settle_s: 
     try:
         for users in levels:
             started = time.monotonic()
-            stats = step_stats(users, step_s, load.step(users, step_s, settle_s))
+            stats = step_stats(users, step_s, load.step(users, step_s, settle_s), slo)
             steps.append(stats)
             missed = violations(stats, slo)
             print(f"[plan] {users:>3} users: {stats.throughput_rps:6.2f} req/s, "
                   f"{stats.tokens_per_s:7.1f} tok/s, TTFT p95 {stats.ttft_p95_s * 1000:7.1f} "
                   f"ms, TPOT p95 {stats.tpot_p95_s * 1000:6.1f} ms, errors "
-                  f"{stats.error_rate:.1%} ({time.monotonic() - started:.0f} s)"
+                  f"{stats.error_rate:.1%}, goodput {stats.goodput_rps:6.2f} req/s "
+                  f"({stats.attainment:.1%} met every SLO) "
+                  f"({time.monotonic() - started:.0f} s)"
                   + (f"  SLO missed: {'; '.join(missed)}" if missed else ""), flush=True)
             if missed and stop_after_miss:
                 break
@@ -100,7 +106,7 @@ def plot(steps: list[StepStats], slo: SLO, model: str, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     x = [s.throughput_rps for s in steps]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     a.plot(x, [s.ttft_p50_s * 1000 for s in steps], "o-", label="TTFT p50")
     a.plot(x, [s.ttft_p95_s * 1000 for s in steps], "o-", label="TTFT p95")
     a.axhline(slo.ttft_p95_s * 1000, color="red", ls="--", lw=1, label="SLO (p95)")
@@ -113,6 +119,12 @@ def plot(steps: list[StepStats], slo: SLO, model: str, out: Path) -> None:
         ax.legend(fontsize=8)
         for s, xv in zip(steps, x):
             ax.annotate(str(s.users), (xv, ax.get_ylim()[0]), fontsize=7, color="grey")
+    users = [s.users for s in steps]
+    c.plot(users, x, "o-", label="throughput")
+    c.plot(users, [s.goodput_rps for s in steps], "o-", label="goodput (met every SLO)")
+    c.set_xlabel("concurrent users")
+    c.set_ylabel("requests/s of one replica")
+    c.legend(fontsize=8)
     fig.suptitle(f"Capacity of one '{model}' replica (numbers: concurrent users)")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -147,6 +159,9 @@ def main() -> None:
     parser.add_argument("--gpu-hourly-usd", type=float, default=2.0)
     parser.add_argument("--target-rps", type=float, default=50.0)
     parser.add_argument("--headroom", type=float, default=0.2)
+    parser.add_argument("--goodput-share", type=float, default=0.99,
+                        help="Share of requests that must meet every SLO jointly (goodput "
+                        "capacity).")
     parser.add_argument("--validate-url", default=None)
     parser.add_argument("--validate-replicas", type=int, default=2)
     parser.add_argument("--from-plan", type=Path, default=None,
@@ -163,12 +178,25 @@ def main() -> None:
     print(f"[plan] {args.model} at {args.url}: steps {levels} x {args.step_s:.0f} s; SLO {slo}",
           flush=True)
     if args.from_plan:
-        steps = [StepStats(**{k: v for k, v in row.items() if k != "error_rate"})
+        steps = [StepStats.from_dict(row)
                  for row in json.loads(args.from_plan.read_text())["steps"]]
     else:
         steps = run_steps(args.url, args.model, levels, args.step_s, args.settle_s, slo)
     best, bend = sustainable(steps, slo), knee(steps)
     summary: dict[str, Any] = {"slo": slo.model_dump()}
+    good = goodput_capacity(steps, args.goodput_share)
+    if good is None:
+        summary["goodput"] = (f"none: under {args.goodput_share:.0%} of the first step's "
+                              "requests met every SLO")
+    else:
+        low, high = good.attainment_interval()
+        summary.update({
+            "goodput_share": args.goodput_share, "goodput_users": good.users,
+            "goodput_rps_per_replica": round(good.goodput_rps, 3),
+            "goodput_attainment": round(good.attainment, 4),
+            "goodput_attainment_ci95": [round(low, 4), round(high, 4)],
+            "usd_per_1m_good_output_tokens": round(
+                cost_per_million_tokens(args.gpu_hourly_usd, good.good_tokens_per_s), 4)})
     if best is None:
         summary["sustainable"] = "none: the first step already misses the SLO"
     else:

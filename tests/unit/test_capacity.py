@@ -15,6 +15,7 @@ from loadtests.workloads import SHORT_CHAT, LogNormal, tenant_document
 from sluice.capacity.analysis import (
     StepStats,
     cost_per_million_tokens,
+    goodput_capacity,
     knee,
     replicas_needed,
     step_stats,
@@ -130,3 +131,40 @@ def test_lengths_are_distributions_within_bounds() -> None:
     assert min(draws) >= 4 and max(draws) <= 256 and len(set(draws)) > 30
     assert LogNormal(10, 0.0, 1, 100).draw(rng) == 10
     assert tenant_document(1) == tenant_document(1) != tenant_document(2)
+
+
+def test_goodput_counts_requests_that_met_every_slo_jointly() -> None:
+    slo = SLO(ttft_p95_s=0.5, tpot_p95_s=0.05)
+    samples = [S(True, 0.2, 0.2 + 9 * 0.01, 10),   # good
+               S(True, 0.6, 0.6 + 9 * 0.01, 10),   # TTFT missed
+               S(True, 0.2, 0.2 + 9 * 0.08, 10),   # TPOT missed
+               S(True, 0.3, 0.3, 1),               # one token: no TPOT to miss
+               S(False, None, 0.1, 0)]             # an error is a miss
+    stats = step_stats(2, 2.0, samples, slo)
+    assert (stats.good, stats.good_tokens) == (2, 11)
+    assert stats.attainment == pytest.approx(0.4) and stats.goodput_rps == pytest.approx(1.0)
+    low, high = stats.attainment_interval()
+    assert low < 0.4 < high and high - low > 0.5  # five requests say little
+    assert step_stats(2, 2.0, samples).good == 0  # no SLO given: nothing judged
+    again = StepStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert again == stats and StepStats.from_dict(
+        {k: v for k, v in stats.to_dict().items() if not k.startswith("good")}).good == 0
+
+
+def test_goodput_capacity_is_the_last_step_whose_attainment_holds() -> None:
+    def step(users: int, requests: int, good: int) -> StepStats:
+        return StepStats(users, 10, requests, 0, requests / 10, requests * 5, 0.1, 0.2, 0.3,
+                         0.01, 0.02, good=good, good_tokens=good * 50)
+
+    steps = [step(1, 40, 40), step(2, 80, 80), step(4, 150, 149), step(8, 200, 180),
+             step(16, 210, 205)]  # 16 recovers, but 8 already fell below: not counted
+    assert goodput_capacity(steps, 0.99).users == 4
+    assert goodput_capacity(steps, 0.9).users == 16
+    assert goodput_capacity(steps, 1.0).users == 2
+    assert goodput_capacity([step(1, 10, 5)], 0.99) is None
+    with pytest.raises(ValueError):
+        goodput_capacity(steps, 0)
+    # $ per 1M good tokens: the same hour, fewer tokens that count
+    best = goodput_capacity(steps, 0.9)
+    assert cost_per_million_tokens(2.0, best.good_tokens_per_s) > cost_per_million_tokens(
+        2.0, best.tokens_per_s)
