@@ -10,6 +10,7 @@ is reported with its Wilson interval, since a 20-second step holds only tens of 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -154,7 +155,7 @@ def knee(steps: Sequence[StepStats], min_gain: float = 0.1) -> StepStats | None:
     if not steps:
         return None
     found = steps[0]
-    for prev, step in zip(steps, steps[1:]):
+    for prev, step in itertools.pairwise(steps):
         if step.throughput_rps < prev.throughput_rps * (1 + min_gain):
             break
         found = step
