@@ -19,8 +19,12 @@ without chunking. The catalog's `large` (the same weights) only fills the large 
 
 The demo models have random weights: what their greedy output repeats is not what a real
 model's would, so a speculation figure here says what the option costs and whether it
-serves, not what it saves on a real model (BENCHMARKS.md gives the GPU command). Prints
-progress; writes results.json and a plot.
+serves, not what it saves on a real model. On a GPU machine, the same run with real weights:
+
+    python -m loadtests.engine_options_bench --profile platform/profiles/gpu-cluster.yaml \
+        --model-source <a local model directory or hub id> --out bench-results/engine-options-gpu
+
+Prints progress; writes results.json and a plot.
 """
 
 from __future__ import annotations
@@ -59,16 +63,16 @@ def log(message: str) -> None:
     print(f"[engine-options] {message}", flush=True)
 
 
-def write_profile(tmp: Path) -> Path:
-    small = {"source": str(ROOT / "models/demo/small"), "tier": "small",
-             "context_length": 2048, "demo": True,
+def write_profile(tmp: Path, base: Path, source: str) -> Path:
+    """`base` with a catalog of `small` (weights from `source`) and its variants."""
+    small = {"source": source, "tier": "small", "context_length": 2048, "demo": True,
              "pricing": {"mode": "tokens", "tokens": {"input_per_1m": 0.1,
                                                       "output_per_1m": 0.2}}}
     catalog = {"models": [{"name": "small", **small},
                           *({"name": f"small@{v}", **small} for v in VARIANTS),
                           {"name": "large", **small, "tier": "large"}]}
     (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
+    profile = yaml.safe_load(base.read_text())
     profile["catalog"] = str(tmp / "catalog.yaml")
     profile.pop("routing", None)
     one = {"min_replicas": 1, "max_replicas": 1, "max_queued_requests": -1}
@@ -79,7 +83,8 @@ def write_profile(tmp: Path) -> Path:
     profile["dashboard"] = {"enabled": False}
     profile["engine_kwargs"]["max_num_seqs"] = 16
     profile["engine_kwargs"]["enable_prefix_caching"] = False  # every prefill computed
-    profile["placement_bundles"] = [{"CPU": 0.5}]  # five engines in 4 logical CPUs
+    if profile.get("device", "cpu") == "cpu":
+        profile["placement_bundles"] = [{"CPU": 0.5}]  # five engines in 4 logical CPUs
     path = tmp / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
@@ -95,10 +100,10 @@ def copy_dataset(path: Path, n: int = 64) -> Path:
     return path
 
 
-def spec_argv(model: str, dataset: list[str], concurrency: int, prompts: int,
+def spec_argv(model: str, tokenizer: str, dataset: list[str], concurrency: int, prompts: int,
               result_dir: Path, name: str) -> list[str]:
     return ["--backend", "openai", "--base-url", URL, "--endpoint", "/v1/completions",
-            "--model", model, "--tokenizer", str(ROOT / "models/demo/small"), *dataset,
+            "--model", model, "--tokenizer", tokenizer, *dataset,
             "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
             "--ignore-eos", "--temperature", "0", "--seed", "0",
             "--num-warmups", str(max(2, concurrency)),
@@ -107,7 +112,7 @@ def spec_argv(model: str, dataset: list[str], concurrency: int, prompts: int,
             "--result-filename", f"{name}.json"]
 
 
-def speculation(out: Path, concurrencies: list[int]) -> list[dict[str, Any]]:
+def speculation(out: Path, concurrencies: list[int], tokenizer: str) -> list[dict[str, Any]]:
     datasets = {
         "copy": ["--dataset-name", "sharegpt", "--dataset-path",
                  str(copy_dataset(out / "copy.json")), "--sharegpt-output-len", "64"],
@@ -120,8 +125,8 @@ def speculation(out: Path, concurrencies: list[int]) -> list[dict[str, Any]]:
             order = SPEC_MODELS if i % 2 == 0 else tuple(reversed(SPEC_MODELS))
             for model in order:
                 name = f"{dataset}-c{concurrency}-{model.replace('@', '-')}"
-                data = run_cell(spec_argv(model, args, concurrency, prompts, out / "runs",
-                                          name), out / "runs" / f"{name}.json", 900)
+                data = run_cell(spec_argv(model, tokenizer, args, concurrency, prompts,
+                                          out / "runs", name), out / "runs" / f"{name}.json", 900)
                 row = {"part": "speculation", "dataset": dataset, "concurrency": concurrency,
                        "model": model, **{k: data.get(k) for k in (
                            "completed", "failed", "output_throughput", "median_tpot_ms",
@@ -192,12 +197,15 @@ def chunked(duration_s: float, rounds: int) -> tuple[list[dict[str, Any]], dict[
             gaps_by_model.setdefault(model, []).extend(gaps)
             row = {"part": "chunked_prefill", "model": model, "round": r + 1,
                    "gaps": len(gaps), "itl_p50_ms": _pct(gaps, 0.5) * 1000,
-                   "itl_p99_ms": _pct(gaps, 0.99) * 1000, "itl_max_ms": max(gaps) * 1000,
+                   "itl_p99_ms": _pct(gaps, 0.99) * 1000,
+                   "itl_p999_ms": _pct(gaps, 0.999) * 1000, "itl_max_ms": max(gaps) * 1000,
+                   "gaps_over_50ms": sum(g > 0.05 for g in gaps),
                    "long_prompts": len(ttfts), "long_ttft_p50_s": _pct(ttfts, 0.5),
                    "long_ttft_max_s": max(ttfts)}
             rows.append(row)
             log(f"{model} round {r + 1}: chat ITL p50 {row['itl_p50_ms']:.0f} ms, p99 "
-                f"{row['itl_p99_ms']:.0f} ms, max {row['itl_max_ms']:.0f} ms; "
+                f"{row['itl_p99_ms']:.0f} ms, p99.9 {row['itl_p999_ms']:.0f} ms, max "
+                f"{row['itl_max_ms']:.0f} ms, {row['gaps_over_50ms']} gaps over 50 ms; "
                 f"{len(ttfts)} long prompts, TTFT p50 {row['long_ttft_p50_s']:.2f} s")
     return rows, gaps_by_model
 
@@ -220,12 +228,13 @@ def plot(rows: list[dict[str, Any]], gaps: dict[str, list[float]], path: Path) -
     left.set_ylabel("output tokens/s")
     left.set_title("speculation (ngram) vs none: vllm bench serve")
     left.legend(fontsize=8)
-    for model, values in gaps.items():
+    for model, values in gaps.items():  # the tail: the share of gaps longer than x
         xs = sorted(v * 1000 for v in values)
-        right.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=model)
+        right.step(xs, [1 - i / len(xs) for i in range(len(xs))], where="post", label=model)
     right.set_xscale("log")
+    right.set_yscale("log")
     right.set_xlabel("chat users' inter-token gap (ms, log)")
-    right.set_ylabel("share of gaps")
+    right.set_ylabel("share of gaps longer (log)")
     right.set_title("while ~1,800-token prompts arrive every 3 s")
     right.legend(fontsize=8)
     fig.tight_layout()
@@ -239,15 +248,24 @@ def main() -> int:
                         help="seconds of the mixed workload per variant and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", choices=("speculation", "chunked"))
+    parser.add_argument("--profile", type=Path, default=ROOT / "platform/profiles/local-cpu.yaml",
+                        help="the profile the stack is derived from (a GPU one: the GPU run)")
+    parser.add_argument("--model-source", default=str(ROOT / "models/demo/small"),
+                        help="weights of small and its variants (a path or a hub id)")
     parser.add_argument("--out", default="bench-results/engine-options")
     args = parser.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="sluice-engine-options-"))
     log(f"starting sluice serve with {', '.join(['small', *SPEC_MODELS[1:], *CHUNK_MODELS])}")
-    proc = own_stack.serve(write_profile(tmp), tmp / "serve.log", PORT, REDIS_PORT, 900)
+    proc = own_stack.serve(write_profile(tmp, args.profile, args.model_source), tmp / "serve.log",
+                           PORT, REDIS_PORT, 900)
     rows: list[dict[str, Any]] = []
     gaps: dict[str, list[float]] = {}
+    earlier = out / "results.json"
+    if args.only and earlier.exists():  # keep the other part's rows of an earlier run
+        kept = "chunked_prefill" if args.only == "speculation" else "speculation"
+        rows += [r for r in json.loads(earlier.read_text())["rows"] if r["part"] == kept]
 
     def save() -> None:  # after each part: a later failure keeps what was measured
         report = {"command": " ".join(["python -m loadtests.engine_options_bench",
@@ -260,7 +278,8 @@ def main() -> int:
 
     try:
         if args.only != "chunked":
-            rows += speculation(out, [int(c) for c in args.concurrency.split(",")])
+            rows += speculation(out, [int(c) for c in args.concurrency.split(",")],
+                                args.model_source)
             save()
         if args.only != "speculation":
             chunk_rows, gaps = chunked(args.mixed_s, args.rounds)
