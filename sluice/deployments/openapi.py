@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from vllm import envs as vllm_envs
 
@@ -99,7 +100,7 @@ def document(app: FastAPI, facts: ApiFacts) -> dict[str, Any]:
     chat, completion = api_shapes.request_models(
         facts.max_tokens_by_model, facts.max_n, facts.max_tokens,
         vllm_envs.VLLM_MAX_STOP_STRINGS, facts.max_stop_chars)
-    shapes = [*api_shapes.SHAPES, chat, completion, RolloutSpec]
+    shapes: list[type[BaseModel]] = [*api_shapes.SHAPES, chat, completion, RolloutSpec]
     _, defs = models_json_schema([(m, "validation") for m in shapes], ref_template=REF)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
