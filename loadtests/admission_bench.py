@@ -68,21 +68,28 @@ def _serve(profile: Path, log: Path) -> subprocess.Popen[bytes]:
 _stop = own_stack.stop
 
 
+def _body(model: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "count"}],
+            "max_tokens": max_tokens, "ignore_eos": True}
+
+
+async def _timed(client: httpx.AsyncClient, body: dict[str, Any], user: str
+                 ) -> tuple[int, float, str]:
+    """One chat request: its status, seconds, and error code (if any)."""
+    started = time.perf_counter()
+    r = await client.post("/v1/chat/completions", json={**body, "user": user})
+    code = (r.json().get("error") or {}).get("code") or "" if r.status_code != 200 else ""
+    return r.status_code, time.perf_counter() - started, code
+
+
 async def _burst(n: int, max_tokens: int, model: str = "small"
                  ) -> list[tuple[int, float, str]]:
-    body = {"model": model, "messages": [{"role": "user", "content": "count"}],
-            "max_tokens": max_tokens, "ignore_eos": True}
+    body = _body(model, max_tokens)
     limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=600,
                                  limits=limits) as client:
-        async def one(i: int) -> tuple[int, float, str]:
-            started = time.perf_counter()
-            r = await client.post("/v1/chat/completions",
-                                  json={**body, "user": f"bench-{i}"})
-            code = (r.json().get("error") or {}).get("code") or "" if r.status_code != 200 else ""
-            return r.status_code, time.perf_counter() - started, code
-
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
+        return list(await asyncio.gather(*(_timed(client, body, f"bench-{i}")
+                                           for i in range(n))))
 
 
 async def _sustained(rate: float, duration_s: float, max_tokens: int, model: str = "small",
@@ -91,22 +98,14 @@ async def _sustained(rate: float, duration_s: float, max_tokens: int, model: str
     earlier ones were answered (a closed loop would slow down with the server and hide
     its latency)."""
     rng = random.Random(seed)
-    body = {"model": model, "messages": [{"role": "user", "content": "count"}],
-            "max_tokens": max_tokens, "ignore_eos": True}
+    body = _body(model, max_tokens)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=600,
                                  limits=limits) as client:
-        async def one(i: int) -> tuple[int, float, str]:
-            started = time.perf_counter()
-            r = await client.post("/v1/chat/completions",
-                                  json={**body, "user": f"rate-{i}"})
-            code = (r.json().get("error") or {}).get("code") or "" if r.status_code != 200 else ""
-            return r.status_code, time.perf_counter() - started, code
-
         tasks, at, start = [], 0.0, time.perf_counter()
         while at < duration_s:
             await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(len(tasks))))
+            tasks.append(asyncio.create_task(_timed(client, body, f"rate-{len(tasks)}")))
             at += rng.expovariate(rate)
         return list(await asyncio.gather(*tasks))
 

@@ -43,7 +43,7 @@ import httpx
 import yaml
 
 from loadtests import own_stack
-from loadtests.vllm_bench_compare import run_cell
+from loadtests.vllm_bench_compare import run_cell, serve_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT, REDIS_PORT = 8797, 6406
@@ -100,18 +100,6 @@ def copy_dataset(path: Path, n: int = 64) -> Path:
     return path
 
 
-def spec_argv(model: str, tokenizer: str, dataset: list[str], concurrency: int, prompts: int,
-              result_dir: Path, name: str) -> list[str]:
-    return ["--backend", "openai", "--base-url", URL, "--endpoint", "/v1/completions",
-            "--model", model, "--tokenizer", tokenizer, *dataset,
-            "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
-            "--ignore-eos", "--temperature", "0", "--seed", "0",
-            "--num-warmups", str(max(2, concurrency)),
-            "--header", "Cache-Control=no-store", "--percentile-metrics", "ttft,tpot,itl,e2el",
-            "--disable-tqdm", "--save-result", "--result-dir", str(result_dir),
-            "--result-filename", f"{name}.json"]
-
-
 def speculation(out: Path, concurrencies: list[int], tokenizer: str) -> list[dict[str, Any]]:
     datasets = {
         "copy": ["--dataset-name", "sharegpt", "--dataset-path",
@@ -125,8 +113,9 @@ def speculation(out: Path, concurrencies: list[int], tokenizer: str) -> list[dic
             order = SPEC_MODELS if i % 2 == 0 else tuple(reversed(SPEC_MODELS))
             for model in order:
                 name = f"{dataset}-c{concurrency}-{model.replace('@', '-')}"
-                data = run_cell(spec_argv(model, tokenizer, args, concurrency, prompts,
-                                          out / "runs", name), out / "runs" / f"{name}.json", 900)
+                argv = serve_argv(URL, model, tokenizer, args, concurrency, prompts,
+                                  max(2, concurrency), out / "runs", name)
+                data = run_cell(argv, out / "runs" / f"{name}.json", 900)
                 row = {"part": "speculation", "dataset": dataset, "concurrency": concurrency,
                        "model": model, **{k: data.get(k) for k in (
                            "completed", "failed", "output_throughput", "median_tpot_ms",

@@ -55,17 +55,26 @@ main(parser.parse_args(sys.argv[1:]))
 """
 
 
-def bench_argv(base_url: str, tokenizer: Path, dataset: str, concurrency: int, prompts: int,
-               result_dir: Path, name: str) -> list[str]:
-    """The `vllm bench serve` arguments of one cell (what BENCHMARKS.md quotes)."""
+def serve_argv(base_url: str, model: str, tokenizer: str, dataset: list[str],
+               concurrency: int, prompts: int, warmups: int, result_dir: Path,
+               name: str) -> list[str]:
+    """`vllm bench serve` arguments: greedy, `ignore_eos`, Sluice's response cache bypassed,
+    the result saved as `<result_dir>/<name>.json`."""
     return ["--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
-            "--model", "small", "--tokenizer", str(tokenizer), *DATASETS[dataset],
+            "--model", model, "--tokenizer", tokenizer, *dataset,
             "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
             "--ignore-eos", "--temperature", "0", "--seed", "0",
-            "--num-warmups", str(max(4, concurrency)),
+            "--num-warmups", str(warmups),
             "--header", "Cache-Control=no-store", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--disable-tqdm", "--save-result", "--result-dir", str(result_dir),
             "--result-filename", f"{name}.json"]
+
+
+def bench_argv(base_url: str, tokenizer: Path, dataset: str, concurrency: int, prompts: int,
+               result_dir: Path, name: str) -> list[str]:
+    """The `vllm bench serve` arguments of one cell (what BENCHMARKS.md quotes)."""
+    return serve_argv(base_url, "small", str(tokenizer), DATASETS[dataset], concurrency,
+                      prompts, max(4, concurrency), result_dir, name)
 
 
 @contextlib.contextmanager
