@@ -21,7 +21,8 @@ from sluice.deployments.engine_faults import faulted
 from sluice.deployments.engine_health import PROBE_PREFIX, HealthSettings, RequestWatch, probe
 from sluice.deployments.ray_compat import VLLMEngine
 from sluice.deployments.replica_router import ROUTER_CLASS
-from sluice.schema.platform import CatalogModel, PlatformConfig
+from sluice.schema.catalog import CatalogModel
+from sluice.schema.platform import PlatformConfig
 
 DEFAULT_MAX_ONGOING = 64  # per replica, when the engine's max_num_seqs is not set
 SLO_POLICY = "sluice.autoscaling.serve_policy:SLOPolicy"

@@ -29,7 +29,7 @@ from sluice.pipeline.request import ParsedRequest
 from sluice.rollouts.controller import Rollouts
 from sluice.router.reliability import agree
 from sluice.router.static import StaticRouter
-from sluice.schema.platform import CatalogModel
+from sluice.schema.catalog import CatalogModel
 
 BUDGET_DOWNGRADE = "budget-downgrade"
 

@@ -36,7 +36,7 @@ from sluice import sse
 from sluice.errors import InvalidRequest, SluiceError, Unavailable, from_engine_error
 from sluice.pipeline import anthropic_wire
 from sluice.pipeline.engines import EngineStream
-from sluice.schema.platform import ProviderEndpoint
+from sluice.schema.catalog import ProviderEndpoint
 
 log = logging.getLogger(__name__)
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}

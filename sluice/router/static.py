@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.errors import ModelNotFound
-from sluice.schema.platform import Catalog, CatalogModel
+from sluice.schema.catalog import Catalog, CatalogModel
 from sluice.schema.routing import RouteConfig, SelectionConfig
 
 AUTO = "auto"

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from sluice.schema.artifact_hash import check_artifact
-from sluice.schema.platform import Catalog, PlatformConfig, Profile
+from sluice.schema.catalog import Catalog
+from sluice.schema.platform import PlatformConfig, Profile
 from sluice.schema.routing import RoutingConfig
 
 

@@ -17,7 +17,7 @@ from sluice.errors import InvalidRequest, Unavailable
 from sluice.pipeline import anthropic_wire
 from sluice.pipeline.engines import EngineStream
 from sluice.pipeline.providers import ProviderEngine
-from sluice.schema.platform import ProviderEndpoint
+from sluice.schema.catalog import ProviderEndpoint
 
 ENDPOINT = ProviderEndpoint(api="anthropic", base_url="https://anthropic.test/v1",
                             model="claude-x", api_key_env="TEST_ANTHROPIC_KEY",

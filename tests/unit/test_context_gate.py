@@ -172,7 +172,7 @@ def _with_hosted(demo_dir: Path, hosted_usd_per_1m: float,
                  allowed: bool = True) -> ContextGate:
     """The demo catalog plus a hosted model (a provider's: no tokenizer here) with a long
     context, priced per token."""
-    from sluice.schema.platform import Catalog, CatalogModel
+    from sluice.schema.catalog import Catalog, CatalogModel
 
     hosted = CatalogModel.model_validate({
         "name": "hosted", "tier": "large", "context_length": 200_000,

@@ -19,7 +19,7 @@ from sluice.errors import InvalidRequest, Unavailable
 from sluice.pipeline.engines import Engines, EngineStream
 from sluice.pipeline.failover import Breaker
 from sluice.pipeline.providers import ProviderEngine
-from sluice.schema.platform import Catalog, CatalogModel, ProviderEndpoint
+from sluice.schema.catalog import Catalog, CatalogModel, ProviderEndpoint
 
 ENDPOINT = ProviderEndpoint(base_url="http://provider.test/v1", model="their-model",
                             api_key_env="TEST_PROVIDER_KEY", first_token_timeout_s=0.5,

@@ -4,8 +4,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from sluice.schema.catalog import Catalog
 from sluice.schema.loading import load_platform_config
-from sluice.schema.platform import Catalog, ModelDeployment, PlatformConfig, Profile
+from sluice.schema.platform import ModelDeployment, PlatformConfig, Profile
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = sorted((ROOT / "platform" / "profiles").glob("*.yaml"))
