@@ -132,8 +132,7 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
     if deployment.speculative is not None:
         draft = deployment.speculative.draft_model
         engine_kwargs["speculative_config"] = deployment.speculative.engine_config(
-            config.model_source(next(m for m in config.catalog.models if m.name == draft))
-            if draft else None)
+            config.model_source(config.catalog.get(draft)) if draft else None)
     env = dict(profile.engine_env)
     if profile.kv_tier.enabled and redis_url:
         engine_kwargs["kv_transfer_config"] = kv_transfer_config(profile.device)

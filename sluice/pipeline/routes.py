@@ -39,7 +39,7 @@ def _label_tokens(config: PlatformConfig, model: str) -> tuple[list[int], list[s
     """First token id and its decoded text for each label, in the judge model's vocabulary."""
     from transformers import AutoTokenizer
 
-    source = config.model_source(next(m for m in config.catalog.models if m.name == model))
+    source = config.model_source(config.catalog.get(model))
     tokenizer = AutoTokenizer.from_pretrained(source)
     ids = [tokenizer.encode(label, add_special_tokens=False)[0] for label in LABELS]
     if ids[0] == ids[1]:
@@ -55,8 +55,7 @@ def llm_grader(config: PlatformConfig, model: str, engines: EngineCaller) -> Gra
     control token in plain tokens: it is made plain text like a client's message.
     """
     ids, texts = _label_tokens(config, model)
-    control = control_tokens_of([config.model_source(
-        next(m for m in config.catalog.models if m.name == model))])
+    control = control_tokens_of([config.model_source(config.catalog.get(model))])
 
     async def grade(messages: list[dict[str, str]], spend: StageLog | None
                     ) -> tuple[float, float]:

@@ -148,6 +148,13 @@ class Catalog(Frozen):
         """The models Sluice runs itself (each has engines and a profile entry)."""
         return tuple(m for m in self.models if m.local)
 
+    def get(self, name: str) -> CatalogModel:
+        """The model named `name` (KeyError if the catalog has none)."""
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
     def by_tier(self, tier: str) -> CatalogModel:
         for m in self.models:
             if m.tier == tier and m.base == m.name:
