@@ -25,6 +25,7 @@ import schemathesis
 
 from sluice.accounting.usage_report import window
 from sluice.errors import InvalidRequest
+from sluice.schema.rollouts import RolloutSpec
 
 MAX_TOKENS = 4
 MAX_N = 2
@@ -101,12 +102,11 @@ def _valid_rollout(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(body.get("steps"), list):
         steps = sorted({int(s) for s in body["steps"] if _number(s)} - {100})
         body["steps"] = [*(steps or [50]), 100]
-    if _number(body.get("step_s")) and _number(body.get("max_step_s")):
-        body["max_step_s"] = max(body["max_step_s"], body["step_s"])
-    elif _number(body.get("step_s")):
-        body["max_step_s"] = max(7200.0, body["step_s"])
-    elif _number(body.get("max_step_s")) and body["max_step_s"] < 600:
-        body["step_s"] = body["max_step_s"]
+    fields = RolloutSpec.model_fields  # (an unset one is its default)
+    step_s = body.get("step_s", fields["step_s"].default)
+    max_step_s = body.get("max_step_s", fields["max_step_s"].default)
+    if _number(step_s) and _number(max_step_s) and max_step_s < step_s:
+        body["max_step_s"] = step_s
     return body
 
 
