@@ -168,3 +168,12 @@ def test_goodput_capacity_is_the_last_step_whose_attainment_holds() -> None:
     best = goodput_capacity(steps, 0.9)
     assert cost_per_million_tokens(2.0, best.good_tokens_per_s) > cost_per_million_tokens(
         2.0, best.tokens_per_s)
+
+
+def test_the_wilson_interval_is_exact_at_its_ends() -> None:
+    from sluice.router.reliability import wilson_interval
+
+    for n in (1, 3, 4, 7, 40, 391):  # 4 pairs, none agreeing, gave a low of 2.8e-17 > 0
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+        low, high = wilson_interval(n // 2, n)
+        assert 0.0 <= low <= (n // 2) / n <= high <= 1.0
