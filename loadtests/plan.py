@@ -23,6 +23,7 @@ import argparse
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,10 @@ class Load:
 
 
 def run_steps(url: str, model: str, levels: list[int], step_s: float, settle_s: float,
-              slo: SLO, stop_after_miss: bool = True) -> list[StepStats]:
+              slo: SLO, stop_after_miss: bool = True,
+              until: Callable[[list[StepStats]], bool] | None = None) -> list[StepStats]:
+    """One step per level, each measured after `settle_s`; stops after the first SLO miss
+    (`stop_after_miss`) or once `until(steps so far)` is true."""
     load = Load(url, model)
     steps: list[StepStats] = []
     try:
@@ -92,7 +96,7 @@ def run_steps(url: str, model: str, levels: list[int], step_s: float, settle_s: 
                   f"({stats.attainment:.1%} met every SLO) "
                   f"({time.monotonic() - started:.0f} s)"
                   + (f"  SLO missed: {'; '.join(missed)}" if missed else ""), flush=True)
-            if missed and stop_after_miss:
+            if (missed and stop_after_miss) or (until is not None and until(steps)):
                 break
     finally:
         load.stop()

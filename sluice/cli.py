@@ -286,13 +286,32 @@ def build_parser() -> argparse.ArgumentParser:
                                 "`mode: catalog` prices come from")
     prices.add_argument("--profile", default=str(DEFAULT_PROFILE))
     prices.set_defaults(func=_cmd_catalog_prices)
+    sub.add_parser("tune", add_help=False, help="Bayesian search of a model's engine "
+                   "settings for goodput under its SLOs (`sluice tune --help`)")
     from sluice.deployments.cluster_cli import add_commands
 
     add_commands(sub)
     return parser
 
 
+def _cmd_tune(argv: list[str]) -> int:
+    """`sluice tune ...`: loadtests/tune.py, which drives the capacity planner's load."""
+    if (REPO_ROOT / "loadtests").is_dir() and str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))  # the checkout this editable install came from
+    try:
+        from loadtests.tune import main as tune
+    except ImportError as exc:
+        print(f"sluice tune: {exc}. It runs the capacity planner in loadtests/: run it from "
+              "a checkout of Sluice with the `tune` extra installed (`make setup` does).",
+              file=sys.stderr)
+        return 2
+    return tune(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tune"]:  # every option is the tuner's own (`sluice tune --help`)
+        return _cmd_tune(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

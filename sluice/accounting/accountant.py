@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -36,6 +36,19 @@ log = logging.getLogger(__name__)
 KEY_STORE_TIMEOUT_S = 0.5  # a key-store read on the request path (every key_refresh_s)
 MAX_TAG_SERIES = 100  # distinct tags with their own metric series; the rest are "_other"
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Savings(Protocol):
+    """What a compressed prompt saved (sluice.pipeline.compress_stage.Compressed)."""
+
+    @property
+    def note(self) -> str: ...
+
+    @property
+    def saved_tokens(self) -> int: ...
+
+    @property
+    def saved_usd(self) -> float: ...
 
 
 @dataclass
@@ -110,8 +123,8 @@ class Accountant:
 
     def settle(self, admission: Admission, request_id: str, model: str, status: int,
                outcome: Outcome | None, cost_usd: float, route: str = "error",
-               stages: Sequence[StageSpend] = (), hold_id: str = "", context: str = ""
-               ) -> LedgerRecord:
+               stages: Sequence[StageSpend] = (), hold_id: str = "", context: str = "",
+               compression: Savings | None = None) -> LedgerRecord:
         """Record the request (its outcome, or only its status when it failed); `stages`:
         the engine work it paid for besides its answer (a cascade's draft, judge)."""
         tokens = Tokens.of(outcome.usage if outcome is not None else None)
@@ -127,7 +140,9 @@ class Accountant:
             completion_tokens=tokens.completion,
             latency_s=round(self._clock() - admission.arrived, 6),
             ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9),
-            estimated=bool(outcome and outcome.estimated), hold_id=hold_id, context=context)
+            estimated=bool(outcome and outcome.estimated), hold_id=hold_id, context=context,
+            **({"compression": compression.note, "saved_tokens": compression.saved_tokens,
+                "saved_usd": round(compression.saved_usd, 9)} if compression else {}))
         self.guard.spent(record)
         if self.ledger is not None:
             self.ledger.record(record)

@@ -113,6 +113,12 @@ class LedgerRecord(BaseModel):
                             "the answer ended before its usage (client gone, engine failed).")
     context: str = Field(default="", description="What an overflow of its model's context "
                          "became (x-sluice-context): routed, trimmed N messages, ...")
+    compression: str = Field(default="", description="Its prompt compressed "
+                             "(x-sluice-compression): `1800->700 tokens`.")
+    saved_tokens: int = Field(default=0, ge=0, description="Prompt tokens compression "
+                              "removed.")
+    saved_usd: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Their "
+                             "price at the model's input price.")
     hold_id: str = Field(default="", description="The budget hold its worst case was "
                          "held under; writing this record releases it.")
 

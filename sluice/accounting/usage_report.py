@@ -68,7 +68,8 @@ def _groups(record: LedgerRecord, by: str) -> Iterable[str]:
 
 def _empty() -> dict[str, Any]:
     return {"requests": 0, "errors": 0, "cache_hits": 0, "prompt_tokens": 0,
-            "cached_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+            "cached_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+            "compressed_requests": 0, "saved_tokens": 0, "saved_usd": 0.0}
 
 
 def _add(row: dict[str, Any], r: LedgerRecord) -> None:
@@ -79,6 +80,9 @@ def _add(row: dict[str, Any], r: LedgerRecord) -> None:
     row["cached_tokens"] += r.cached_tokens
     row["completion_tokens"] += r.completion_tokens
     row["cost_usd"] += r.cost_usd
+    row["compressed_requests"] += bool(r.compression)
+    row["saved_tokens"] += r.saved_tokens
+    row["saved_usd"] += r.saved_usd
 
 
 def aggregate(records: Iterable[LedgerRecord], by: str) -> dict[str, Any]:
@@ -88,6 +92,10 @@ def aggregate(records: Iterable[LedgerRecord], by: str) -> dict[str, Any]:
         _add(total, r)
         for group in _groups(r, by):
             _add(rows.setdefault(group, _empty()), r)
-    data = [{"group": g, **row, "cost_usd": round(row["cost_usd"], 9)}
+    def rounded(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "cost_usd": round(row["cost_usd"], 9),
+                "saved_usd": round(row["saved_usd"], 9)}
+
+    data = [{"group": g, **rounded(row)}
             for g, row in sorted(rows.items(), key=lambda kv: -kv[1]["cost_usd"])]
-    return {"data": data, "total": {**total, "cost_usd": round(total["cost_usd"], 9)}}
+    return {"data": data, "total": rounded(total)}

@@ -138,6 +138,8 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers["x-sluice-budget"] = answer.budget
     if answer.context:
         headers["x-sluice-context"] = answer.context
+    if answer.compression:
+        headers["x-sluice-compression"] = answer.compression
     if answer.selection:
         headers["x-sluice-selection"] = answer.selection
     if answer.failed_over:

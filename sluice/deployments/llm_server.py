@@ -134,6 +134,12 @@ def llm_config_for(config: PlatformConfig, model: CatalogModel,
         engine_kwargs["speculative_config"] = deployment.speculative.engine_config(
             config.model_source(config.catalog.get(draft)) if draft else None)
     env = dict(profile.engine_env)
+    if "kv_cache_memory_bytes" in engine_kwargs and "VLLM_CPU_KVCACHE_SPACE" in env:
+        # vLLM's CPU platform lets this legacy variable (profile-wide, and in every Ray
+        # process's environment) override the model's own setting, so it says the same, in
+        # the whole GiB it counts (vLLM parses it as an int: it cannot be left empty)
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(engine_kwargs["kv_cache_memory_bytes"])
+                                                >> 30))
     if profile.kv_tier.enabled and redis_url:
         engine_kwargs["kv_transfer_config"] = kv_transfer_config(profile.device)
         env.update(engine_env(profile.kv_tier, redis_url))

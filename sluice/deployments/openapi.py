@@ -28,6 +28,8 @@ from vllm import envs as vllm_envs
 from sluice.deployments import api_shapes
 from sluice.deployments.rollout_admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_BYTES
 from sluice.observability.metrics import CONTENT_TYPE
+from sluice.pipeline.compress_stage import HEADER as COMPRESS_HEADER
+from sluice.pipeline.compress_stage import PATTERN as COMPRESS_PATTERN
 from sluice.pipeline.selector import MAX_TTFT, MIN_QUALITY, PATTERNS, TASK
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import PlatformConfig
@@ -152,6 +154,9 @@ _HEADERS: dict[str, Any] = {
     "x-sluice-context": _header("What the model's context policy did to a request that "
                                 "did not fit: `routed` (x-sluice-model names the model), "
                                 "`trimmed N messages, T tokens`, `max_tokens lowered A->B`."),
+    "x-sluice-compression": _header("The prompt was compressed (`x-sluice-compress` or the "
+                                    "model's policy): its tokens before and after, "
+                                    "`1800->700 tokens`."),
     "x-sluice-failover": _header("The models of the requested model's failover chain that "
                                  "did not answer (failed before the first byte, or put "
                                  "aside); x-sluice-model names the one that did."),
@@ -178,7 +183,8 @@ _EVERY = ("x-request-id", "x-sluice-ingress")  # on every response
 _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache",
                    "x-sluice-cache-similarity", "x-sluice-replica", "x-sluice-retries",
                    "x-sluice-cost-usd", "x-sluice-budget", "x-sluice-fallback",
-                   "x-sluice-context", "x-sluice-failover", "x-sluice-selection",
+                   "x-sluice-context", "x-sluice-compression", "x-sluice-failover",
+                   "x-sluice-selection",
                    "x-sluice-variant", "x-sluice-router-score",
                    "x-sluice-judge-score", *_RATE)
 
@@ -261,6 +267,10 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
           "clients choose: `reject` (400 when it does not fit), `route` (the cheapest model "
           "that fits), `trim` (drop the oldest turns of a chat).",
           enum=["reject", "route", "trim"]),
+        h(COMPRESS_HEADER, "Prompt compression of a chat's long context, when the profile "
+          "lets clients choose: `on`, `off`, or `ratio=R` (0.1-0.99: the share of the "
+          "context kept) and/or `method=relevance|salience`, separated by `;`.",
+          pattern=COMPRESS_PATTERN),
         h(TASK, "A selection route: the request's task type (its quality bar reads the "
           "quality measured for it).", pattern=f"^{PATTERNS[TASK]}$"),
         h(MAX_TTFT, "A selection route: the latency bar, measured TTFT p95 in ms (1 to "

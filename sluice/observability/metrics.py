@@ -24,6 +24,8 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
   answer, answered by `to`, a later model of its failover chain)
 - sluice_context_overflows_total{model, policy, outcome, tenant} counter (rejected|routed|
   trimmed|lowered: what an overflow of the model's context became)
+- sluice_compressed_requests_total{model, method}            counter (relevance|salience)
+- sluice_compression_saved_tokens_total{model}               counter (prompt tokens removed)
 - sluice_cache_lookups_total{cache, result}                   counter (response|semantic)
 - sluice_cascade_requests_total{route, path}                  counter (small|large|small>large|..)
 - sluice_cascade_escalation_rate{route}                       gauge
@@ -126,6 +128,12 @@ class Metrics:
             "sluice_context_overflows", "Requests whose prompt and answer overflowed the "
             "context of the model asked for, by what the policy made of them (rejected, "
             "routed, trimmed, lowered).", ["model", "policy", "outcome", "tenant"], registry=r)
+        self.compressed = Counter(
+            "sluice_compressed_requests", "Requests whose chat context was compressed, by the "
+            "model it was counted for and the method.", ["model", "method"], registry=r)
+        self.compression_saved_tokens = Counter(
+            "sluice_compression_saved_tokens", "Prompt tokens compression removed.",
+            ["model"], registry=r)
         self.in_flight = Gauge("sluice_in_flight_requests", "Requests in flight at this "
                                "ingress replica.", ["model"], registry=r)
         self.rollout_events = Counter(

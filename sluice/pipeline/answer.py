@@ -34,6 +34,7 @@ class Answer:
     fallback: str | None = None  # why a cascade stage fell back to the large model
     budget: str | None = None  # "soft": the caller's budget is past its soft limit
     context: str | None = None  # what its context overflow became (x-sluice-context)
+    compression: str | None = None  # its prompt compressed: `1800->700 tokens`
     selection: str | None = None  # a selection route's choice and why (x-sluice-selection)
     failed_over: tuple[str, ...] = ()  # models of the failover chain that did not answer
     variant: str | None = None  # the answering model's variant label (x-sluice-variant)

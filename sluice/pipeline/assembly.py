@@ -25,6 +25,7 @@ from sluice.pipeline.answer_cache import AnswerCache
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.background import Background
 from sluice.pipeline.cascade_runner import CascadeRunner
+from sluice.pipeline.compress_stage import CompressStage
 from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.engines import Engines, Timeouts
 from sluice.pipeline.failover import Breaker
@@ -163,6 +164,13 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
         metrics.context_overflows.labels(model, policy, outcome, tenant).inc()
 
     gate = ContextGate(profile.context, router, counter, price, overflowed)
+
+    def compressed(model: str, method: str, saved: int) -> None:
+        metrics.compressed.labels(model, method).inc()
+        metrics.compression_saved_tokens.labels(model).inc(saved)
+
+    compressor = CompressStage(profile.compression, router, counter, embedder, price,
+                               compressed)
     selector = None
     if selections:
         assert config.routing is not None
@@ -174,6 +182,7 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
     handler = RequestHandler(pipeline, accountant, pricer, metrics, limits,
                              ingress.max_body_bytes, rate_limiter, tracer,
                              body_timeout_s=ingress.body_timeout_s, control_tokens=control,
-                             context_gate=gate, selector=selector, rollouts=rollouts)
+                             context_gate=gate, selector=selector, rollouts=rollouts,
+                             compressor=compressor)
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
                     background, KeyAdmin(accountant.keys), engines, rollouts)

@@ -50,6 +50,7 @@ from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
 from sluice.pipeline.answering import Pipeline
+from sluice.pipeline.compress_stage import CompressStage
 from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.engines import SUBJECT_ATTR
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
@@ -68,13 +69,14 @@ class RequestHandler:
                  body_timeout_s: float | None = None,
                  control_tokens: ControlTokens | None = None,
                  context_gate: ContextGate | None = None,
-                 selector: Selector | None = None, rollouts: Rollouts | None = None) -> None:
+                 selector: Selector | None = None, rollouts: Rollouts | None = None,
+                 compressor: CompressStage | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
         self._body_timeout_s, self._control = body_timeout_s, control_tokens
         self._gate, self._selector = context_gate, selector
-        self._rollouts = rollouts
+        self._rollouts, self._compressor = rollouts, compressor
 
     def _check_context(self, request: ParsedRequest) -> None:
         """More completion tokens than any model the request may run has context for is a
@@ -137,6 +139,9 @@ class RequestHandler:
                 asked = asked_bars(request.headers)  # checked on every request (400)
                 selection = (selector.choose(request, admission.principal, asked)
                              if selector is not None else None)
+                compressed = (await self._compressor.apply(request)
+                              if self._compressor is not None else None)
+                settlement.compression = compressed
                 if self._gate is None or not self._gate.lowers(request):
                     self._check_context(request)
                 gated = (await self._gate.apply(request, admission.principal)
@@ -158,6 +163,8 @@ class RequestHandler:
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
                 if gated is not None:
                     answer.context = gated.note
+                if compressed is not None:
+                    answer.compression = compressed.note
                 if selection is not None:
                     answer.selection = selection.reason
                 if rollouts is not None:

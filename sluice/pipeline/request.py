@@ -301,6 +301,7 @@ class ParsedRequest:
     body_bytes: int = 0  # the body's size as received
     added_bytes: int = 0  # what making control tokens plain text added to the prompt
     prompt_tokens: int | None = None  # counted with the model's tokenizer (context_gate)
+    cache_scope: str = ""  # what shapes the answer besides the body (a compression applied)
 
     @property
     def prompt_field(self) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from opentelemetry.trace import Span
 
 from sluice import sse
-from sluice.accounting.accountant import Accountant, Admission
+from sluice.accounting.accountant import Accountant, Admission, Savings
 from sluice.accounting.budgets import Hold
 from sluice.accounting.rate_limits import Quota, RateLimiter, Reservation
 from sluice.accounting.response_cost import UsagePricer
@@ -77,6 +77,7 @@ class Settlement:
         self._ended = False  # the outcome was settled (by failed() or by the answer's end)
         self._reservation: Reservation | None = None
         self.context = ""  # what the request's context overflow became (context_gate)
+        self.compression: Savings | None = None  # its prompt compressed (compress_stage)
 
     def admitted(self, admission: Admission) -> None:
         self._admission = admission
@@ -116,7 +117,8 @@ class Settlement:
             self._meter.charged(spent)
             self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                     status, None, spent.total_usd, stages=self.spend.stages,
-                                    hold_id=self._hold_id, context=self.context)
+                                    hold_id=self._hold_id, context=self.context,
+                                    compression=self.compression)
 
     async def settle(self, answer: Answer) -> Settled:
         assert self._request is not None and self._admission is not None
@@ -162,7 +164,8 @@ class Settlement:
             end_span(self._span, outcome)
         self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                 outcome.status, outcome, outcome.cost_usd,
-                                stages=self.spend.stages, hold_id=self._hold_id, context=self.context)
+                                stages=self.spend.stages, hold_id=self._hold_id, context=self.context,
+                                    compression=self.compression)
 
     @property
     def _hold_id(self) -> str:

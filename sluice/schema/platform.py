@@ -18,6 +18,7 @@ from sluice.schema.accounting import AccountingConfig
 from sluice.schema.base import Frozen
 from sluice.schema.caches import KVTierConfig, ResponseCacheConfig, SemanticCacheConfig
 from sluice.schema.catalog import Catalog, CatalogModel
+from sluice.schema.compression import CompressionSettings
 from sluice.schema.context import ContextSettings
 from sluice.schema.observability import TracingConfig
 from sluice.schema.redis_url import validate_url
@@ -228,6 +229,10 @@ class Profile(Frozen):
         default_factory=ContextSettings,
         description="What a request whose prompt and answer overflow its model's context "
         "gets: reject, route to a model that fits, or trim the conversation; per model.")
+    compression: CompressionSettings = Field(
+        default_factory=CompressionSettings,
+        description="Prompt compression of long chat context (off unless asked): per model, "
+        "and per request with `x-sluice-compress`.")
     ray_env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of every Ray process (Ray Serve's RAY_SERVE_* switches); "

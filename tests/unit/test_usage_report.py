@@ -98,11 +98,14 @@ def test_group_by_rejects_unknown_groups(value: str) -> None:
 def test_aggregate_of_nothing_is_empty_with_zero_totals() -> None:
     assert aggregate([], "key") == {"data": [], "total": {
         "requests": 0, "errors": 0, "cache_hits": 0, "prompt_tokens": 0, "cached_tokens": 0,
-        "completion_tokens": 0, "cost_usd": 0.0}}
+        "completion_tokens": 0, "cost_usd": 0.0, "compressed_requests": 0, "saved_tokens": 0,
+        "saved_usd": 0.0}}
 
 
 def test_aggregate_by_key_sums_every_field_and_orders_by_cost() -> None:
-    records = [_rec(key_id="alice", cost_usd=0.001), _rec(key_id="bob", cost_usd=0.5),
+    records = [_rec(key_id="alice", cost_usd=0.001, compression="1800->700 tokens",
+                    saved_tokens=1100, saved_usd=0.00055),
+               _rec(key_id="bob", cost_usd=0.5),
                _rec(key_id="alice", cost_usd=0.002, status=500, cache="hit",
                     prompt_tokens=1, cached_tokens=0, completion_tokens=0)]
     out = aggregate(records, "key")
@@ -110,9 +113,12 @@ def test_aggregate_by_key_sums_every_field_and_orders_by_cost() -> None:
     alice = out["data"][1]
     assert alice == {"group": "alice", "requests": 2, "errors": 1, "cache_hits": 1,
                      "prompt_tokens": 11, "cached_tokens": 2, "completion_tokens": 5,
-                     "cost_usd": 0.003}
+                     "cost_usd": 0.003, "compressed_requests": 1, "saved_tokens": 1100,
+                     "saved_usd": 0.00055}
     assert out["total"] == {"requests": 3, "errors": 1, "cache_hits": 1, "prompt_tokens": 21,
-                            "cached_tokens": 4, "completion_tokens": 10, "cost_usd": 0.503}
+                            "cached_tokens": 4, "completion_tokens": 10, "cost_usd": 0.503,
+                            "compressed_requests": 1, "saved_tokens": 1100,
+                            "saved_usd": 0.00055}
 
 
 def test_errors_count_status_400_and_above_only() -> None:

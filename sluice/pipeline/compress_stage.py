@@ -1,0 +1,173 @@
+"""Step 5 of the handler's order, before the context gate: a chat's long context compressed,
+when its model's policy or the request (`x-sluice-compress`) asks.
+
+What is compressed: the text of every message before the latest user message that is at least
+`min_message_tokens` long (system documents, earlier turns, retrieved passages); what is
+never: the latest user message and anything after it, short messages (instructions), code
+blocks and structured data (`sluice.compression.units`), messages with parts other than text,
+completion prompts (no turn tells the question from the context), and prompts under
+`min_prompt_tokens`. The question the context is compressed for is the latest user message.
+
+Counted in the first model's tokens before and after (the request's note:
+`1800->700 tokens`); the saved tokens are priced at that model's input price. The body as
+sent is unchanged; the response cache keys a compressed request apart (`cache_scope`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+from sluice.compression.compressor import compress
+from sluice.compression.methods import METHODS, selector
+from sluice.errors import InvalidRequest, SluiceError
+from sluice.pipeline.request import ParsedRequest
+from sluice.pipeline.token_counter import TokenCounter, plain_messages
+from sluice.router.features import Embedder
+from sluice.router.static import StaticRouter
+from sluice.schema.compression import CompressionPolicy, CompressionSettings
+
+HEADER = "x-sluice-compress"
+NOTE_HEADER = "x-sluice-compression"
+_SETTING = r"(ratio=0?\.[0-9]*[1-9][0-9]*|method=(relevance|salience))"
+PATTERN = rf"^(on|off|{_SETTING}( *; *{_SETTING})*)$"  # what the API document states
+Price = Callable[[str, int, int], float]  # (model, prompt tokens, completion tokens) -> USD
+Record = Callable[[str, str, int], None]  # (model, method, tokens saved)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What compression did to one request (the header, the ledger and /v1/usage say it)."""
+
+    before: int  # prompt tokens as sent
+    after: int  # prompt tokens sent to the engine
+    saved_usd: float
+    method: str
+
+    @property
+    def saved_tokens(self) -> int:
+        return max(0, self.before - self.after)
+
+    @property
+    def note(self) -> str:
+        return f"{self.before}->{self.after} tokens"
+
+
+def parse_header(value: str, base: CompressionPolicy) -> CompressionPolicy:
+    """`on`, `off`, or `ratio=R` and/or `method=M` (separated by `;` or `,`) over `base`."""
+    text = value.strip().lower()
+    if text in ("on", "off"):
+        return base.model_copy(update={"enabled": text == "on"})
+    update: dict[str, Any] = {"enabled": True}
+    for part in text.replace(",", ";").split(";"):
+        key, sep, raw = (s.strip() for s in part.partition("="))
+        if not sep or key not in ("ratio", "method"):
+            raise InvalidRequest(f"Header '{HEADER}' takes on, off, ratio=R (0 < R < 1) and "
+                                 f"method=M ({', '.join(METHODS)}); got {value[:60]!r}.",
+                                 param=HEADER)
+        if key == "method":
+            if raw not in METHODS:
+                raise InvalidRequest(f"Header '{HEADER}': method must be one of "
+                                     f"{', '.join(METHODS)}; got {raw[:20]!r}.", param=HEADER)
+            update["method"] = raw
+        else:
+            try:
+                ratio = float(raw)
+            except ValueError:
+                ratio = -1.0
+            if not 0 < ratio < 1:
+                raise InvalidRequest(f"Header '{HEADER}': ratio must be a number between 0 and "
+                                     f"1 (the share of the context kept); got {raw[:20]!r}.",
+                                     param=HEADER)
+            update["ratio"] = ratio
+    return base.model_copy(update=update)
+
+
+class CompressStage:
+    def __init__(self, settings: CompressionSettings, router: StaticRouter,
+                 counter: TokenCounter, embedder: Callable[[], Embedder], price: Price,
+                 record: Record) -> None:
+        self._settings, self._router, self._counter = settings, router, counter
+        self._embedder, self._price, self._record = embedder, price, record
+
+    def policy(self, model: str, headers: Mapping[str, str]) -> CompressionPolicy:
+        """The model's policy, as the request's header changes it (400 for a bad header)."""
+        base = self._settings.of(model)
+        asked = headers.get(HEADER)
+        if asked is None or not self._settings.client_choice:
+            return base
+        return parse_header(asked, base)
+
+    async def apply(self, request: ParsedRequest) -> Compressed | None:
+        llm, name = request.llm, str(request.llm.model)
+        policy = self.policy(name, request.headers)
+        if not policy.enabled or not isinstance(llm, ChatCompletionRequest):
+            return None
+        try:
+            first = self._router.stages(name)[0].name
+        except (SluiceError, IndexError):
+            return None  # an unknown model: the router's 404 comes later
+        if self._counter.tokens_of(first) is None:
+            return None  # a hosted model: its tokens are the provider's to count
+        messages = plain_messages(llm.messages)
+        done = await asyncio.to_thread(self._compress, first, llm, messages, policy)
+        if done is None:
+            return None
+        kept, before, after = done
+        originals = list(llm.messages)
+        for i, text in kept.items():
+            message = originals[i]
+            copy = dict(message) if isinstance(message, dict) else message.model_dump(
+                exclude_none=True)
+            copy["content"] = text
+            originals[i] = copy
+        llm.messages = originals
+        request.cache_scope = f"~compressed:{policy.method}:{policy.ratio}"
+        result = Compressed(before, after, self._price(first, before - after, 0), policy.method)
+        self._record(first, policy.method, result.saved_tokens)
+        return result
+
+    def _compress(self, model: str, llm: ChatCompletionRequest, messages: list[dict[str, Any]],
+                  policy: CompressionPolicy) -> tuple[dict[int, str], int, int] | None:
+        tokens = self._counter.tokens_of(model)
+        assert tokens is not None
+        before = tokens.chat(messages, llm)
+        if before < policy.min_prompt_tokens:
+            return None
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"),
+                        default=None)
+        if last_user is None:
+            return None
+        question = _text(messages[last_user].get("content")) or ""
+
+        def length(text: str) -> int:
+            return tokens.completion(text)
+
+        chosen = [i for i in range(last_user)
+                  if (t := _text(messages[i].get("content"))) is not None
+                  and length(t) >= policy.min_message_tokens]
+        if not chosen:
+            return None
+        texts = [_text(messages[i].get("content")) or "" for i in chosen]
+        select = selector(policy.method, self._embedder())
+        shorter = compress(texts, question, policy.ratio, select, length)
+        kept = {i: t for i, t, old in zip(chosen, shorter, texts, strict=True) if t != old}
+        if not kept:
+            return None
+        after = tokens.chat([{**m, "content": kept.get(i, m.get("content"))}
+                             for i, m in enumerate(messages)], llm)
+        return kept, before, after
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or a list of text parts only (else None: not touched)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(
+            isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "\n".join(p.get("text") or "" for p in content)
+    return None
