@@ -11,6 +11,9 @@
    measured in the `small` model's tokens. The methods' weights were set before this was run
    (no tuning on it); the figures are given on two halves split by article as well, to show
    how much they move.
+   Where it hurts, math: GSM8K word problems (`../shared/data/routing`), the last sentence
+   the question, the rest the context; the share of problems whose every number survives.
+   And what compressing one request costs (MiniLM on every sentence, no memo).
 2. **Live** (`--live`): `sluice serve` of its own (port 8799), asking `large` (token-priced); each of N
    questions is asked with its long context as the system message, streamed, full and with
    `x-sluice-compress: ratio=R`, alternating which goes first; TTFT, prompt tokens (the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -83,6 +87,54 @@ def survival(items: list[QA], methods: dict[str, Select], length: Callable[[str]
                 f"{row['survival_other']:.1%}); kept {row['kept_token_share']:.1%} of tokens, "
                 f"{row['ms_per_question']:.0f} ms/question")
     return rows
+
+
+GSM8K = ROOT.parent / "shared/data/routing/gsm8k_pairs.jsonl"
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def math_survival(methods: dict[str, Select], length: Callable[[str], int],
+                  limit: int = 0) -> list[dict[str, Any]]:
+    """GSM8K word problems: the last sentence is the question, the rest the context; the score
+    is the share of problems whose every number survives (a solution needs them all)."""
+    from sluice.compression.units import sentences
+
+    problems = []
+    for line in GSM8K.read_text().splitlines()[:limit or None]:
+        parts = sentences(" ".join(json.loads(line)["prompt"].split()))
+        if len(parts) >= 3 and NUMBER.search(" ".join(parts[:-1])):
+            problems.append((" ".join(parts[:-1]), parts[-1]))
+    rows = []
+    for name, select in methods.items():
+        for ratio in RATIOS:
+            kept = 0
+            for context, question in problems:
+                text = compress([context], question, ratio, select, length)[0]
+                kept += all(n in text for n in NUMBER.findall(context))
+            rows.append({"method": name, "ratio": ratio, "problems": len(problems),
+                         "all_numbers_kept": kept / len(problems)})
+            log(f"math {name:9} ratio {ratio}: every number kept in "
+                f"{kept / len(problems):.1%} of {len(problems)} problems")
+    return rows
+
+
+def stage_cost(items: list[QA], embedder: Any, length: Callable[[str], int], n: int = 40
+               ) -> dict[str, Any]:
+    """What compressing one request costs: sentence split, counting, MiniLM (no memo: every
+    sentence embedded, as on a request) and the selection, per method, at ratio 0.5."""
+    out: dict[str, Any] = {}
+    for name, select in (("relevance", relevance(embedder)), ("salience", salience(embedder))):
+        times = []
+        for qa in items[:n]:
+            started = time.perf_counter()
+            compress([qa.context], qa.question, 0.5, select, length)
+            times.append(1000 * (time.perf_counter() - started))
+        times.sort()
+        out[name] = {"requests": len(times), "p50_ms": statistics.median(times),
+                     "p90_ms": times[int(0.9 * (len(times) - 1))]}
+        log(f"stage cost {name}: p50 {out[name]['p50_ms']:.0f} ms, p90 "
+            f"{out[name]['p90_ms']:.0f} ms per request ({len(times)} requests)")
+    return out
 
 
 def hash_title(title: str) -> int:
@@ -157,11 +209,17 @@ def live(items: list[QA], ratio: float, out: Path) -> list[dict[str, Any]]:
 
 def live_summary(rows: list[dict[str, Any]], price: Callable[[dict[str, Any]], float]
                  ) -> dict[str, Any]:
-    """Per arm: prompt tokens, TTFT and cost (the catalog's price of the engine's usage)."""
+    """Per arm: prompt tokens, TTFT and cost (the catalog's price of the engine's usage), over
+    the questions both arms answered with content to time (a random-weight model's answer can
+    be all whitespace: no first token to see)."""
     out: dict[str, Any] = {}
+    timed = [r for r in rows if r["status"] == 200 and r["ttft_s"]]
+    paired = ({r["id"] for r in timed if r["compressed"]}
+              & {r["id"] for r in timed if not r["compressed"]})
+    out["questions"] = len(paired)
     for compressed in (False, True):
-        sel = [{**r, "cost_usd": price(r)} for r in rows
-               if r["compressed"] is compressed and r["status"] == 200 and r["ttft_s"]]
+        sel = [{**r, "cost_usd": price(r)} for r in timed
+               if r["compressed"] is compressed and r["id"] in paired]
         ttft = sorted(r["ttft_s"] for r in sel)
         out["compressed" if compressed else "full"] = {
             "requests": len(sel),
@@ -205,6 +263,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="questions (0: all)")
     parser.add_argument("--live", type=int, default=0, help="questions asked live (0: none)")
     parser.add_argument("--live-ratio", type=float, default=0.5)
+    parser.add_argument("--parts", default="survival,cost,math,live",
+                        help="which parts to run (a rerun of one keeps the others' results)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/compression"))
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/benchmarks/compression.png")
     args = parser.parse_args()
@@ -220,16 +280,26 @@ def main() -> int:
     methods: dict[str, Select] = {"relevance": relevance(embedder),
                                   "salience": salience(embedder),
                                   "random": random_drop(0), "truncate": truncate}
-    results: dict[str, Any] = {"questions": len(items)}
-    results["survival"] = (survival(items, methods, length)
-                           + survival(items, methods, length, short=True))
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    plot(results["survival"], args.plot)
-    if args.live:
-        rows = live(items[:args.live], args.live_ratio, args.out)
+    parts = set(args.parts.split(","))
+    path = args.out / "results.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    results["questions"] = len(items)
+    if "survival" in parts:
+        results["survival"] = (survival(items, methods, length)
+                               + survival(items, methods, length, short=True))
+        plot(results["survival"], args.plot)
+        path.write_text(json.dumps(results, indent=2))
+    if "cost" in parts:
+        results["stage_cost"] = stage_cost(items, MiniLMEmbedder(), length)
+        path.write_text(json.dumps(results, indent=2))
+    if "math" in parts:
+        results["math"] = math_survival(methods, length, args.limit)
+        path.write_text(json.dumps(results, indent=2))
+    if args.live and "live" in parts:
         from sluice.accounting.response_cost import UsagePricer
         from sluice.schema.loading import load_platform_config
 
+        rows = live(items[:args.live], args.live_ratio, args.out)
         catalog = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml",
                                        root=ROOT).catalog
         pricer = UsagePricer({m.name: m.pricing for m in catalog.models})
@@ -242,7 +312,7 @@ def main() -> int:
         results["live"] = {"ratio": args.live_ratio, "rows": rows,
                            "summary": live_summary(rows, price)}
         log(f"live: {json.dumps(results['live']['summary'])}")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        path.write_text(json.dumps(results, indent=2))
     log(f"wrote {args.out}/results.json and {args.plot}")
     return 0
 

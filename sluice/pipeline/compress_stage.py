@@ -111,7 +111,7 @@ class CompressStage:
             first = self._router.stages(name)[0].name
         except (SluiceError, IndexError):
             return None  # an unknown model: the router's 404 comes later
-        if self._counter.tokens_of(first) is None:
+        if not self._counter.knows(first) or self._counter.tokens_of(first) is None:
             return None  # a hosted model: its tokens are the provider's to count
         messages = plain_messages(llm.messages)
         done = await asyncio.to_thread(self._compress, first, llm, messages, policy)

@@ -5,6 +5,7 @@ and the request-path stage (the header, what it touches, the counts it reports).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from sluice.errors import InvalidRequest
 from sluice.pipeline.compress_stage import PATTERN, CompressStage, parse_header
 from sluice.pipeline.request import ParsedRequest
 from sluice.pipeline.token_counter import TokenCounter
+from sluice.router.features import Embedder, MemoEmbedder
 from sluice.router.static import StaticRouter
 from sluice.schema.compression import CompressionPolicy, CompressionSettings
 from sluice.schema.loading import load_platform_config
@@ -101,15 +103,13 @@ def test_the_compressor_keeps_the_answer_on_real_squad_text() -> None:
     than dropping sentences at random (BENCHMARKS.md has the full run)."""
     from transformers import AutoTokenizer
 
-    from sluice.router.features import MiniLMEmbedder
-
     tokenizer = AutoTokenizer.from_pretrained(str(ROOT / "models/demo/small"))
 
     def length(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    items = random.Random(0).sample(load(), 60)
-    embedder = MiniLMEmbedder()
+    items = random.Random(0).sample(load(), 40)
+    embedder = MemoEmbedder(_minilm())  # each sentence embedded once for both methods
     scores = {}
     for name, select in (("relevance", relevance(embedder)), ("salience", salience(embedder)),
                          ("random", random_drop(0))):
@@ -144,14 +144,18 @@ def test_a_bad_header_is_a_400_naming_it(value: str) -> None:
     assert not re.match(PATTERN, value)
 
 
-def _stage(settings: CompressionSettings) -> tuple[CompressStage, list[tuple[str, str, int]]]:
+@functools.cache
+def _minilm() -> Embedder:
     from sluice.router.features import MiniLMEmbedder
 
+    return MiniLMEmbedder()
+
+
+def _stage(settings: CompressionSettings) -> tuple[CompressStage, list[tuple[str, str, int]]]:
     recorded: list[tuple[str, str, int]] = []
     counter = TokenCounter({m.name: CONFIG.model_source(m) for m in CONFIG.catalog.local})
     router = StaticRouter(CONFIG.catalog, CONFIG.profile.ingress.auto_route)
-    embedder = MiniLMEmbedder()
-    stage = CompressStage(settings, router, counter, lambda: embedder,
+    stage = CompressStage(settings, router, counter, _minilm,
                           lambda model, p, c: p * 1e-6, lambda *a: recorded.append(a))
     return stage, recorded
 
@@ -207,6 +211,9 @@ def test_the_stage_leaves_short_prompts_completions_and_opted_out_requests_alone
     completion = ParsedRequest("completion", body, CompletionRequest.model_validate(body),
                                "r2", {"x-sluice-compress": "on"})
     assert asyncio.run(stage.apply(completion)) is None
+    untokenized = CompressStage(on, StaticRouter(CONFIG.catalog, "large"), TokenCounter({}),
+                                lambda: WordEmbedder(), lambda *a: 0.0, lambda *a: None)
+    assert asyncio.run(untokenized.apply(_chat(long_chat, {}))) is None  # (a hosted model)
     no_choice, _ = _stage(CompressionSettings(client_choice=False))
     assert asyncio.run(no_choice.apply(_chat(long_chat, {"x-sluice-compress": "on"}))) is None
     with pytest.raises(InvalidRequest):
