@@ -4,9 +4,10 @@ when its model's policy or the request (`x-sluice-compress`) asks.
 What is compressed: the text of every message before the latest user message that is at least
 `min_message_tokens` long (system documents, earlier turns, retrieved passages); what is
 never: the latest user message and anything after it, short messages (instructions), code
-blocks and structured data (`sluice.compression.units`), messages with parts other than text,
-completion prompts (no turn tells the question from the context), and prompts under
-`min_prompt_tokens`. The question the context is compressed for is the latest user message.
+blocks and structured data (`sluice.compression.units`), a compressed message's first
+paragraph when it is that short too (an instruction heading a document), messages with parts
+other than text, completion prompts (no turn tells the question from the context), and
+prompts under `min_prompt_tokens`. The question the context is compressed for is the latest user message.
 
 Counted in the first model's tokens before and after (the request's note:
 `1800->700 tokens`); the saved tokens are priced at that model's input price. The body as
@@ -154,7 +155,8 @@ class CompressStage:
             return None
         texts = [_text(messages[i].get("content")) or "" for i in chosen]
         select = selector(policy.method, self._embedder())
-        shorter = compress(texts, question, policy.ratio, select, length)
+        shorter = compress(texts, question, policy.ratio, select, length,
+                           lead_tokens=policy.min_message_tokens)
         kept = {i: t for i, t, old in zip(chosen, shorter, texts, strict=True) if t != old}
         if not kept:
             return None

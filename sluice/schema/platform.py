@@ -307,9 +307,11 @@ class PlatformConfig(Frozen):
         stray = set(self.profile.semantic_cache.models) - served
         if stray:
             raise ValueError(f"semantic_cache.models: unknown model(s) {sorted(stray)}")
-        stray = set(self.profile.context.models) - served
-        if stray:
-            raise ValueError(f"context.models: unknown model(s) {sorted(stray)}")
+        for field, named in (("context", self.profile.context.models),
+                             ("compression", self.profile.compression.models)):
+            stray = set(named) - served
+            if stray:
+                raise ValueError(f"{field}.models: unknown model(s) {sorted(stray)}")
         for name, deployment in self.profile.models.items():
             spec = deployment.speculative
             if spec is not None and spec.draft_model is not None and (

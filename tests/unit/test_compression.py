@@ -95,6 +95,12 @@ def test_compress_pools_messages_keeps_protected_units_and_their_order() -> None
     assert kept == sorted(kept, key=doc.index)  # original order
     assert len(" ".join(out).split()) < len(f"{doc} {turn}".split())
     assert compress(["One sentence only."], "q", 0.5, truncate, len) == ["One sentence only."]
+    lead = "Answer from this document only.\n\n" + doc.split("\n\n")[0]
+    words = lambda s: len(s.split())  # noqa: E731
+    pick = relevance(WordEmbedder())
+    assert compress([lead], "Which is third?", 0.3, pick, words)[0] == "Gamma is third."
+    kept = compress([lead], "Which is third?", 0.3, pick, words, lead_tokens=8)[0]
+    assert kept.startswith("Answer from this document only.\n\n")  # the instruction stays
 
 
 def test_the_compressor_keeps_the_answer_on_real_squad_text() -> None:
@@ -173,7 +179,7 @@ def test_the_stage_compresses_the_context_not_the_question_and_counts_it() -> No
     instruction = "Answer in one word."
     doc = f"{qa.context}\n\n```\nkeep(this, code)\n```"
     messages = [{"role": "system", "content": instruction},
-                {"role": "user", "content": doc},
+                {"role": "user", "content": f"Use this report.\n\n{doc}"},
                 {"role": "assistant", "content": "Ready."},
                 {"role": "user", "content": qa.question}]
     plain = _chat(messages, {})
@@ -185,6 +191,7 @@ def test_the_stage_compresses_the_context_not_the_question_and_counts_it() -> No
     assert sent[0]["content"] == instruction and sent[3]["content"] == qa.question
     assert sent[2]["content"] == "Ready."
     assert "```\nkeep(this, code)\n```" in sent[1]["content"]
+    assert sent[1]["content"].startswith("Use this report.\n\n")  # its short lead, kept
     assert len(sent[1]["content"]) < 0.65 * len(doc)
     counter = TokenCounter({"small": CONFIG.model_source(CONFIG.catalog.get("small"))})
     assert done.before == counter.count_now("small", plain.llm)
@@ -192,7 +199,7 @@ def test_the_stage_compresses_the_context_not_the_question_and_counts_it() -> No
     assert done.note == f"{done.before}->{done.after} tokens" and done.saved_tokens > 300
     assert done.saved_usd == pytest.approx(done.saved_tokens * 1e-6)
     assert recorded == [("small", "relevance", done.saved_tokens)]
-    assert request.body["messages"][1]["content"] == doc  # the body as sent: unchanged
+    assert request.body["messages"][1]["content"].endswith(doc)  # the body as sent
     assert request.cache_scope == "~compressed:relevance:0.5"
 
 
@@ -218,3 +225,20 @@ def test_the_stage_leaves_short_prompts_completions_and_opted_out_requests_alone
     assert asyncio.run(no_choice.apply(_chat(long_chat, {"x-sluice-compress": "on"}))) is None
     with pytest.raises(InvalidRequest):
         asyncio.run(stage.apply(_chat(long_chat, {"x-sluice-compress": "ratio=2"})))
+
+
+def test_a_profile_names_only_served_models_for_compression() -> None:
+    import pydantic
+
+    from sluice.schema.platform import PlatformConfig
+
+    for models, ok in (({"large": {"enabled": True}, "auto": {}}, True),
+                       ({"medium": {"enabled": True}}, False)):
+        profile = CONFIG.profile.model_copy(
+            update={"compression": CompressionSettings.model_validate({"models": models})})
+        data = CONFIG.model_copy(update={"profile": profile}).model_dump()
+        if ok:
+            PlatformConfig.model_validate(data)
+        else:
+            with pytest.raises(pydantic.ValidationError, match="compression.models: unknown"):
+                PlatformConfig.model_validate(data)
