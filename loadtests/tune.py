@@ -8,9 +8,10 @@ Each trial deploys the model alone with the candidate settings (`sluice serve` o
 of its own, on ports of its own: a fresh engine, nothing left from the previous trial) and
 runs the capacity planner's stepped load against it (`loadtests.plan.run_steps`: streaming
 short chats, users = requests in flight). After each step the trial reports its best goodput
-so far; Optuna's median pruner stops a trial whose goodput at a step is below the median of
-earlier trials at the same step, and a trial's load also stops once its goodput has passed
-its peak (`sluice.tuning.score.past_the_peak`). A trial whose engine does not start fails
+so far; from the third step on, Optuna's median pruner stops a trial whose goodput at a step
+is below the median of earlier trials at the same step, and a trial's load also stops once
+its goodput has passed its peak (`sluice.tuning.score.past_the_peak`; its best then stands
+for the steps it did not run). A trial whose engine does not start fails
 (its log's tail is in the report) and the search goes on.
 
 Then, unless `--confirm-rounds 0`, the shipped settings and the best trial's are measured
@@ -135,13 +136,16 @@ class Runner:
             f"{time.monotonic() - started:.0f} s")
         try:
             def stop(steps: list[StepStats]) -> bool:
-                return past_the_peak(steps) or bool(after_step and after_step(steps))
+                # every step is reported (the pruner compares trials step by step) before
+                # the trial may stop for having passed its peak
+                pruned = bool(after_step and after_step(steps))
+                return pruned or past_the_peak(steps)
 
             # past an SLO miss too: goodput can still grow while the p95 is over its bound
             return run_steps(self.url, self.args.model, self.levels, self.args.step_s,
                              self.args.settle_s, self.slo, stop_after_miss=False, until=stop)
         finally:
-            own_stack.stop(proc)
+            own_stack.stop(proc, (self.args.port, self.args.redis_port))
 
 
 def run_study(runner: Runner, space: TuneSpace, trials: int, seed: int
@@ -152,7 +156,8 @@ def run_study(runner: Runner, space: TuneSpace, trials: int, seed: int
     study = optuna.create_study(
         direction="maximize", study_name=f"sluice-tune-{runner.args.model}",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(4, trials)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+        # the first two steps are below any setting's saturation: no signal to prune on
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
     records: list[dict[str, Any]] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -176,6 +181,9 @@ def run_study(runner: Runner, space: TuneSpace, trials: int, seed: int
             log(f"trial {trial.number} failed: {str(exc).splitlines()[0] if str(exc) else ''}")
             raise
         result = score(steps)
+        if not pruned:  # past its peak: its best stands for the steps it did not run, so
+            for step in range(len(steps), len(runner.levels)):  # later trials are compared
+                trial.report(result.goodput_rps, step)  # with it there too
         record.update(state="pruned" if pruned else "complete", steps=[
             s.to_dict() for s in steps], duration_s=round(time.monotonic() - started, 1),
             **_score_fields(result))
@@ -262,7 +270,7 @@ def provenance(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice tune", description="Bayesian search (Optuna TPE with pruning) over one "
         "model's engine settings, scoring goodput under its SLOs.")
@@ -286,8 +294,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-port", type=int, default=REDIS_PORT)
     parser.add_argument("--ready-timeout-s", type=float, default=600)
     parser.add_argument("--out", type=Path, default=Path("bench-results/tune"))
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _confirm(runner: Runner, report: dict[str, Any], rounds: int) -> None:
+    """The side-by-side re-measurement into the report (a run that fails is said there)."""
+    best = EngineSettings.model_validate(report["best"]["settings"])
+    try:
+        report["confirm"] = confirm(runner, best, rounds)
+    except TrialFailed as exc:
+        report["confirm_error"] = str(exc)
+        log(f"side by side: a run did not start: {str(exc).splitlines()[0]}")
+        return
+    log(f"side by side: best {report['confirm']['best_mean']:.2f} vs shipped "
+        f"{report['confirm']['shipped_mean']:.2f} req/s ({report['confirm']['ratio']}x)")
+
+
+def _apply(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    confirmed = report.get("confirm")
+    if report.get("confirm_error") or (confirmed and not (confirmed["ratio"] or 0) > 1):
+        log("not applied: re-measured side by side, the best did not beat the shipped "
+            f"settings ({confirmed['ratio'] if confirmed else 'no measurement'}x)")
+        return
+    from sluice.tuning.apply import apply_settings
+
+    apply_settings(Path(args.profile), args.model,
+                   EngineSettings.model_validate(report["best"]["settings"]),
+                   provenance(report))
+    log(f"applied to {args.profile} (models.{args.model})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     config = load_platform_config(Path(args.profile), root=ROOT)
     slo = parse_slo(args.slo, config.catalog.get(args.model).slo)
     space = (TuneSpace.model_validate(yaml.safe_load(args.space.read_text())) if args.space
@@ -300,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     _, records = run_study(runner, space, args.trials, args.seed)
     scored = [r for r in records if r.get("state") == "complete"]
     front = pareto_front([(r["goodput_rps"], r["ttft_p95_s"]) for r in scored])
-    best_record = max(scored, key=lambda r: r["goodput_rps"], default=None)
     report: dict[str, Any] = {
         "model": args.model, "profile": args.profile, "slo": slo.model_dump(),
         "space": space.model_dump(), "users": runner.levels, "step_s": args.step_s,
@@ -308,34 +345,25 @@ def main(argv: list[str] | None = None) -> int:
         "pruned": sum(r.get("state") == "pruned" for r in records),
         "failed": sum(r.get("state") == "failed" for r in records),
         "records": records, "pareto": [scored[i]["number"] for i in front],
-        "best": best_record}
+        # ties on goodput: the lower latency (the one on the Pareto front)
+        "best": max(scored, key=lambda r: (r["goodput_rps"], -r["ttft_p95_s"]), default=None)}
     args.out.mkdir(parents=True, exist_ok=True)
-    if best_record is not None and args.confirm_rounds > 0:
-        best = EngineSettings.model_validate(best_record["settings"])
-        report["confirm"] = confirm(runner, best, args.confirm_rounds)
-        log(f"side by side: best {report['confirm']['best_mean']:.2f} vs shipped "
-            f"{report['confirm']['shipped_mean']:.2f} req/s ({report['confirm']['ratio']}x)")
+    path = args.out / "tune.json"
+    path.write_text(json.dumps(report, indent=2))  # the search is kept whatever follows
+    if report["best"] is not None and args.confirm_rounds > 0:
+        _confirm(runner, report, args.confirm_rounds)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["finished"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    (args.out / "tune.json").write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=2))
     plot(records, report["pareto"], report.get("confirm"), args.model, args.out / "tune.png")
-    log(f"wrote {args.out}/tune.json and tune.png ({report['elapsed_s'] / 60:.1f} min)")
-    if best_record is None:
+    log(f"wrote {path} and tune.png ({report['elapsed_s'] / 60:.1f} min)")
+    if report["best"] is None:
         log("no trial completed: nothing to apply")
         return 1
-    log(f"best: trial {best_record['number']} ({best_record['label']}): goodput "
-        f"{best_record['goodput_rps']:.2f} req/s")
-    confirmed = report.get("confirm")
-    if args.apply and confirmed and not (confirmed["ratio"] or 0) > 1:
-        log(f"not applied: re-measured side by side, the best ran at {confirmed['ratio']}x "
-            "the shipped settings' goodput (a trial's lead was noise)")
-    elif args.apply:
-        from sluice.tuning.apply import apply_settings
-
-        apply_settings(Path(args.profile), args.model,
-                       EngineSettings.model_validate(best_record["settings"]),
-                       provenance(report))
-        log(f"applied to {args.profile} (models.{args.model})")
+    log(f"best: trial {report['best']['number']} ({report['best']['label']}): goodput "
+        f"{report['best']['goodput_rps']:.2f} req/s")
+    if args.apply:
+        _apply(args, report)
     return 0
 
 

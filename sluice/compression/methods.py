@@ -84,20 +84,19 @@ def relevance(embedder: Embedder, lexical_weight: float = 0.5,
         sents, q = vectors[:-1], vectors[-1]
         rel = ((1 - lexical_weight) * _minmax(sents @ q)
                + lexical_weight * _minmax(_lexical(units, question)))
-        similar = sents @ sents.T
-        keep = [False] * len(units)
+        sizes = np.asarray(lengths)
+        keep = np.zeros(len(units), dtype=bool)
         redundancy = np.zeros(len(units))
-        left, open_ = budget, set(range(len(units)))
-        while open_:
-            fits = [i for i in open_ if lengths[i] <= left]
-            if not fits:
-                break
-            best = max(fits, key=lambda i: (1 - diversity) * rel[i] - diversity * redundancy[i])
+        left = budget
+        while True:  # O(n) numpy per pick, no n x n matrix
+            score = (1 - diversity) * rel - diversity * redundancy
+            score[keep | (sizes > left)] = -np.inf
+            best = int(np.argmax(score))
+            if not np.isfinite(score[best]):
+                return keep.tolist()
             keep[best] = True
-            left -= lengths[best]
-            open_.discard(best)
-            redundancy = np.maximum(redundancy, similar[best])
-        return keep
+            left -= int(sizes[best])
+            redundancy = np.maximum(redundancy, sents @ sents[best])
 
     return select
 

@@ -268,8 +268,8 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
           "that fits), `trim` (drop the oldest turns of a chat).",
           enum=["reject", "route", "trim"]),
         h(COMPRESS_HEADER, "Prompt compression of a chat's long context, when the profile "
-          "lets clients choose: `on`, `off`, or `ratio=R` (0.1-0.99: the share of the "
-          "context kept) and/or `method=relevance|salience`, separated by `;`.",
+          "lets clients choose: `on`, `off`, or `ratio=R` (a decimal between 0 and 1: the "
+          "share of the context kept) and/or `method=relevance|salience`, separated by `;`.",
           pattern=COMPRESS_PATTERN),
         h(TASK, "A selection route: the request's task type (its quality bar reads the "
           "quality measured for it).", pattern=f"^{PATTERNS[TASK]}$"),

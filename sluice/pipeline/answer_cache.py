@@ -56,18 +56,20 @@ class AnswerCache:
         self._spawn, self._tracer = spawn, tracer
 
     async def lookup(self, endpoint: str, model: str, body: dict[str, Any],
-                     headers: Mapping[str, str], tenant: str) -> CacheLookup:
+                     headers: Mapping[str, str], tenant: str, scope: str = "") -> CacheLookup:
+        """`scope`: what shapes the answer besides the body (a compression applied): part of
+        the key, so such answers are kept apart."""
         if self.exact is None:
             return BYPASS
         with self._tracer.start_as_current_span("sluice.cache.lookup") as span:
-            found = await self._lookup(endpoint, model, body, headers, tenant)
+            found = await self._lookup(endpoint, model, body, headers, tenant, scope)
             span.set_attribute("sluice.cache", found.status.value)
             return found
 
     async def _lookup(self, endpoint: str, model: str, body: dict[str, Any],
-                      headers: Mapping[str, str], tenant: str) -> CacheLookup:
+                      headers: Mapping[str, str], tenant: str, scope: str) -> CacheLookup:
         assert self.exact is not None
-        scoped = f"{model}@{tenant}"  # part of the key and of the semantic context
+        scoped = f"{model}{scope}@{tenant}"  # part of the key and of the semantic context
         exact = await self.exact.lookup(endpoint, scoped, body, headers)
         if (exact.status is not CacheStatus.MISS or self.semantic is None
                 or not wants_semantic(self.semantic.config, model, headers)):

@@ -138,8 +138,8 @@ class Pipeline:
         return self._judged(request, outcome, answer, cached)
 
     async def _lookup(self, request: ParsedRequest, model: str, tenant: str) -> CacheLookup:
-        return await self._cache.lookup(request.endpoint, model + request.cache_scope,
-                                        request.body, request.headers, tenant)
+        return await self._cache.lookup(request.endpoint, model, request.body, request.headers,
+                                        tenant, request.cache_scope)
 
     @staticmethod
     def _hit(request: ParsedRequest, cached: CacheLookup, model: str, route: str,

@@ -2,14 +2,16 @@
 when its model's policy or the request (`x-sluice-compress`) asks.
 
 What is compressed: the text of every message before the latest user message that is at least
-`min_message_tokens` long (system documents, earlier turns, retrieved passages); what is
+`min_message_tokens` long (system documents, earlier turns, retrieved passages), in prompts
+of `min_prompt_tokens` to `max_prompt_tokens` (the bound on what one request may cost); what is
 never: the latest user message and anything after it, short messages (instructions), code
 blocks and structured data (`sluice.compression.units`), a compressed message's first
 paragraph when it is that short too (an instruction heading a document), messages with parts
 other than text, completion prompts (no turn tells the question from the context), and
 prompts under `min_prompt_tokens`. The question the context is compressed for is the latest user message.
 
-Counted in the first model's tokens before and after (the request's note:
+Counted in the first model's tokens (the model asked for, or a route's first stage) before
+and after (the request's note:
 `1800->700 tokens`); the saved tokens are priced at that model's input price. The body as
 sent is unchanged; the response cache keys a compressed request apart (`cache_scope`).
 """
@@ -17,7 +19,9 @@ sent is unchanged; the response cache keys a compressed request apart (`cache_sc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +52,7 @@ class Compressed:
     after: int  # prompt tokens sent to the engine
     saved_usd: float
     method: str
+    model: str  # whose tokens counted them (the model asked for, or a route's first stage)
 
     @property
     def saved_tokens(self) -> int:
@@ -59,67 +64,68 @@ class Compressed:
 
 
 def parse_header(value: str, base: CompressionPolicy) -> CompressionPolicy:
-    """`on`, `off`, or `ratio=R` and/or `method=M` (separated by `;` or `,`) over `base`."""
-    text = value.strip().lower()
+    """`on`, `off`, or `ratio=R` and/or `method=M` separated by `;`, over `base`: exactly what
+    the API document's pattern states (anything else is a 400)."""
+    text = value.strip()
+    if not re.fullmatch(PATTERN, text):
+        raise InvalidRequest(f"Header '{HEADER}' takes on, off, or ratio=R (a decimal between "
+                             f"0 and 1, the share of the context kept) and/or method=M "
+                             f"({', '.join(METHODS)}), separated by ';'; got {value[:60]!r}.",
+                             param=HEADER)
     if text in ("on", "off"):
         return base.model_copy(update={"enabled": text == "on"})
     update: dict[str, Any] = {"enabled": True}
-    for part in text.replace(",", ";").split(";"):
-        key, sep, raw = (s.strip() for s in part.partition("="))
-        if not sep or key not in ("ratio", "method"):
-            raise InvalidRequest(f"Header '{HEADER}' takes on, off, ratio=R (0 < R < 1) and "
-                                 f"method=M ({', '.join(METHODS)}); got {value[:60]!r}.",
-                                 param=HEADER)
-        if key == "method":
-            if raw not in METHODS:
-                raise InvalidRequest(f"Header '{HEADER}': method must be one of "
-                                     f"{', '.join(METHODS)}; got {raw[:20]!r}.", param=HEADER)
-            update["method"] = raw
-        else:
-            try:
-                ratio = float(raw)
-            except ValueError:
-                ratio = -1.0
-            if not 0 < ratio < 1:
-                raise InvalidRequest(f"Header '{HEADER}': ratio must be a number between 0 and "
-                                     f"1 (the share of the context kept); got {raw[:20]!r}.",
-                                     param=HEADER)
-            update["ratio"] = ratio
+    for part in text.split(";"):
+        key, _, raw = (s.strip() for s in part.partition("="))
+        update[key] = float(raw) if key == "ratio" else raw
     return base.model_copy(update=update)
+
+
+def _content(message: Any) -> Any:
+    return message.get("content") if isinstance(message, dict) else getattr(
+        message, "content", None)
 
 
 class CompressStage:
     def __init__(self, settings: CompressionSettings, router: StaticRouter,
                  counter: TokenCounter, embedder: Callable[[], Embedder], price: Price,
-                 record: Record) -> None:
+                 record: Record, workers: int = 2) -> None:
         self._settings, self._router, self._counter = settings, router, counter
         self._embedder, self._price, self._record = embedder, price, record
+        # its own bounded pool: compressions queue here, not in the loop's default executor
+        # (where token counting and the semantic cache's embeddings run)
+        self._pool = ThreadPoolExecutor(max_workers=workers,
+                                        thread_name_prefix="sluice-compress")
 
-    def policy(self, model: str, headers: Mapping[str, str]) -> CompressionPolicy:
-        """The model's policy, as the request's header changes it (400 for a bad header)."""
-        base = self._settings.of(model)
-        asked = headers.get(HEADER)
+    def policy(self, request: ParsedRequest) -> CompressionPolicy:
+        """The policy of the model or route asked for (a selection route's own name too,
+        before its choice), as the request's header changes it (400 for a bad header)."""
+        asked_model = str(request.body.get("model") or request.llm.model)
+        base = (self._settings.models.get(asked_model)
+                or self._settings.of(str(request.llm.model)))
+        asked = request.headers.get(HEADER)
         if asked is None or not self._settings.client_choice:
             return base
         return parse_header(asked, base)
 
     async def apply(self, request: ParsedRequest) -> Compressed | None:
         llm, name = request.llm, str(request.llm.model)
-        policy = self.policy(name, request.headers)
+        policy = self.policy(request)
         if not policy.enabled or not isinstance(llm, ChatCompletionRequest):
             return None
         try:
             first = self._router.stages(name)[0].name
         except (SluiceError, IndexError):
             return None  # an unknown model: the router's 404 comes later
-        if not self._counter.knows(first) or self._counter.tokens_of(first) is None:
+        if not self._counter.knows(first):
             return None  # a hosted model: its tokens are the provider's to count
-        messages = plain_messages(llm.messages)
-        done = await asyncio.to_thread(self._compress, first, llm, messages, policy)
+        originals = list(llm.messages)
+        loop = asyncio.get_running_loop()
+        done = await loop.run_in_executor(self._pool, self._compress, first, llm, originals,
+                                          policy)
         if done is None:
             return None
         kept, before, after = done
-        originals = list(llm.messages)
         for i, text in kept.items():
             message = originals[i]
             copy = dict(message) if isinstance(message, dict) else message.model_dump(
@@ -128,16 +134,21 @@ class CompressStage:
             originals[i] = copy
         llm.messages = originals
         request.cache_scope = f"~compressed:{policy.method}:{policy.ratio}"
-        result = Compressed(before, after, self._price(first, before - after, 0), policy.method)
-        self._record(first, policy.method, result.saved_tokens)
-        return result
+        saved = max(0, before - after)
+        return Compressed(before, after, self._price(first, saved, 0), policy.method, first)
 
-    def _compress(self, model: str, llm: ChatCompletionRequest, messages: list[dict[str, Any]],
+    def counted(self, done: Compressed) -> None:
+        """Its savings into the metrics, once an engine answered the compressed prompt."""
+        self._record(done.model, done.method, done.saved_tokens)
+
+    def _compress(self, model: str, llm: ChatCompletionRequest, originals: list[Any],
                   policy: CompressionPolicy) -> tuple[dict[int, str], int, int] | None:
-        tokens = self._counter.tokens_of(model)
-        assert tokens is not None
+        tokens = self._counter.tokens_of(model)  # (its first use loads it: off the loop)
+        if tokens is None:
+            return None
+        messages = plain_messages(originals)
         before = tokens.chat(messages, llm)
-        if before < policy.min_prompt_tokens:
+        if not policy.min_prompt_tokens <= before <= policy.max_prompt_tokens:
             return None
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"),
                         default=None)
@@ -148,16 +159,16 @@ class CompressStage:
         def length(text: str) -> int:
             return tokens.completion(text)
 
-        chosen = [i for i in range(last_user)
-                  if (t := _text(messages[i].get("content"))) is not None
-                  and length(t) >= policy.min_message_tokens]
-        if not chosen:
+        # the original content: a message with an image part is not text only, and is kept
+        texts = {i: t for i in range(last_user)
+                 if (t := _text(_content(originals[i]))) is not None
+                 and length(t) >= policy.min_message_tokens}
+        if not texts:
             return None
-        texts = [_text(messages[i].get("content")) or "" for i in chosen]
         select = selector(policy.method, self._embedder())
-        shorter = compress(texts, question, policy.ratio, select, length,
+        shorter = compress(list(texts.values()), question, policy.ratio, select, length,
                            lead_tokens=policy.min_message_tokens)
-        kept = {i: t for i, t, old in zip(chosen, shorter, texts, strict=True) if t != old}
+        kept = {i: t for (i, old), t in zip(texts.items(), shorter, strict=True) if t != old}
         if not kept:
             return None
         after = tokens.chat([{**m, "content": kept.get(i, m.get("content"))}

@@ -141,7 +141,6 @@ class RequestHandler:
                              if selector is not None else None)
                 compressed = (await self._compressor.apply(request)
                               if self._compressor is not None else None)
-                settlement.compression = compressed
                 if self._gate is None or not self._gate.lowers(request):
                     self._check_context(request)
                 gated = (await self._gate.apply(request, admission.principal)
@@ -163,8 +162,11 @@ class RequestHandler:
                 answer = await self._pipeline.answer(request, admission, settlement.spend)
                 if gated is not None:
                     answer.context = gated.note
-                if compressed is not None:
+                if compressed is not None and not answer.hit:  # an engine read it
                     answer.compression = compressed.note
+                    settlement.compression = compressed
+                    assert self._compressor is not None
+                    self._compressor.counted(compressed)
                 if selection is not None:
                     answer.selection = selection.reason
                 if rollouts is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import threading
 from collections.abc import Callable
 
 from opentelemetry.trace import Tracer
@@ -91,13 +92,18 @@ def _judge(config: PlatformConfig, routing: RoutingConfig, judge: JudgeConfig,
 
 def lazy_embedder() -> Callable[[], Embedder]:
     """The MiniLM embedder, loaded on first use and then shared (learned stages, the
-    semantic cache)."""
+    semantic cache, compression); loaded once even when two threads ask first."""
+    lock = threading.Lock()
 
     @functools.cache
-    def embedder() -> Embedder:
+    def load() -> Embedder:
         from sluice.router.features import MiniLMEmbedder
 
         return MiniLMEmbedder(batch_size=8)
+
+    def embedder() -> Embedder:
+        with lock:
+            return load()
 
     return embedder
 

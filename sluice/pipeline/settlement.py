@@ -164,8 +164,8 @@ class Settlement:
             end_span(self._span, outcome)
         self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                 outcome.status, outcome, outcome.cost_usd,
-                                stages=self.spend.stages, hold_id=self._hold_id, context=self.context,
-                                    compression=self.compression)
+                                stages=self.spend.stages, hold_id=self._hold_id,
+                                context=self.context, compression=self.compression)
 
     @property
     def _hold_id(self) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import math
 import operator
 import re
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -32,10 +33,15 @@ class MiniLMEmbedder:
 
         self._model = SentenceTransformer(str(get_model_path()), device="cpu")
         self._batch_size = batch_size
+        # one model, shared by the ingress's worker threads (semantic cache, judges,
+        # compression): its fast tokenizer is not safe to call from two at once
+        self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self._model.encode(list(texts), batch_size=self._batch_size,
-                                             normalize_embeddings=True, show_progress_bar=False))
+        with self._lock:
+            return np.asarray(self._model.encode(
+                list(texts), batch_size=self._batch_size, normalize_embeddings=True,
+                show_progress_bar=False))
 
 
 class MemoEmbedder:

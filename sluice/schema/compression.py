@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sluice.schema.base import Frozen
 
@@ -27,11 +27,23 @@ class CompressionPolicy(Frozen):
     min_prompt_tokens: int = Field(default=1000, ge=0, description="Prompts shorter than "
                                    "this are sent as they are (there is little to save, and "
                                    "much to lose).")
+    max_prompt_tokens: int = Field(default=32_000, ge=1, description="Prompts longer than "
+                                   "this are sent as they are: the bound on the CPU one "
+                                   "request may take (about 0.25 s per 1,000 tokens here).")
     min_message_tokens: int = Field(default=64, ge=0, description="A message shorter than "
-                                    "this (an instruction, a short turn) is kept whole.")
+                                    "this (an instruction, a short turn) is kept whole, and "
+                                    "so is a long message's first paragraph this short.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CompressionPolicy:
+        if self.min_prompt_tokens > self.max_prompt_tokens:
+            raise ValueError("min_prompt_tokens must not exceed max_prompt_tokens")
+        return self
 
 
 class CompressionSettings(Frozen):
+    """The compression policy of every model and route, and whether a client may ask."""
+
     default: CompressionPolicy = Field(default_factory=CompressionPolicy,
                                        description="Policy of a model or route not named "
                                        "below.")

@@ -8,9 +8,10 @@ Only settings that change how an engine serves under load, each in the form the 
 - chunked prefill on or off, and when on its per-step token budget (`max_num_batched_tokens`);
 - `block_size`: tokens per KV-cache block (the CPU backend wants multiples of 32 and defaults
   to 128; CUDA's attention backends take 16 or 32 among others);
-- KV-cache space: `kv_cache_memory_bytes` on CPU (vLLM's legacy `VLLM_CPU_KVCACHE_SPACE`, which
-  the profiles set, would override it: `llm_config_for` drops that variable for a model that
-  sets this), `gpu_memory_utilization` on a GPU.
+- KV-cache space: `kv_cache_memory_bytes` on CPU, in whole GiB (vLLM's legacy
+  `VLLM_CPU_KVCACHE_SPACE`, which the profiles set, would override it: `llm_config_for` sets
+  that variable to the same amount for a model that sets this), `gpu_memory_utilization` on
+  a GPU.
 
 Asynchronous scheduling is not offered: the CPU platform turns it off whatever is asked.
 Sampling settings are not searched: the demo models' random weights give no quality signal
@@ -41,12 +42,15 @@ class TuneSpace(Frozen):
     """Where the search looks. Every list is the choices; an empty list leaves that setting
     at the profile's value."""
 
-    max_num_seqs: tuple[int, int] = Field(default=(4, 64), description="Bounds (log-uniform).")
-    chunked_prefill: tuple[bool, ...] = Field(default=(True, False))
+    max_num_seqs: tuple[int, int] = Field(default=(4, 64), description="Bounds of the "
+                                          "sequences batched per step (log-uniform).")
+    chunked_prefill: tuple[bool, ...] = Field(default=(True, False), description="Chunked "
+                                              "prefill on, off, or both tried.")
     max_num_batched_tokens: tuple[int, ...] = Field(
         default=(256, 512, 1024, 2048), description="Step budgets tried with chunking on.")
-    block_size: tuple[int, ...] = Field(default=())
-    kv_cache_gib: tuple[float, ...] = Field(default=(), description="CPU: KV-cache space.")
+    block_size: tuple[int, ...] = Field(default=(), description="Tokens per KV-cache block.")
+    kv_cache_gib: tuple[int, ...] = Field(default=(), description="CPU: KV-cache space in "
+                                          "whole GiB (what VLLM_CPU_KVCACHE_SPACE counts).")
     gpu_memory_utilization: tuple[float, ...] = Field(default=(), description="GPU: the "
                                                       "share of GPU memory the engine takes.")
 
@@ -55,6 +59,8 @@ class TuneSpace(Frozen):
         low, high = self.max_num_seqs
         if not 1 <= low <= high:
             raise ValueError("max_num_seqs bounds must satisfy 1 <= low <= high")
+        if any(g < 1 for g in self.kv_cache_gib):
+            raise ValueError("kv_cache_gib: whole GiB, at least 1")
         return self
 
     @classmethod
@@ -66,13 +72,16 @@ class TuneSpace(Frozen):
 
 
 class EngineSettings(Frozen):
-    """One point of the space: what a trial deploys."""
+    """One point of the space: what a trial deploys (None: the profile's value)."""
 
-    max_num_seqs: int | None = None
-    chunked_prefill: ChunkedPrefill | None = None
-    block_size: int | None = None
-    kv_cache_gib: float | None = None
-    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = Field(default=None, description="vLLM's max_num_seqs.")
+    chunked_prefill: ChunkedPrefill | None = Field(default=None, description="On or off, "
+                                                   "and its step budget.")
+    block_size: int | None = Field(default=None, description="vLLM's block_size.")
+    kv_cache_gib: int | None = Field(default=None, ge=1, description="CPU: KV-cache space, "
+                                     "whole GiB (kv_cache_memory_bytes).")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1,
+                                                 description="GPU: vLLM's setting.")
 
     def engine_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -81,7 +90,7 @@ class EngineSettings(Frozen):
         if self.block_size is not None:
             out["block_size"] = self.block_size
         if self.kv_cache_gib is not None:
-            out["kv_cache_memory_bytes"] = int(self.kv_cache_gib * GIB)
+            out["kv_cache_memory_bytes"] = self.kv_cache_gib * GIB
         if self.gpu_memory_utilization is not None:
             out["gpu_memory_utilization"] = self.gpu_memory_utilization
         return out
@@ -102,7 +111,7 @@ class EngineSettings(Frozen):
         if self.block_size:
             parts.append(f"block={self.block_size}")
         if self.kv_cache_gib:
-            parts.append(f"kv={self.kv_cache_gib:g}GiB")
+            parts.append(f"kv={self.kv_cache_gib}GiB")
         if self.gpu_memory_utilization:
             parts.append(f"gpu_mem={self.gpu_memory_utilization:g}")
         return " ".join(parts) or "defaults"

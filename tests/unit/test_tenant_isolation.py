@@ -70,6 +70,34 @@ def test_cached_answers_never_cross_tenants_exact_or_semantic(redis_url) -> None
     asyncio.run(run())
 
 
+def test_a_compressed_requests_answer_is_kept_apart_from_the_full_ones(redis_url) -> None:
+    """The same body asked with and without compression (or at another ratio) is a
+    different question: its answers never stand in for each other, exact or semantic; the
+    semantic cache stays on for it (its model's setting is read without the scope)."""
+    async def run() -> None:
+        tasks: list[asyncio.Future] = []
+        cache = AnswerCache(ResponseCacheConfig(timeout_ms=2000),
+                            SemanticCacheConfig(enabled=True, models=("small",)), redis_url,
+                            SameMeaning, lambda coro: tasks.append(asyncio.ensure_future(coro)),
+                            NoOpTracer())  # type: ignore[arg-type]
+        question, scope = _chat("what is the capital of Spain"), "~compressed:relevance:0.5"
+        first = await cache.lookup("chat", "small", question, SEMANTIC, "acme", scope)
+        assert first.status is CacheStatus.MISS
+        cache.store_whole(first, ANSWER)
+        await asyncio.gather(*tasks)
+        assert (await cache.lookup("chat", "small", question, SEMANTIC, "acme",
+                                   scope)).status is CacheStatus.HIT
+        similar = _chat("tell me the capital of Spain")
+        hit = await cache.lookup("chat", "small", similar, SEMANTIC, "acme", scope)
+        assert hit.status is CacheStatus.HIT and hit.similarity is not None
+        for other in ("", "~compressed:relevance:0.6"):
+            for body in (question, similar):
+                found = await cache.lookup("chat", "small", body, SEMANTIC, "acme", other)
+                assert found.status is CacheStatus.MISS and found.body is None
+
+    asyncio.run(run())
+
+
 def test_rate_limit_counters_under_a_star_limit_are_per_tenant(redis_url) -> None:
     cfg = RateLimitsConfig.model_validate({"limits": [
         {"scope": "tenant", "id": "*", "requests_per_minute": 2}], "store_timeout_ms": 3000})

@@ -37,14 +37,14 @@ def test_a_draw_names_every_setting_of_the_space_and_nothing_else() -> None:
     space = TuneSpace.for_device("cpu")
     settings = suggest(optuna.trial.FixedTrial({
         "chunked_prefill": True, "max_num_batched_tokens": 512, "max_num_seqs": 12,
-        "block_size": 64, "kv_cache_gib": 2.0}), space)
+        "block_size": 64, "kv_cache_gib": 2}), space)
     assert settings == EngineSettings(
         max_num_seqs=12, chunked_prefill=ChunkedPrefill(enabled=True, max_num_batched_tokens=512),
-        block_size=64, kv_cache_gib=2.0)
+        block_size=64, kv_cache_gib=2)
     assert settings.engine_kwargs() == {"max_num_seqs": 12, "block_size": 64,
                                         "kv_cache_memory_bytes": 2 * GIB}
     off = suggest(optuna.trial.FixedTrial({"chunked_prefill": False, "max_num_seqs": 4,
-                                           "block_size": 128, "kv_cache_gib": 1.0}), space)
+                                           "block_size": 128, "kv_cache_gib": 1}), space)
     assert off.chunked_prefill == ChunkedPrefill(enabled=False)  # no budget drawn when off
     narrow = TuneSpace(max_num_seqs=(8, 8), chunked_prefill=())
     assert suggest(optuna.trial.FixedTrial({"max_num_seqs": 8}), narrow) == EngineSettings(
@@ -114,7 +114,7 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes() -> None:
 def test_apply_writes_the_winner_and_its_provenance_and_keeps_the_profile(tmp_path) -> None:
     profile = tmp_path / "profile.yaml"
     profile.write_text(PROFILE.read_text().replace("../", f"{ROOT}/platform/"))
-    win = EngineSettings(max_num_seqs=12, block_size=64, kv_cache_gib=2.0,
+    win = EngineSettings(max_num_seqs=12, block_size=64, kv_cache_gib=2,
                          chunked_prefill=ChunkedPrefill(max_num_batched_tokens=512))
     apply_settings(profile, "small", win, "first tune")
     text = apply_settings(profile, "small", win, "second tune\n`sluice tune --trials 2`")
