@@ -221,6 +221,15 @@ def test_the_stage_leaves_short_prompts_completions_and_opted_out_requests_alone
     completion = ParsedRequest("completion", body, CompletionRequest.model_validate(body),
                                "r2", {"x-sluice-compress": "on"})
     assert asyncio.run(stage.apply(completion)) is None
+    pictured = [{"role": "user", "content": [
+                    {"type": "text", "text": qa.context},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "user", "content": qa.question}]
+    text_only = [{**pictured[0], "content": pictured[0]["content"][:1]}, pictured[1]]
+    assert asyncio.run(stage.apply(_chat(text_only, {"x-sluice-compress": "on"}))) is not None
+    asked = _chat(pictured, {"x-sluice-compress": "on"})
+    assert asyncio.run(stage.apply(asked)) is None  # not text only: never touched
+    assert asked.llm.messages[0]["content"][1]["type"] == "image_url"
     untokenized = CompressStage(on, StaticRouter(CONFIG.catalog, "large"), TokenCounter({}),
                                 lambda: WordEmbedder(), lambda *a: 0.0, lambda *a: None)
     assert asyncio.run(untokenized.apply(_chat(long_chat, {}))) is None  # (a hosted model)
