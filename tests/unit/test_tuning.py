@@ -53,7 +53,7 @@ def test_a_draw_names_every_setting_of_the_space_and_nothing_else() -> None:
         TuneSpace(max_num_seqs=(16, 8))
 
 
-def test_sampled_settings_are_configs_the_pinned_vllm_accepts() -> None:
+def test_sampled_settings_are_configs_the_pinned_vllm_accepts(monkeypatch) -> None:
     """Every draw of a real TPE sampler over the CPU space becomes engine arguments from which
     vLLM's EngineArgs builds its VllmConfig, with the drawn values in it (no engine started);
     the model's KV space wins over the profile's legacy VLLM_CPU_KVCACHE_SPACE."""
@@ -71,6 +71,8 @@ def test_sampled_settings_are_configs_the_pinned_vllm_accepts() -> None:
             update={"models": {**CONFIG.profile.models, "small": deployment}})
         llm = llm_config_for(CONFIG.model_copy(update={"profile": profile}), small)
         kwargs = {k: v for k, v in llm.engine_kwargs.items() if k in known}
+        for name, value in llm.runtime_env["env_vars"].items():  # as the engine's process
+            monkeypatch.setenv(name, value)  # sees them (the profile's legacy variable too)
         vllm = EngineArgs(model=CONFIG.model_source(small), **kwargs).create_engine_config()
         assert vllm.scheduler_config.max_num_seqs == settings.max_num_seqs
         assert vllm.cache_config.block_size == settings.block_size
