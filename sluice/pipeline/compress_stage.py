@@ -37,7 +37,6 @@ from sluice.router.static import StaticRouter
 from sluice.schema.compression import CompressionPolicy, CompressionSettings
 
 HEADER = "x-sluice-compress"
-NOTE_HEADER = "x-sluice-compression"
 _SETTING = r"(ratio=0?\.[0-9]*[1-9][0-9]*|method=(relevance|salience))"
 PATTERN = rf"^(on|off|{_SETTING}( *; *{_SETTING})*)$"  # what the API document states
 Price = Callable[[str, int, int], float]  # (model, prompt tokens, completion tokens) -> USD
