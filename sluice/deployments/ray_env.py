@@ -13,6 +13,16 @@ from sluice.schema.platform import Profile
 
 HEADER_GUARD = "sluice.deployments.header_guard:middlewares"  # (header_guard.CALLBACK)
 
+# vLLM, LMCache and Ray report usage to their makers' servers by default. A serving platform
+# holds its users' prompts on private networks: nothing of it calls out unless a profile's
+# engine_env / ray_env turns a report back on.
+NO_USAGE_REPORTS = {
+    "DO_NOT_TRACK": "1",              # the cross-tool convention (vLLM and LMCache read it)
+    "VLLM_NO_USAGE_STATS": "1",
+    "LMCACHE_TRACK_USAGE": "false",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
 
 def ray_environment(profile: Profile, *, single_machine: bool) -> dict[str, str]:
     """Environment of every Ray process: engine settings, Serve's switches.
@@ -27,6 +37,7 @@ def ray_environment(profile: Profile, *, single_machine: bool) -> dict[str, str]
         # request headers Serve itself reads are made safe in front of it (a raw echo of
         # x-request-id, a 500 on a non-UTF-8 byte): sluice.deployments.header_guard
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": HEADER_GUARD,
+        **NO_USAGE_REPORTS,
         **profile.engine_env,
         **profile.ray_env,
     }

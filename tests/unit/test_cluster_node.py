@@ -68,6 +68,17 @@ def test_a_cluster_node_gets_serves_switches_and_no_single_machine_shortcut() ->
     assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in env
 
 
+def test_no_process_of_the_platform_reports_usage_unless_a_profile_says_so() -> None:
+    for single_machine in (True, False):
+        env = ray_environment(_profile(GPU), single_machine=single_machine)
+        # the switches each package reads (vllm/envs.py, lmcache's usage_telemetry, Ray)
+        assert env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
+        assert env["LMCACHE_TRACK_USAGE"] == "false"
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    profile = _profile(GPU).model_copy(update={"engine_env": {"DO_NOT_TRACK": "0"}})
+    assert ray_environment(profile, single_machine=False)["DO_NOT_TRACK"] == "0"
+
+
 def test_sluice_serve_keeps_its_environment() -> None:
     config = load_platform_config(CPU, root=ROOT)
     env = LocalStack(config, ROOT / ".run").ray_environment()
