@@ -11,6 +11,15 @@ TTFT is the wall time of a one-token generation. Prompts are random token ids of
 1k, 2k and 4k tokens. Reported: medians per length and the ratio plain / reader-load.
 
     python -m loadtests.kv_tier_bench --out bench-results/kv-tier
+
+`--part miss` answers one question alone, with the two engines alive side by side: what does
+a tier *miss* cost (a cold prompt computed and stored in Redis) against the same engine
+settings with the tier off? Two engines (tier on, tier off) are started once and kept; each
+round gives both a fresh prompt of the same length, one at a time, in ABBA order so the
+machine's drift falls on both. Reported per length: the paired ratios' median and their
+spread.
+
+    python -m loadtests.kv_tier_bench --part miss --reps 10 --out bench-results/kv-tier
 """
 
 from __future__ import annotations
@@ -45,11 +54,119 @@ def engine(role: str, model: str, work: dict[str, Any], env: dict[str, str]) -> 
     proc = subprocess.run(
         [sys.executable, "-m", "loadtests.kv_tier_bench", "--role", role, "--model", model,
          "--work", f.name], env={**os.environ, **env}, cwd=ROOT, capture_output=True,
-        text=True, timeout=1800)
+        text=True, timeout=1800, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{role} engine failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+class Worker:
+    """One long-lived engine process (this module with --role serve), fed one prompt at a
+    time on its stdin; it answers each with its TTFT and cached tokens on stdout."""
+
+    def __init__(self, name: str, model: str, env: dict[str, str], *, tier: bool) -> None:
+        print(f"[kv-bench] starting the {name} engine ...", flush=True)
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtests.kv_tier_bench", "--role", "serve", "--model",
+             model, *(["--tier"] if tier else [])], env={**os.environ, **env}, cwd=ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True)
+        self._read()  # READY, after its warm-up
+
+    def _read(self) -> str:
+        while True:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if not line:
+                raise RuntimeError(f"the {self.name} engine ended (exit {self.proc.wait()})")
+            if line.startswith(("READY", "TTFT ")):
+                return line.strip()
+
+    def ttft(self, ids: list[int]) -> tuple[float, int]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(ids) + "\n")
+        self.proc.stdin.flush()
+        _, took, cached = self._read().split()
+        return float(took), int(cached)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _engine(model: str, tier: bool):  # type: ignore[no-untyped-def]
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+    from vllm.inputs import TokensPrompt
+
+    from sluice.cache_tier.kv_tier import kv_transfer_config
+
+    kwargs = {"kv_transfer_config": KVTransferConfig(**kv_transfer_config("cpu"))} if tier else {}
+    llm = LLM(model=model, enforce_eager=True, dtype="float32", gpu_memory_utilization=0.2,
+              max_model_len=8192, enable_prefix_caching=True, **kwargs)
+    params = SamplingParams(temperature=0, max_tokens=1)
+    llm.generate([TokensPrompt(prompt_token_ids=[5, 6, 7, 8])], params)  # warm-up
+
+    def ttft(ids: list[int]) -> tuple[float, int]:
+        started = time.perf_counter()
+        out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
+        return time.perf_counter() - started, int(out.num_cached_tokens or 0)
+
+    return ttft
+
+
+def serve_role(model: str, tier: bool) -> None:
+    ttft = _engine(model, tier)
+    print("READY", flush=True)
+    for line in sys.stdin:
+        took, cached = ttft(json.loads(line))
+        print(f"TTFT {took:.6f} {cached}", flush=True)
+
+
+def miss_part(args: argparse.Namespace, tier_env: dict[str, str], base: dict[str, str],
+              vocab: int) -> dict[str, Any]:
+    """Tier on vs tier off, both engines alive, fresh prompts to each, ABBA order."""
+    on = Worker("tier-on", args.model, tier_env, tier=True)
+    off = Worker("tier-off", args.model, base, tier=False)
+    rows: dict[str, Any] = {}
+    try:
+        rng = random.Random(3)
+        for n in LENGTHS:
+            row = rows.setdefault(str(n), {"on": [], "off": [], "on_cached": [],
+                                            "off_cached": []})
+            for rep in range(args.reps):
+                order = (on, off) if rep % 2 == 0 else (off, on)
+                for worker in order:
+                    ids = [rng.randrange(10, vocab - 10) for _ in range(n)]
+                    took, cached = worker.ttft(ids)
+                    key = "on" if worker is on else "off"
+                    row[key].append(took)
+                    row[f"{key}_cached"].append(cached)
+                print(f"[kv-bench] miss {n} tokens #{rep}: tier on {row['on'][-1]:.2f} s, "
+                      f"off {row['off'][-1]:.2f} s", flush=True)
+    finally:
+        on.close()
+        off.close()
+    summary: dict[str, Any] = {"reps": args.reps, "model": args.model, "lengths": {}}
+    for n, row in rows.items():
+        ratios = sorted(a / b for a, b in zip(row["on"], row["off"]))
+        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+        summary["lengths"][n] = {
+            "tier_on_miss_p50_s": statistics.median(row["on"]),
+            "tier_off_p50_s": statistics.median(row["off"]),
+            "ratio_p50": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
+            "ratio_min": ratios[0], "ratio_max": ratios[-1],
+            "cached_tokens_max": max(row["on_cached"] + row["off_cached"])}
+        r = summary["lengths"][n]
+        print(f"{n:>5} tokens: miss with tier {r['tier_on_miss_p50_s']:.2f} s vs no tier "
+              f"{r['tier_off_p50_s']:.2f} s: paired ratio p50 {r['ratio_p50']:.3f} "
+              f"(IQR {r['ratio_q1']:.3f}-{r['ratio_q3']:.3f})", flush=True)
+    summary["raw"] = rows
+    return summary
 
 
 def run_role(role: str, model: str, work_path: Path) -> None:
@@ -111,7 +228,9 @@ def plot(summary: dict[str, Any], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=("writer", "reader", "plain"))
+    parser.add_argument("--role", choices=("writer", "reader", "plain", "serve"))
+    parser.add_argument("--part", choices=("all", "miss"), default="all")
+    parser.add_argument("--tier", action="store_true", help="(--role serve) the KV tier on")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--model", default=str(ROOT / "models/demo/large"))
     parser.add_argument("--reps", type=int, default=3)
@@ -119,6 +238,9 @@ def main() -> None:
     parser.add_argument("--redis-port", type=int, default=6420)
     parser.add_argument("--out", type=Path, default=Path("bench-results/kv-tier"))
     args = parser.parse_args()
+    if args.role == "serve":
+        serve_role(args.model, args.tier)
+        return
     if args.role:
         run_role(args.role, args.model, args.work)
         return
@@ -131,6 +253,15 @@ def main() -> None:
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     stored, fresh = prompts(1, args.reps, vocab), prompts(2, args.reps, vocab)
     base = {"VLLM_CPU_KVCACHE_SPACE": "2", "PYTHONHASHSEED": "0", "HF_HUB_OFFLINE": "1"}
+    if args.part == "miss":
+        with LocalRedisServer(args.out / "redis", port=args.redis_port,
+                              appendonly=False) as redis:
+            tier = {**base, **engine_env(KVTierConfig(enabled=True, chunk_size=args.chunk_size),
+                                         redis.url)}
+            summary = miss_part(args, tier, base, vocab)
+        (args.out / "kv_tier_miss.json").write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.out}/kv_tier_miss.json")
+        return
     with LocalRedisServer(args.out / "redis", port=args.redis_port, appendonly=False) as redis:
         tier = {**base, **engine_env(KVTierConfig(enabled=True, chunk_size=args.chunk_size),
                                      redis.url)}
