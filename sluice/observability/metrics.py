@@ -11,6 +11,9 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - gen_ai_server_time_per_output_token_seconds{model}          histogram
 - gen_ai_server_request_duration_seconds{model}               histogram
 - sluice_requests_total{model, route, status}                 counter (status: HTTP code)
+- sluice_served_requests_total{model, served, status}        counter (served: the model or
+  rollout variant that answered, e.g. large@v2; empty when none did)
+- sluice_served_time_to_first_token_seconds{model, served}    histogram
 - sluice_tokens_total{model, type}                            counter (input|output|cached_input)
 - sluice_in_flight_requests{model}                            gauge (queue depth at the ingress)
 - sluice_cost_usd_total{model}                                counter (each model that ran)
@@ -27,6 +30,9 @@ Names (the alert rules and the Grafana dashboard in platform/observability/ use 
 - sluice_compressed_requests_total{model, method}            counter (relevance|salience)
 - sluice_compression_saved_tokens_total{model}               counter (prompt tokens removed)
 - sluice_cache_lookups_total{cache, result}                   counter (response|semantic)
+- sluice_rollout_compared_pairs_total{model, candidate, result} counter (agreed|disagreed|
+  candidate_error|skipped: a shadow's copies, a canary's quality sample)
+- sluice_rollout_compared_latency_ratio{model, candidate}     histogram (candidate / baseline)
 - sluice_cascade_requests_total{route, path}                  counter (small|large|small>large|..)
 - sluice_cascade_escalation_rate{route}                       gauge
 - sluice_judge_reliability{route}                             gauge (NaN until measured)
@@ -52,6 +58,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)
+# a candidate's latency over its baseline's on the same request (compared pairs)
+RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 
 CacheCounters = Callable[[], Mapping[str, Mapping[str, int] | None]]
 RouteSnapshots = Callable[[], Mapping[str, Mapping[str, Any]]]
@@ -110,6 +118,15 @@ class Metrics:
                                   buckets=DURATION_BUCKETS, registry=r)
         self.requests = Counter("sluice_requests", "Requests answered, by model, route and "
                                 "HTTP status.", ["model", "route", "status"], registry=r)
+        # by the catalog model that answered: a rollout's variant (`large@v2`), a failover
+        # chain's model; `model` is the one asked for, as everywhere else
+        self.served = Counter("sluice_served_requests", "Requests by the model asked for, the "
+                              "model or variant that answered (served; empty: none did) and "
+                              "HTTP status.", ["model", "served", "status"], registry=r)
+        self.served_ttft = Histogram("sluice_served_time_to_first_token", "Time to first "
+                                     "token by the model asked for and the model or variant "
+                                     "that answered.", ["model", "served"], unit="seconds",
+                                     buckets=TTFT_BUCKETS, registry=r)
         self.tokens = Counter("sluice_tokens", "Tokens by model and type (input, output, "
                               "cached_input).", ["model", "type"], registry=r)
         self.cost = Counter("sluice_cost_usd", "Cost of the answers, by the model that "
@@ -143,6 +160,15 @@ class Metrics:
         self.rollout_share = Gauge(
             "sluice_rollout_share", "The candidate's share of its model's traffic (0-1) at the "
             "last decision this replica took or read.", ["model", "variant"], registry=r)
+        self.compared_pairs = Counter(
+            "sluice_rollout_compared_pairs", "Requests answered by one variant and, in the "
+            "background, by another (a shadow's copies; a canary's quality sample), by model, "
+            "the candidate and the result: agreed, disagreed, candidate_error, or skipped (at "
+            "the bound of copies in flight).", ["model", "candidate", "result"], registry=r)
+        self.compared_latency_ratio = Histogram(
+            "sluice_rollout_compared_latency_ratio", "The candidate's whole-answer latency over "
+            "the baseline's, on the same request (compared pairs).", ["model", "candidate"],
+            buckets=RATIO_BUCKETS, registry=r)
         if caches is not None or routes is not None:
             r.register(_StateCollector(caches or dict, routes or dict))
 
@@ -150,13 +176,17 @@ class Metrics:
         return generate_latest(self.registry)
 
     def record(self, model: str, route: str, status: int, *, duration_s: float,
+               served: str = "",
                ttft_s: float | None = None, tpot_s: float | None = None,
                usage: Mapping[str, Any] | None = None) -> None:
-        """One finished request (success or error)."""
+        """One finished request (success or error); served: the model or variant that
+        answered it."""
         self.requests.labels(model, route, str(status)).inc()
+        self.served.labels(model, served, str(status)).inc()
         self.duration.labels(model).observe(duration_s)
         if ttft_s is not None:
             self.ttft.labels(model).observe(ttft_s)
+            self.served_ttft.labels(model, served).observe(ttft_s)
         if tpot_s is not None:
             self.tpot.labels(model).observe(tpot_s)
         if usage:

@@ -49,7 +49,8 @@ class RequestMeter:
     def finished(self, outcome: Outcome) -> None:
         self._leave()
         self._metrics.record(self.model, outcome.route, outcome.status,
-                             duration_s=outcome.duration_s, ttft_s=outcome.ttft_s,
+                             duration_s=outcome.duration_s, served=outcome.model,
+                             ttft_s=outcome.ttft_s,
                              tpot_s=outcome.tpot_s,
                              usage=None if outcome.cache == "hit" else outcome.usage)
         self.charged(outcome.priced)

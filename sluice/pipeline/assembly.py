@@ -36,6 +36,7 @@ from sluice.pipeline.routes import build_runners, lazy_embedder
 from sluice.pipeline.selector import Selector
 from sluice.pipeline.token_counter import TokenCounter
 from sluice.rollouts.controller import EVENTS, Rollouts
+from sluice.rollouts.report import ShadowPair
 from sluice.rollouts.state import Rollout
 from sluice.rollouts.store import RolloutStore
 from sluice.router.quality import load as load_quality
@@ -77,6 +78,24 @@ def engine_timeouts(config: PlatformConfig, models: Mapping[str, Any]) -> dict[s
     return out
 
 
+def on_compared(metrics: Metrics) -> Callable[[Rollout, ShadowPair | None], None]:
+    """A compared pair (or a sample skipped at the bound): the shadow's metrics."""
+
+    def count(r: Rollout, pair: ShadowPair | None) -> None:
+        if pair is None:
+            result = "skipped"
+        elif pair.candidate_error:
+            result = "candidate_error"
+        else:
+            result = "agreed" if pair.agreed else "disagreed"
+        metrics.compared_pairs.labels(r.model, r.candidate, result).inc()
+        if pair is not None and not pair.candidate_error and pair.baseline_s > 0:
+            metrics.compared_latency_ratio.labels(r.model, r.candidate).observe(
+                pair.candidate_s / pair.baseline_s)
+
+    return count
+
+
 def rollout_hooks(metrics: Metrics, alert: Callable[[dict[str, Any]], None]
                   ) -> tuple[Callable[[Rollout, str], None], Callable[[Rollout], None]]:
     """What a rollout's decisions (on_event) and every read of its state (on_read) do: the
@@ -107,7 +126,8 @@ def rollouts_for(config: PlatformConfig, deployed: Iterable[str], redis_url: str
 
     on_event, on_read = rollout_hooks(metrics, alert)
     return Rollouts(settings, store, {m.name: (m.base, m.variant) for m in config.catalog.models},
-                    set(deployed), on_event=on_event, on_read=on_read)
+                    set(deployed), on_event=on_event, on_read=on_read,
+                    on_compared=on_compared(metrics))
 
 
 def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str | None

@@ -56,18 +56,23 @@ class Rollouts:
                  on_event: Callable[[Rollout, str], None] | None = None,
                  on_read: Callable[[Rollout], None] | None = None,
                  clock: Callable[[], float] = time.time, holder: str | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_compared: Callable[[Rollout, ShadowPair | None], None] | None = None
+                 ) -> None:
         """models: each catalog model's base and variant label (`large@v2` -> `large`,
         `v2`; `large` -> `large`, its `version`); deployed: the models
         this ingress can call; on_event(rollout, event): a decision was taken (metric,
         log, webhook); on_read(rollout): each rollout, whenever the state is read or
-        changed (a gauge of its share on every replica)."""
+        changed (a gauge of its share on every replica); on_compared(rollout, pair): a
+        compared pair (the shadow's, or a canary's quality sample), None for a sample
+        skipped at the bound of copies in flight (the shadow metrics)."""
         self.settings, self._store = settings, store
         self._base = {name: base for name, (base, _) in models.items()}
         self._labels = {name: label for name, (_, label) in models.items()}
         self._deployed = set(deployed)
         self._on_event = on_event or (lambda _r, _e: None)
         self._on_read = on_read or (lambda _r: None)
+        self._on_compared = on_compared or (lambda _r, _p: None)
         self._clock, self._rng = clock, rng or random.Random()
         self._holder = holder or uuid.uuid4().hex
         self._rollouts: dict[str, Rollout] = {}  # by model
@@ -123,6 +128,7 @@ class Rollouts:
             return None
         if self._shadows_in_flight >= self.settings.shadow_max_in_flight:
             self.shadow_skipped += 1
+            self._on_compared(r, None)
             return None
         return r, copy_to
 
@@ -174,6 +180,7 @@ class Rollouts:
                 pair = ShadowPair(agreed, failed, user_s, took, user_tokens, tokens)
             else:  # the candidate answered the user; the baseline answered the copy
                 pair = ShadowPair(agreed, False, took, user_s, tokens, user_tokens)
+            self._on_compared(r, pair)
             if self._store is not None:
                 await self._store.shadowed(r.id, pair)
         except Exception as exc:  # noqa: BLE001 - the user's answer failed, or Redis did

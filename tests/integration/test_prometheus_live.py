@@ -32,8 +32,11 @@ SCRAPE_S = 1.0
 # run's history is still evaluated over the samples it has
 BUILTINS = {"__rate_interval": "5m", "__interval": "15s", "__range": "5m"}
 # Dashboard queries that may be empty after a healthy workload, and why
-ROLLOUT_PANELS = ("panel 31 (Rollout: candidate's share) A", "panel 32 (Rollout decisions) A")
-ROLLOUT_METRICS = {"sluice_rollout_share", "sluice_rollout_events_total"}
+ROLLOUT_PANELS = ("panel 31 (Rollout: candidate's share) A", "panel 32 (Rollout decisions) A",
+                  "panel 35 (Compared pairs/s (shadow, quality sample)) A",
+                  "panel 36 (Candidate / baseline latency, p50 of pairs) A")
+ROLLOUT_METRICS = {"sluice_rollout_share", "sluice_rollout_events_total",
+                   "sluice_rollout_compared_pairs_total", "sluice_rollout_compared_latency_ratio"}
 MAY_BE_EMPTY = {
     "panel 7 (5xx share by model) A": "no 5xx answers on a healthy stack: 0/x is data, "
                                       "but sum() over no 5xx series is no series",

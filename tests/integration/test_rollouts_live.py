@@ -202,6 +202,12 @@ def test_a_shadow_never_changes_the_users_answer_and_its_pairs_are_recorded(serv
     shadow = status()["shadow"]
     assert shadow["pairs"] >= 6 and shadow["candidate_errors"] == 0
     assert shadow["agreement"]["rate"] >= 0.8  # the same weights, greedy
+    # the shadow's metrics (the dashboard's Rollouts row), on the one ingress replica here
+    pairs = {s.labels["result"]: s.value
+             for f in text_string_to_metric_families(httpx.get(f"{URL}/metrics", timeout=30).text)
+             if f.name == "sluice_rollout_compared_pairs" for s in f.samples
+             if s.name.endswith("_total") and s.labels.get("candidate") == "small@v2"}
+    assert pairs.get("agreed", 0) + pairs.get("disagreed", 0) >= 6, pairs
     # the copies were not billed: the ledger has the users' requests only
     assert _requests_of("small@v2") == v2_before
 

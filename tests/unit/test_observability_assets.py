@@ -45,8 +45,9 @@ from sluice.observability.assets import (
 )
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import UNROUTED
-from sluice.pipeline.assembly import rollout_hooks
+from sluice.pipeline.assembly import on_compared, rollout_hooks
 from sluice.rollouts import state as ops
+from sluice.rollouts.report import ShadowPair
 from sluice.router.cascade import ESCALATED, FALLBACK, LARGE, SMALL, CascadePolicy
 from sluice.schema.accounting import AccountingConfig
 from sluice.schema.caches import ResponseCacheConfig, SemanticCacheConfig
@@ -147,6 +148,9 @@ def exported(catalog_slos: dict[str, Any]) -> dict[str, dict[str, set[str]]]:
     canary = ops.begin("large-v2-x", RolloutSpec(model="large", to="v2"), "large", 0.0)
     on_read(canary)
     on_event(ops.abort(canary, 1.0), "rolled_back")
+    compared = on_compared(metrics)  # a shadow's pairs, as the rollouts controller reports
+    compared(canary, ShadowPair(True, False, 0.2, 0.25, 10, 11))
+    compared(canary, None)  # a sample skipped at the bound
     asyncio.run(_accounting(metrics))
     out: dict[str, dict[str, set[str]]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
@@ -357,7 +361,11 @@ def test_dashboard_rows_and_what_they_show(dashboard: dict[str, Any]) -> None:
                      'sluice_attributed_cost_usd_total{scope="key"}', "sluice_budget_spent_usd",
                      "sluice_budget_limit_usd", 'sluice_ledger_records_total{result="dropped"}',
                      "sluice_ledger_buffered", "sluice_ledger_write_errors_total"],
-            "Rollouts": ["sluice_rollout_share", 'sluice_rollout_events_total']}.items():
+            "Rollouts": ["sluice_rollout_share", 'sluice_rollout_events_total',
+                         "sluice_served_requests_total",
+                         "sluice_served_time_to_first_token_seconds_bucket",
+                         "sluice_rollout_compared_pairs_total",
+                         "sluice_rollout_compared_latency_ratio_bucket"]}.items():
         for what in shown:
             assert what in queries[row], f"row {row} does not show {what}"
 

@@ -99,6 +99,8 @@ def test_a_streamed_answer_records_ttft_tpot_tokens_cost_and_in_flight() -> None
     sent = metered(meter, Answer("small", "direct", "bypass", events=body()), clock)
     assert len(sent) == len(chunks)
     assert value(metrics, "gen_ai_server_time_to_first_token_seconds_sum", model="small") == 0.25
+    assert value(metrics, "sluice_served_time_to_first_token_seconds_sum", model="small",
+                 served="small") == 0.25
     # 3 tokens: 2 gaps over 0.46 - 0.25 s
     assert abs(value(metrics, "gen_ai_server_time_per_output_token_seconds_sum",
                      model="small") - 0.105) < 1e-9
@@ -139,7 +141,23 @@ def test_errors_are_counted_with_their_status_and_release_the_gauge() -> None:
                  status="400") == 1
     assert value(metrics, "sluice_requests_total", model="small", route="error",
                  status="503") == 1
+    assert value(metrics, "sluice_served_requests_total", model="small", served="",
+                 status="503") == 1  # nobody answered it
     assert value(metrics, "sluice_in_flight_requests", model="small") == 0
+
+
+def test_the_model_or_variant_that_answered_is_its_own_label() -> None:
+    """A rollout's variant (or a failover chain's model) answered for the model asked for:
+    `model` stays the one asked for; `served` names who answered."""
+    metrics, clock = Metrics(), Clock()
+    meter = RequestMeter(metrics, clock)
+    meter.routed("large")
+    metered(meter, Answer("large@v2", "large", "miss", whole={
+        "choices": [{"message": {"content": "x"}}], "usage": dict(USAGE)}), clock)
+    assert value(metrics, "sluice_served_requests_total", model="large", served="large@v2",
+                 status="200") == 1
+    assert value(metrics, "sluice_requests_total", model="large", route="large",
+                 status="200") == 1
 
 
 def test_cache_and_cascade_state_is_read_at_scrape_time() -> None:

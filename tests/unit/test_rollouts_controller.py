@@ -248,6 +248,42 @@ def test_a_canary_whose_answers_disagree_with_the_baselines_is_rolled_back(redis
     asyncio.run(run())
 
 
+def test_every_compared_pair_and_every_skipped_sample_reaches_the_metrics_hook(redis_url
+                                                                              ) -> None:
+    async def run() -> None:
+        seen: list[tuple[str, object]] = []
+        store = RolloutStore(async_client(redis_url, 1.0))
+        rollouts = Rollouts(RolloutSettings(poll_s=0.05, shadow_max_in_flight=1), store,
+                            MODELS, set(MODELS), rng=random.Random(1),
+                            on_compared=lambda r, pair: seen.append((r.candidate, pair)))
+        await rollouts.begin(RolloutSpec.model_validate(
+            {"model": "small", "to": "v2", "kind": "shadow", "percent": 100}))
+        sampled = rollouts.compare_for("small", "small")
+        assert sampled is not None
+        rollout, copy_to = sampled
+        gate: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+
+        async def copy() -> tuple[str, int]:
+            return await gate
+
+        async def told() -> tuple[str, int, float]:
+            return "same words", 2, 0.5
+
+        pending = asyncio.ensure_future(rollouts.shadowed(rollout, copy(), told(),
+                                                          lambda a, b: a == b))
+        await asyncio.sleep(0)  # one copy in flight: the bound (1) is reached
+        assert rollouts.compare_for("small", "small") is None
+        gate.set_result(("same words", 2))
+        await pending
+        assert [c for c, _ in seen] == ["small@v2", "small@v2"]
+        assert seen[0][1] is None  # skipped
+        pair = seen[1][1]
+        assert pair.agreed is True and pair.baseline_s == 0.5 and not pair.candidate_error
+        await rollouts.close()
+
+    asyncio.run(run())
+
+
 def test_the_judge_reads_only_whats_new_and_a_dead_store_is_a_503(redis_server, redis_url
                                                                    ) -> None:
     async def run() -> None:
