@@ -20,16 +20,23 @@ provider model, failing over to `small`):
    Then the provider back, stalled instead (the proxy holds its bytes past its first-byte
    bound): the time to `small`'s streamed answer (a stream's first event is bounded by
    `first_token_timeout_s`; an answer not streamed waits up to `request_timeout_s`).
+3. **Killed** (`--parts killed`, last: the provider does not come back): open-loop load on
+   `hosted` (`--rate` req/s, Poisson arrivals, half streamed), and `--kill-at` s in, the
+   stand-in provider's process group SIGKILLed. Reported: the time from the kill to the
+   first answer from `small`, every request's outcome (answered by whom, failed), the ones
+   in flight at the kill, and the latency of answers before and after it.
 
-Prints progress; writes results.json and a plot.
+Prints progress; writes results.json (killed.json for the killed part alone) and a plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -153,6 +160,90 @@ def failover(stack: ProviderStack, n: int) -> dict[str, Any]:
             "first_byte_bound_s": stack.settings.first_byte_s}
 
 
+def _outcome(url: str, stream: bool) -> dict[str, Any]:
+    """One request to `hosted`: when it started and ended, its status, who answered, and
+    for a stream whether it ended with [DONE] or with an error event."""
+    started = time.monotonic()
+    row: dict[str, Any] = {"start": started, "stream": stream}
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=120, json={
+                "model": "hosted", "max_tokens": 32, "temperature": 0, "stream": stream,
+                "messages": _prompt()}) as r:
+            body = r.read().decode()
+            row.update(status=r.status_code, model=r.headers.get("x-sluice-model", ""),
+                       failover=r.headers.get("x-sluice-failover", ""))
+            if stream and r.status_code == 200:
+                row["error_event"] = '"error"' in body
+                row["done"] = "data: [DONE]" in body
+    except httpx.HTTPError as exc:
+        row.update(status=0, model="", failover="", exception=type(exc).__name__)
+    row["end"] = time.monotonic()
+    return row
+
+
+def killed(stack: ProviderStack, rate: float, seconds: float, kill_at: float) -> dict[str, Any]:
+    """Open-loop load on `hosted`; its provider SIGKILLed `kill_at` s in."""
+    assert _answered(stack.url, "hosted")[1] == "hosted"
+    rows: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    threads: list[threading.Thread] = []
+
+    def one(stream: bool) -> None:
+        row = _outcome(stack.url, stream)
+        with lock:
+            rows.append(row)
+
+    rng = random.Random(7)
+    began = time.monotonic()
+    kill_time = None
+    next_at = began
+    i = 0
+    while time.monotonic() - began < seconds:
+        now = time.monotonic()
+        if kill_time is None and now - began >= kill_at:
+            kill_time = stack.kill_provider()
+            print(f"[providers] killed the provider at {kill_time - began:.1f} s", flush=True)
+        if now >= next_at:
+            t = threading.Thread(target=one, args=(i % 2 == 1,), daemon=True)
+            t.start()
+            threads.append(t)
+            i += 1
+            next_at += rng.expovariate(rate)
+        time.sleep(0.002)
+    for t in threads:
+        t.join(timeout=180)
+    assert kill_time is not None
+    after = sorted((r for r in rows if r["status"] == 200 and r["model"] == "small"),
+                   key=lambda r: r["end"])
+    in_flight = [r for r in rows if r["start"] < kill_time < r["end"]]
+    before = [r["end"] - r["start"] for r in rows if r["end"] < kill_time and r["status"] == 200]
+    later = [r["end"] - r["start"] for r in rows if r["start"] > kill_time + 5
+             and r["status"] == 200]
+
+    def outcome(r: dict[str, Any]) -> str:
+        if r["status"] != 200:
+            return f"status {r['status']}"
+        if r.get("error_event"):
+            return f"{r['model']} (stream ended with an error event)"
+        return r["model"]
+
+    def counts(group: list[dict[str, Any]]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in group:
+            out[outcome(r)] = out.get(outcome(r), 0) + 1
+        return out
+
+    return {"rate_per_s": rate, "seconds": seconds, "kill_at_s": kill_at, "sent": len(rows),
+            "outcomes": counts(rows), "in_flight_at_kill": counts(in_flight),
+            "kill_to_first_small_answer_ms": (1000 * (after[0]["end"] - kill_time)
+                                              if after else None),
+            "answered_before_kill": _ms(before) if before else None,
+            "answered_from_5s_after": _ms(later) if later else None,
+            "first_byte_bound_s": stack.settings.first_byte_s,
+            "requests": [{**r, "start": r["start"] - kill_time, "end": r["end"] - kill_time}
+                         for r in sorted(rows, key=lambda r: r["start"])]}
+
+
 def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -188,17 +279,30 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--parts", default="overhead,failover",
+                        help="comma-separated: overhead, failover, killed (killed runs last)")
+    parser.add_argument("--rate", type=float, default=4.0, help="(killed) requests/s")
+    parser.add_argument("--seconds", type=float, default=30.0, help="(killed) load time")
+    parser.add_argument("--kill-at", type=float, default=10.0, help="(killed) s into the load")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results/providers")
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     print("[providers] starting the stand-in provider and sluice serve ...", flush=True)
+    results: dict[str, Any] = {}
     with ProviderStack(Settings(port=8876, redis_port=6434, vllm_port=8878,
                                 proxy_port=8879, http_faults_port=8880)) as stack:
-        results = {"overhead": overhead(stack, args.requests),
-                   "failover": failover(stack, max(args.requests // 4, 4))}
+        if "overhead" in parts:
+            results["overhead"] = overhead(stack, args.requests)
+        if "failover" in parts:
+            results["failover"] = failover(stack, max(args.requests // 4, 4))
+        if "killed" in parts:
+            results["killed"] = killed(stack, args.rate, args.seconds, args.kill_at)
     results["command"] = "python -m loadtests.provider_bench " + " ".join(argv or sys.argv[1:])
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    _plot(results, args.out / "providers.png")
+    name = "killed.json" if parts == ["killed"] else "results.json"
+    (args.out / name).write_text(json.dumps(results, indent=2))
+    if "overhead" in results and "failover" in results:
+        _plot(results, args.out / "providers.png")
     print(json.dumps(results, indent=2))
     return 0
 

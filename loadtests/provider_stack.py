@@ -169,6 +169,16 @@ class ProviderStack:
         self._wait(f"{self.url}/readyz")
         return self
 
+    def kill_provider(self) -> float:
+        """SIGKILL the stand-in provider's whole process group (vLLM's server and its engine
+        core), as a crashed host would end; returns time.monotonic() of the kill. For the
+        last test or bench part: the provider does not come back."""
+        proc, _ = self._procs[0]  # the vLLM server, spawned first
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(timeout=30)
+        return killed_at
+
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()

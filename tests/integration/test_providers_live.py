@@ -16,6 +16,7 @@ Anthropic's API, behind an HTTP fault proxy: it answers as `hosted` does, and a 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from loadtests.provider_bench import killed
 from loadtests.provider_stack import ProviderStack, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -43,7 +45,8 @@ def stack() -> Iterator[dict]:
             running.start()
         except RuntimeError as exc:
             pytest.fail(str(exc))
-        yield {"url": running.url, "proxy": running.proxy, "faults": running.http_faults}
+        yield {"url": running.url, "proxy": running.proxy, "faults": running.http_faults,
+               "stack": running}
     finally:
         running.stop()
 
@@ -237,3 +240,28 @@ def test_a_cascade_puts_the_hosted_model_behind_small_and_its_answers_are_cached
     assert again is not None and again.headers["x-sluice-cache"] == "hit", again.headers
     assert again.json()["choices"] == first.json()["choices"]
     assert float(again.headers["x-sluice-cost-usd"]) == 0
+
+
+def test_a_provider_killed_under_load_fails_over_with_no_failed_request(stack) -> None:
+    """Last in this module: the stand-in provider's processes are SIGKILLed (as a crashed
+    host ends) under open-loop load on `hosted`, half of it streamed. Every request is
+    answered: by `hosted` before the kill, by `small` after it (the chain moves on before
+    any byte reached the client). A stream the provider was already sending when it died
+    cannot move (its bytes are out): it ends with an error event and [DONE], the one
+    retriable failure allowed, and only for a stream in flight at the kill."""
+    time.sleep(COOLDOWN_S + 1)  # earlier tests may have left it aside
+    result = killed(stack["stack"], rate=3.0, seconds=20.0, kill_at=6.0)
+    rows = result["requests"]
+    assert len(rows) >= 30, result["outcomes"]
+    assert all(r["status"] == 200 for r in rows), [r for r in rows if r["status"] != 200]
+    for r in rows:
+        if r.get("error_event"):  # cut mid-stream: in flight at the kill, properly ended
+            assert r["stream"] and r["start"] < 0 < r["end"] and r["done"], r
+        elif r["start"] > 0.5:  # sent after the kill: the chain's next backend answers
+            assert r["model"] == "small" and r["failover"] == "hosted", r
+    assert any(r["model"] == "hosted" and r["end"] < 0 for r in rows)
+    assert result["kill_to_first_small_answer_ms"] is not None
+    # the dead provider is put aside by the breaker: later requests do not wait on it
+    assert httpx.get(f"{stack['url']}/readyz", timeout=30).json()["providers"]["hosted"] \
+        in ("aside", "unavailable")
+    print(f"killed: {json.dumps({k: v for k, v in result.items() if k != 'requests'})}")
