@@ -135,6 +135,8 @@ def _cmd_catalog_prices(args: argparse.Namespace) -> int:
             print(f"{m.name}: ${p.input_per_1m:g} input, ${p.output_per_1m:g} output"
                   + (f", ${p.cached_input_per_1m:g} cached input"
                      if p.cached_input_per_1m is not None else "")
+                  + (f", ${p.cache_write_per_1m:g} cache write"
+                     if p.cache_write_per_1m is not None else "")
                   + f" per 1M tokens, from {looked.package} ({pricing.catalog.provider}/"
                   f"{looked.model}){window}")
         else:

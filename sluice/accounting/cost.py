@@ -1,7 +1,9 @@
 """What one request cost, from its token usage and the model's price in the catalog.
 
 Two ways to price a model (`pricing:` in platform/catalog.yaml):
-- `tokens`: dollars per million input, cached-input and output tokens, as API providers bill;
+- `tokens`: dollars per million input, cached-input and output tokens, as API providers bill
+  (and cache-write tokens, which Anthropic bills above the input price: a provider's usage
+  names them in `prompt_tokens_details.cache_write_tokens`);
 - `gpu_time`: a replica's hourly rate spread over the tokens it processes. The replica time
   attributed to a request is its processed tokens (uncached input + output) over the
   replica's throughput at its sustainable load (`tokens_per_s`, from `make plan`), so
@@ -22,24 +24,22 @@ from sluice.observability.outcome import Tokens
 from sluice.schema.accounting import Pricing
 
 
-def _tokens(usage: Mapping[str, Any]) -> tuple[int, int, int]:
-    tokens = Tokens.of(usage)
-    return tokens.uncached_prompt, tokens.cached, tokens.completion
-
-
 def cost_usd(usage: Mapping[str, Any] | None, pricing: Pricing | None) -> float:
     """The engine cost of one answer (0 without usage or without a price)."""
     if not usage or pricing is None:
         return 0.0
-    uncached, cached, output = _tokens(usage)
+    tokens = Tokens.of(usage)
     if pricing.mode == "tokens":
         p = pricing.tokens
         assert p is not None
         cached_price = p.input_per_1m if p.cached_input_per_1m is None else p.cached_input_per_1m
-        total = (uncached * p.input_per_1m + cached * cached_price
-                 + output * p.output_per_1m) / 1e6
+        write_price = p.input_per_1m if p.cache_write_per_1m is None else p.cache_write_per_1m
+        total = ((tokens.uncached_prompt - tokens.cache_write) * p.input_per_1m
+                 + tokens.cache_write * write_price + tokens.cached * cached_price
+                 + tokens.completion * p.output_per_1m) / 1e6
     else:
         g = pricing.gpu_time
         assert g is not None
-        total = g.hourly_usd / 3600 * (uncached + output) / g.tokens_per_s
+        total = (g.hourly_usd / 3600 * (tokens.uncached_prompt + tokens.completion)
+                 / g.tokens_per_s)
     return round(total, 9)

@@ -8,31 +8,49 @@ Settlement (sluice.pipeline.settlement) finds the usage; this module prices it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sluice.accounting.cost import cost_usd
-from sluice.accounting.price_catalog import resolved
+from sluice.accounting.price_catalog import CatalogPricing
 from sluice.accounting.stage_spend import StageSpend
 from sluice.observability.outcome import Priced
 from sluice.schema.accounting import Pricing
 
 
-class UsagePricer:
-    """Prices usage with the catalog's pricing of each model (`mode: catalog` looked up once,
-    here: `sluice.accounting.price_catalog`)."""
+def _now() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, pricing: Mapping[str, Pricing | None]) -> None:
-        self._pricing = {name: resolved(p) for name, p in pricing.items()}
+
+class UsagePricer:
+    """Prices usage with the catalog's pricing of each model. A `mode: catalog` model is
+    looked up once, here (`sluice.accounting.price_catalog`, refused at startup if it
+    cannot be priced), and priced at the price in force when its answer is priced
+    (`clock`): a catalog price may change on a date or by the hour of the day."""
+
+    def __init__(self, pricing: Mapping[str, Pricing | None],
+                 clock: Callable[[], datetime] = _now) -> None:
+        self._clock = clock
+        self._fixed = {name: p for name, p in pricing.items()
+                       if p is None or p.mode != "catalog"}
+        self._catalog = {name: CatalogPricing(p.catalog, clock())
+                         for name, p in pricing.items()
+                         if p is not None and p.mode == "catalog" and p.catalog is not None}
+
+    def pricing(self, model: str) -> Pricing | None:
+        """The model's pricing now (None: not priced)."""
+        catalog = self._catalog.get(model)
+        return catalog.at(self._clock()) if catalog is not None else self._fixed.get(model)
 
     def stage_costs(self, stages: Sequence[StageSpend]) -> list[dict[str, Any]]:
         return [{"stage": s.stage, "model": s.model,
-                 "usd": cost_usd(s.usage, self._pricing.get(s.model))} for s in stages]
+                 "usd": cost_usd(s.usage, self.pricing(s.model))} for s in stages]
 
     def price(self, usage: dict[str, Any] | None, model: str, *, hit: bool,
               stages: Sequence[StageSpend] = ()) -> Priced:
         """`usage` None: the answer's tokens are unknown (it failed); only stages count."""
-        answer = 0.0 if hit or usage is None else cost_usd(usage, self._pricing.get(model))
+        answer = 0.0 if hit or usage is None else cost_usd(usage, self.pricing(model))
         items = self.stage_costs(stages)
         by_model: dict[str, float] = {}
         for item in [*items, {"model": model, "usd": answer}]:

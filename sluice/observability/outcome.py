@@ -20,6 +20,9 @@ class Tokens:
     prompt: int = 0
     cached: int = 0  # prompt tokens a prefix cache held (never more than the prompt)
     completion: int = 0
+    # uncached prompt tokens a provider wrote to its prompt cache (Anthropic's cache
+    # creation, `cache_write_tokens` as OpenRouter names it), billed at their own price
+    cache_write: int = 0
 
     @classmethod
     def of(cls, usage: Mapping[str, Any] | None) -> Tokens:
@@ -28,7 +31,8 @@ class Tokens:
         prompt = int(usage.get("prompt_tokens") or 0)
         details = usage.get("prompt_tokens_details") or {}
         cached = min(prompt, int(details.get("cached_tokens") or 0))
-        return cls(prompt, cached, int(usage.get("completion_tokens") or 0))
+        written = min(prompt - cached, int(details.get("cache_write_tokens") or 0))
+        return cls(prompt, cached, int(usage.get("completion_tokens") or 0), written)
 
     @property
     def uncached_prompt(self) -> int:

@@ -15,9 +15,14 @@ translated, following Anthropic's API reference (https://docs.anthropic.com/en/a
   otherwise), `temperature`, `top_p`, `top_k`, `stop` as `stop_sequences`, `tools`,
   `tool_choice`, `user` as `metadata.user_id`; `n` above 1 has no counterpart (a 400);
 - back: text and `tool_use` blocks as the message's content and `tool_calls`, the stop reason
-  as OpenAI's finish reason, usage with the cache reads as `cached_tokens` (Anthropic counts
-  cached and cache-written input apart from `input_tokens`; OpenAI's `prompt_tokens` is all of
-  the prompt).
+  as OpenAI's finish reason, usage with the cache reads as `cached_tokens` and the cache
+  writes as `cache_write_tokens` (Anthropic counts cached and cache-written input apart from
+  `input_tokens`; OpenAI's `prompt_tokens` is all of the prompt);
+- a stream's role chunk (Anthropic's `message_start`, sent before any text) is held until the
+  first content or error event, so the first item the caller awaits under its first-token
+  bound is real output or the error (`sluice.pipeline.providers`): a provider that stalls
+  after `message_start`, or whose stream opens with `overloaded_error`, fails over. Errors
+  carry the HTTP status of their type (`ERROR_STATUS`: `overloaded_error` 529, ...).
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ from sluice.errors import InvalidRequest
 VERSION = "2023-06-01"  # the anthropic-version header
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
           "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
+# an error's type as its HTTP status (https://docs.anthropic.com/en/api/errors): a stream's
+# `error` event carries only the type
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401,
+                "billing_error": 402, "permission_error": 403, "not_found_error": 404,
+                "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+                "timeout_error": 504, "overloaded_error": 529}
 
 
 def _text(content: Any) -> str:
@@ -151,14 +162,18 @@ def messages_request(chat: dict[str, Any], model: str, default_max_tokens: int
 
 
 def chat_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's usage as OpenAI's: the cache reads as `cached_tokens`, the cache writes
+    (billed above the input price) as `cache_write_tokens`, OpenRouter's name for them."""
     cached = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = (int(usage.get("input_tokens") or 0) + cached
-              + int(usage.get("cache_creation_input_tokens") or 0))
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + cached + written
     completion = int(usage.get("output_tokens") or 0)
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
-    if cached:
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    details = {k: v for k, v in (("cached_tokens", cached), ("cache_write_tokens", written))
+               if v}
+    if details:
+        out["prompt_tokens_details"] = details
     return out
 
 
@@ -183,14 +198,17 @@ def chat_response(message: dict[str, Any]) -> dict[str, Any]:
 
 class StreamTranslator:
     """Anthropic's stream events, one at a time, as chat completion chunks (SSE strings):
-    the role chunk on `message_start`, text and tool-call deltas, the finish reason on
-    `message_delta`, then the usage chunk and `[DONE]` on `message_stop`. An `error` event
-    becomes an SSE error event and `[DONE]`."""
+    the role chunk on `message_start` (held until the first chunk of content, and sent just
+    before it), text and tool-call deltas, the finish reason on `message_delta`, then the
+    usage chunk and `[DONE]` on `message_stop`. An `error` event becomes an SSE error event
+    (its `code` the status of its type) and `[DONE]`; before any content, without the role
+    chunk, so a caller reads the error first."""
 
     def __init__(self) -> None:
         self._id, self._model, self._created = "", "", int(time.time())
         self._usage: dict[str, Any] = {}
         self._tools: dict[int, int] = {}  # Anthropic's block index -> OpenAI's tool index
+        self._role: str | None = None  # the role chunk, until the first content comes
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None,
                usage: dict[str, Any] | None = None) -> str:
@@ -204,13 +222,21 @@ class StreamTranslator:
         return sse.encode(data)
 
     def translate(self, event: dict[str, Any]) -> Iterator[str]:
+        chunks = list(self._translate(event))
+        if chunks and self._role is not None:
+            role, self._role = self._role, None
+            if event.get("type") != "error":  # an error before any content comes alone
+                yield role
+        yield from chunks
+
+    def _translate(self, event: dict[str, Any]) -> Iterator[str]:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
             self._id = f"chatcmpl-{message.get('id', '')}"
             self._model = message.get("model", "")
             self._usage.update(message.get("usage") or {})
-            yield self._chunk({"role": "assistant", "content": ""})
+            self._role = self._chunk({"role": "assistant", "content": ""})
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
@@ -236,8 +262,8 @@ class StreamTranslator:
             yield sse.DONE
         elif kind == "error":
             error = event.get("error") or {}
+            named = str(error.get("type") or "api_error")
             yield sse.encode({"error": {"message": str(error.get("message", "")),
-                                        "type": error.get("type", "api_error"),
-                                        "code": 503}})
+                                        "type": named, "code": ERROR_STATUS.get(named, 500)}})
             yield sse.DONE
         # ping and content_block_stop carry nothing a chat completion has

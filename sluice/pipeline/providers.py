@@ -12,6 +12,12 @@ A provider's refusal before the first byte is named as Sluice names an engine's:
 the same 4xx (the client's mistake, with the provider's message), its 429, 5xx, timeouts and
 connection errors as Sluice's retriable 503 (`provider_unavailable`, with the provider's
 Retry-After where it sent one), which the failover chain reads (`sluice.pipeline.failover`).
+A stream whose first event is an error (OpenAI's `data: {"error": ...}`, Anthropic's `error`
+event such as `overloaded_error`) is named the same way, by the status it carries, before any
+byte went out: its 429 or 5xx fails over like an error status would. The first event awaited
+is output: Anthropic's `message_start` comes before any text, so its role chunk is held until
+the first content (`anthropic_wire.StreamTranslator`), and a provider that stalls after it
+is failed over at the first-token bound rather than cut at the stall bound mid-answer.
 A stream that breaks after it started ends with an error event, as an engine's does.
 
 Behind Anthropic's API (`api: anthropic`) a chat request is translated into a Messages
@@ -70,21 +76,63 @@ def _retry_after(response: httpx.Response) -> int:
         return 1
 
 
-def refusal(model: str, response: httpx.Response, body: bytes) -> SluiceError:
-    """A provider's error status as Sluice's error: 429 and 5xx (and 408) are retriable."""
-    status = response.status_code
-    try:
-        error = json.loads(body).get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
+def _named(model: str, status: int, error: Any, retry_after_s: int, said: str
+           ) -> SluiceError:
+    """A provider's error of `status` as Sluice's: 429 and 5xx (Anthropic's 529 overloaded
+    among them) and 408 are retriable (the failover chain's next model answers); any other
+    4xx is the client's mistake, with the provider's message."""
     message = str(error.get("message") if isinstance(error, dict) else error or "")[:500]
     if status in (408, 429) or status >= 500:
-        return unavailable(model, f"its provider answered {status}"
-                           + (f": {message}" if message else ""), _retry_after(response),
+        return unavailable(model, f"{said} {status}" + (f": {message}" if message else ""),
+                           retry_after_s,
                            RATE_LIMITED if status == 429 else "provider_unavailable")
     param = error.get("param") if isinstance(error, dict) else None
     return from_engine_error(status, message or f"The provider refused the request ({status}).",
                              None, param)
+
+
+def refusal(model: str, response: httpx.Response, body: bytes) -> SluiceError:
+    """A provider's error status as Sluice's error."""
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    return _named(model, response.status_code, error, _retry_after(response),
+                  "its provider answered")
+
+
+# an in-stream error's type (or string code) as its status, where it carries no number:
+# Anthropic's types (`anthropic_wire.ERROR_STATUS`), OpenAI's, and Sluice's own
+_ERROR_STATUS = {**anthropic_wire.ERROR_STATUS, "server_error": 500,
+                 "service_unavailable": 503, "rate_limit_exceeded": 429,
+                 "insufficient_quota": 429, "requests": 429, "tokens": 429}
+
+
+def _status(error: dict[str, Any]) -> int:
+    """The status an in-stream error stands for: its numeric `code` (vLLM's, and the one
+    `anthropic_wire` gives), else what its code or type names; unknown: 500 (the provider
+    failed; a client's mistake names itself)."""
+    code = error.get("code")
+    if (isinstance(code, int) and not isinstance(code, bool)) or (
+            isinstance(code, str) and code.isdigit()):
+        return int(code)
+    for name in (code, error.get("type")):
+        if isinstance(name, str) and name in _ERROR_STATUS:
+            return _ERROR_STATUS[name]
+    return 500
+
+
+def stream_refusal(model: str, response: httpx.Response, first: str) -> SluiceError | None:
+    """A stream whose first event is an error (`data: {"error": ...}`, or Anthropic's
+    `error` event as `anthropic_wire` translates it) as the error of its status, as if the
+    provider had answered with that status: nothing reached the client yet."""
+    if not sse.is_error(first):
+        return None
+    error = (sse.payload(first) or {}).get("error")
+    if not isinstance(error, dict):
+        error = {"message": str(error or "")}
+    return _named(model, _status(error), error, _retry_after(response),
+                  "its provider's stream began with an error")
 
 
 class _Events:
@@ -97,6 +145,7 @@ class _Events:
         self._lines = response.aiter_lines()
         self._ready: list[str] = []
         self._done = False
+        self._started = False  # an item was returned (before it, a failure is the call's)
 
     def __aiter__(self) -> _Events:
         return self
@@ -116,6 +165,8 @@ class _Events:
                 self._done = True
                 continue
             except httpx.HTTPError as exc:  # the connection broke mid-stream: say so, end
+                if not self._started:
+                    raise  # before any item: the call failed (`ProviderEngine.call`)
                 self._done = True
                 log.warning("model %s: its provider's stream broke: %r", self._model, exc)
                 self._ready.append(sse.encode(unavailable(
@@ -124,6 +175,7 @@ class _Events:
             if line.startswith("data:"):
                 self._ready.extend(self._convert(line[5:].strip()))
         chunk = self._ready.pop(0)
+        self._started = True
         if sse.ends(chunk):
             self._done, self._ready = True, []
         return chunk
@@ -216,7 +268,14 @@ class ProviderEngine:
                     data = anthropic_wire.chat_response(data)
                 return EngineStream(self.name, _Whole(data), _nothing(), self.replica)
             events = (_AnthropicEvents if anthropic else _Events)(self.name, response)
-            first = await events.__anext__()
+            try:  # within the first-token bound: real output (or the error) first
+                first = await events.__anext__()
+            except StopAsyncIteration:
+                raise unavailable(self.name, "its provider's stream ended before any "
+                                  "output") from None
+            error = stream_refusal(self.name, response, first)
+            if error is not None:
+                raise error
         except BaseException:
             await response.aclose()
             raise

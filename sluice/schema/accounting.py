@@ -215,6 +215,10 @@ class TokenPrices(Frozen):
     input_per_1m: float = Field(ge=0, description="USD per 1M uncached input tokens.")
     cached_input_per_1m: float | None = Field(
         default=None, ge=0, description="USD per 1M cached input tokens (input price if unset).")
+    cache_write_per_1m: float | None = Field(
+        default=None, ge=0, description="USD per 1M input tokens written to a provider's "
+        "prompt cache (Anthropic's cache creation, `prompt_tokens_details.cache_write_tokens` "
+        "of the usage; input price if unset).")
     output_per_1m: float = Field(ge=0, description="USD per 1M output tokens.")
 
 

@@ -89,9 +89,12 @@ def test_a_whole_answer_becomes_a_chat_completion_with_all_of_its_prompt_counted
     assert choice["message"]["content"] == "Hello" and choice["finish_reason"] == "tool_calls"
     call = choice["message"]["tool_calls"][0]
     assert call["function"] == {"name": "find", "arguments": '{"q": "rivers"}'}
-    # OpenAI's prompt_tokens is the whole prompt; Anthropic counts cached input apart
+    # OpenAI's prompt_tokens is the whole prompt; Anthropic counts cached input apart, and
+    # the cache writes (billed above the input price) are named as OpenRouter names them
     assert reply["usage"] == {"prompt_tokens": 16, "completion_tokens": 5,
-                              "total_tokens": 21, "prompt_tokens_details": {"cached_tokens": 4}}
+                              "total_tokens": 21,
+                              "prompt_tokens_details": {"cached_tokens": 4,
+                                                        "cache_write_tokens": 2}}
 
 
 STREAM = [
@@ -139,6 +142,24 @@ def test_an_error_event_ends_the_stream_as_an_error() -> None:
     chunks = list(anthropic_wire.StreamTranslator().translate(
         {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}))
     assert sse.is_error(chunks[0]) and chunks[-1] == sse.DONE
+    assert sse.payload(chunks[0])["error"]["code"] == 529  # the status of its type
+
+
+def test_the_role_chunk_waits_for_the_first_content_and_an_early_error_comes_alone() -> None:
+    translator = anthropic_wire.StreamTranslator()
+    assert list(translator.translate(STREAM[0])) == []  # message_start: held
+    assert list(translator.translate(STREAM[1])) == []  # a text block's start: no content
+    assert list(translator.translate(STREAM[2])) == []  # ping
+    role, text = translator.translate(STREAM[3])  # the first text: the role chunk, then it
+    assert sse.payload(role)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert sse.payload(text)["choices"][0]["delta"] == {"content": "Hi"}
+    assert len(list(translator.translate(STREAM[4]))) == 1  # sent once
+
+    failing = anthropic_wire.StreamTranslator()
+    assert list(failing.translate(STREAM[0])) == []
+    error, done = failing.translate({"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}})
+    assert sse.is_error(error) and done == sse.DONE  # no role chunk before it
 
 
 def _request(**extra: Any) -> ChatCompletionRequest:
@@ -184,11 +205,57 @@ def test_a_streamed_call_reads_anthropics_events_and_closes_the_response() -> No
         return [e async for chunk in stream.events() for e in chunk]
 
     events = asyncio.run(read())
+    assert [e.kind for e in events][:2] == [sse.ROLE, sse.TOKEN]  # the role, with the text
     assert events[-1].kind == sse.END
     assert [e.kind for e in events].count(sse.USAGE) == 1
     text = "".join(sse.payload(e.text)["choices"][0]["delta"].get("content") or ""
                    for e in events if e.kind == sse.TOKEN)
     assert text == "Hi there"
+
+
+def _streamed(events: list[dict] | bytes, *, stall_after: int | None = None):
+    """A handler answering `events` as Anthropic's stream, going quiet after the first
+    `stall_after` of them."""
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            for i, event in enumerate(events):
+                if i == stall_after:
+                    await asyncio.sleep(30)
+                yield _anthropic_sse([event])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Body(), headers={"content-type": "text/event-stream"})
+    return handler
+
+
+OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+@pytest.mark.parametrize("events", [[OVERLOADED], [STREAM[0], STREAM[2], OVERLOADED]],
+                         ids=["first", "after-message_start"])
+def test_a_stream_opening_with_overloaded_error_is_a_retriable_503(events: list) -> None:
+    with pytest.raises(Unavailable) as down:
+        asyncio.run(_engine(_streamed(events)).call("chat", _request(stream=True)))
+    assert down.value.code == "provider_unavailable"
+    assert "began with an error 529: Overloaded" in down.value.message
+
+
+def test_a_stream_opening_with_a_client_error_is_that_4xx() -> None:
+    bad = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
+    with pytest.raises(InvalidRequest) as mistake:
+        asyncio.run(_engine(_streamed([STREAM[0], bad])).call("chat", _request(stream=True)))
+    assert mistake.value.status == 400 and mistake.value.message == "bad"
+
+
+def test_a_provider_stalling_after_message_start_misses_its_first_token_bound() -> None:
+    with pytest.raises(Unavailable, match="did not answer within 0.5 s"):
+        asyncio.run(_engine(_streamed(STREAM, stall_after=3)).call(  # before the first text
+            "chat", _request(stream=True)))
+
+
+def test_a_stream_that_ends_after_message_start_is_a_retriable_503() -> None:
+    with pytest.raises(Unavailable, match="ended before any output"):
+        asyncio.run(_engine(_streamed(STREAM[:3])).call("chat", _request(stream=True)))
 
 
 def test_its_errors_are_named_as_an_engines_and_completions_are_refused() -> None:

@@ -23,6 +23,22 @@ def test_token_prices_bill_uncached_cached_and_output_tokens() -> None:
     assert cost_usd(USAGE, unpriced_cache) == pytest.approx((1000 * 3 + 200 * 15) / 1e6)
 
 
+def test_cache_writes_are_billed_at_their_own_price_or_the_input_price() -> None:
+    # Anthropic's usage as anthropic_wire writes it: 100 input, 600 read, 300 written
+    usage = {"prompt_tokens": 1000, "completion_tokens": 200,
+             "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300}}
+    writes = Pricing.model_validate({"mode": "tokens", "tokens": {
+        "input_per_1m": 3.0, "cached_input_per_1m": 0.3, "cache_write_per_1m": 3.75,
+        "output_per_1m": 15.0}})
+    # 100 x 3 + 300 x 3.75 + 600 x 0.3 + 200 x 15 = 300 + 1125 + 180 + 3000 per 1M
+    assert cost_usd(usage, writes) == pytest.approx(0.004605)
+    assert cost_usd(usage, TOKENS) == pytest.approx(0.00438)  # no write price: input price
+    assert cost_usd(usage, GPU) == pytest.approx(0.0006)  # a write is prefill like any other
+    too_many = {**usage, "prompt_tokens_details": {"cached_tokens": 600,
+                                                   "cache_write_tokens": 900}}
+    assert cost_usd(too_many, writes) == pytest.approx((400 * 3.75 + 180 + 3000) / 1e6)
+
+
 def test_gpu_time_attributes_replica_seconds_by_processed_tokens() -> None:
     # (400 uncached + 200 output) / 1000 tok/s = 0.6 replica-s at $0.001/s
     assert cost_usd(USAGE, GPU) == pytest.approx(0.0006)

@@ -137,6 +137,66 @@ def test_an_unreachable_or_silent_provider_is_a_retriable_503() -> None:
         _run(_engine(silent).call("chat", _request(stream=True)))  # its first event
 
 
+def _streaming(body: bytes):
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    return handler
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    ({"message": "slow down", "type": "rate_limit_exceeded", "code": 429},
+     "provider_rate_limited"),
+    ({"message": "busy", "type": "server_error", "code": None}, "provider_unavailable"),
+    ({"message": "busy", "type": "BadRequestError", "code": 503}, "provider_unavailable"),
+    ({"message": "busy", "type": "overloaded_error", "code": "529"}, "provider_unavailable"),
+    ({"message": "busy"}, "provider_unavailable"),  # nothing says whose fault: the provider's
+])
+def test_a_stream_whose_first_event_is_a_retriable_error_is_a_503(error: dict,
+                                                                   code: str) -> None:
+    with pytest.raises(Unavailable) as caught:
+        _run(_engine(_streaming(_sse({"error": error}))).call("chat", _request(stream=True)))
+    assert caught.value.code == code
+    assert "its provider's stream began with an error" in caught.value.message
+    assert f": {error['message']})" in caught.value.message  # the provider's own words
+
+
+def test_a_stream_whose_first_event_is_a_client_error_is_that_4xx() -> None:
+    error = {"message": "bad stop", "type": "invalid_request_error", "param": "stop",
+             "code": 400}
+    with pytest.raises(InvalidRequest) as caught:
+        _run(_engine(_streaming(_sse({"error": error}))).call("chat", _request(stream=True)))
+    assert caught.value.status == 400 and caught.value.param == "stop"
+    assert caught.value.message == "bad stop"
+
+
+def test_a_stream_that_breaks_before_its_first_event_is_a_retriable_503() -> None:
+    class Broken(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            raise httpx.ReadError("connection reset")
+            yield b""
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Broken(),
+                              headers={"content-type": "text/event-stream"})
+
+    with pytest.raises(Unavailable, match="could not be reached: ReadError"):
+        _run(_engine(handler).call("chat", _request(stream=True)))
+    with pytest.raises(Unavailable, match="ended before any output"):
+        _run(_engine(_streaming(b"")).call("chat", _request(stream=True)))
+
+
+def test_a_stream_opening_with_an_error_fails_over_to_the_next_provider() -> None:
+    first = ProviderEngine("a", ENDPOINT, {}, transport=httpx.MockTransport(_streaming(
+        _sse({"error": {"message": "busy", "type": "server_error", "code": 500}}))))
+    second = ProviderEngine("b", ENDPOINT, {}, transport=httpx.MockTransport(_streaming(
+        _sse(_chunk("Hel"), _chunk("lo")))))
+    engines = Engines({}, {}, 1, trace.NoOpTracer(), providers={"a": first, "b": second},
+                      failover={"a": ("b",)})
+    stream = _run(engines.call("a", "chat", _request(stream=True)))
+    assert stream.model == "b" and stream.failed_over == ("a",)
+    assert [e.kind for e in _events(stream)][-1] == sse.END
+
+
 def test_a_stream_that_breaks_midway_ends_with_an_error_event_then_done() -> None:
     class Breaking(httpx.AsyncByteStream):
         async def __aiter__(self):
