@@ -20,6 +20,8 @@ from ray.serve.handle import DeploymentHandle
 
 from sluice.accounting.key_admin import MAX_BODY_BYTES as MAX_KEY_BODY_BYTES
 from sluice.accounting.tenancy import Principal
+from sluice.cache_tier.redis_target import async_client
+from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.deployments import anthropic_api, openapi
 from sluice.deployments.http import (
     INGRESS_NAME_KEY,
@@ -31,7 +33,11 @@ from sluice.deployments.http import (
 )
 from sluice.deployments.rollout_admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_BYTES
 from sluice.deployments.rollout_admin import check_operator, spec_of
+from sluice.errors import NotFound, Unavailable
 from sluice.observability.metrics import CONTENT_TYPE
+from sluice.observability.metrics_endpoint import MetricsEndpoint, Render
+from sluice.observability.scrape_targets import TIMEOUT_S as REGISTRY_TIMEOUT_S
+from sluice.observability.scrape_targets import ReplicaTarget, TargetRegistry, service_discovery
 from sluice.pipeline.assembly import assemble
 from sluice.pipeline.request import Endpoint
 from sluice.pipeline.request_body import read_body
@@ -54,6 +60,36 @@ def _running_replicas() -> dict[str, int]:
             if name.startswith(prefix)}
 
 
+def _replica_id() -> str:
+    """This ingress replica's Serve replica id ("local" outside a Serve replica: tests)."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 - outside a Serve replica
+        return "local"
+
+
+def _node_ip() -> str:
+    """The address other nodes reach this replica's node at (Ray's node IP); loopback
+    outside a Ray worker (tests)."""
+    import ray
+    import ray.util
+
+    if not ray.is_initialized():
+        return "127.0.0.1"
+    return str(ray.util.get_node_ip_address())
+
+
+def scrape_target(port: int | None, render: Render, redis_url: str | None,
+                  replica: str, host: str) -> ReplicaTarget | None:
+    """This replica's own metrics endpoint and its entry in the registry, when the profile
+    turns them on (`ingress.metrics_port`)."""
+    if port is None:
+        return None
+    registry = (TargetRegistry(async_client(redis_url, REGISTRY_TIMEOUT_S))
+                if redis_url else None)
+    return ReplicaTarget(MetricsEndpoint(render, host, port), registry, replica)
+
+
 class _IngressName:
     """Names the ingress replica that answered, on every response (`x-sluice-ingress`, its
     Serve replica id): which replica of several took a request is otherwise invisible. Pure
@@ -65,10 +101,7 @@ class _IngressName:
 
     def _replica(self) -> bytes:
         if self._name is None:
-            try:
-                self._name = serve.get_replica_context().replica_id.unique_id.encode()
-            except Exception:  # noqa: BLE001 - outside a Serve replica (tests)
-                self._name = b"local"
+            self._name = _replica_id().encode()
         return self._name
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -108,10 +141,19 @@ class SluiceIngress:
         self._created = int(time.time())
         # the OpenAPI document states the served model ids and bounds, known only now
         self._api = openapi.ApiDocument(openapi.ApiFacts.of(self._config, self._router))
+        # its own scrape target (behind Serve's proxy /metrics reads any replica's): started
+        # here, on the replica's event loop, whether or not a request ever comes
+        self._scrape = scrape_target(self._config.profile.ingress.metrics_port,
+                                     self._exposition, redis_url, _replica_id(), _node_ip())
+        if self._scrape is not None:
+            self._scrape.start()
 
     async def __del__(self) -> None:
         """Serve calls this on graceful shutdown: write the ledger records still buffered."""
         platform = getattr(self, "_platform", None)
+        scrape = getattr(self, "_scrape", None)
+        if scrape is not None:
+            await scrape.close()  # out of the registry first: Prometheus stops scraping it
         if platform is not None:
             await platform.accountant.close()
             await platform.rate_limiter.close()
@@ -237,8 +279,27 @@ class SluiceIngress:
     @app.get("/metrics")
     async def metrics(self) -> Response:
         """Prometheus exposition of this ingress replica's metrics."""
+        return Response(await self._exposition(), media_type=CONTENT_TYPE)
+
+    async def _exposition(self) -> bytes:
         await self._accountant.guard.refresh_all()  # budget gauges: the fleet's spend now
-        return Response(self._metrics.render(), media_type=CONTENT_TYPE)
+        return self._metrics.render()
+
+    @app.get("/metrics/targets")
+    async def metrics_targets(self) -> JSONResponse:
+        """Prometheus HTTP service discovery: every live ingress replica's own metrics
+        endpoint (`ingress.metrics_port`), from the registry in the shared Redis."""
+        if self._scrape is None:
+            raise NotFound("No per-replica scrape targets: ingress.metrics_port is not set "
+                           "in this profile (scrape /metrics).")
+        try:
+            targets = await self._scrape.targets()
+        except STORE_ERRORS as exc:  # 503: Prometheus keeps the targets it has
+            log.warning("scrape target registry unreachable: %r", exc)
+            raise Unavailable("The scrape target registry (the shared Redis) is "
+                              "unreachable; retry.", code="scrape_registry_unavailable"
+                              ) from exc
+        return JSONResponse(service_discovery(targets))
 
     @app.get(openapi.OPENAPI_URL, include_in_schema=False)
     async def openapi_document(self, request: Request) -> JSONResponse:

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -66,7 +66,7 @@ class LocalStack:
         self.prometheus: LocalPrometheus | None = None
         if prometheus_port is not None:
             self.prometheus = LocalPrometheus(run_dir / "prometheus", self.scrape_targets(),
-                                              port=prometheus_port)
+                                              port=prometheus_port, http_sd=self.http_sd)
 
     @property
     def base_url(self) -> str:
@@ -84,16 +84,24 @@ class LocalStack:
     def scrape_targets(self) -> list[str]:
         """Where each ingress replica's /metrics is: on one machine the direct-ingress range
         holds one port, so one replica (with transport 'proxy', the proxy picks a replica per
-        scrape: run one ingress replica, or scrape replicas directly in a cluster)."""
+        scrape: run one ingress replica, or set ingress.metrics_port: `http_sd`)."""
         ingress = self.config.profile.ingress
         return [f"{_reachable(ingress.host)}:{ingress.port}"]
+
+    @property
+    def http_sd(self) -> str | None:
+        """The ingress's HTTP service discovery of every replica's own metrics endpoint,
+        when the profile turns those on (`ingress.metrics_port`)."""
+        if self.config.profile.ingress.metrics_port is None:
+            return None
+        return f"{self.base_url}/metrics/targets"
 
     @property
     def redis_url(self) -> str:
         """The profile's shared Redis, or the one this stack runs."""
         return self.config.profile.redis_url or self.redis.url
 
-    def start(self) -> LocalStack:
+    def start(self) -> Self:
         try:
             if self.config.profile.redis_url is None:
                 self._progress(f"starting redis-server on port {self.redis.port}")
@@ -199,7 +207,7 @@ class LocalStack:
             self._cluster = None
         self.redis.stop()
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -296,6 +296,14 @@ def _inference(shape: str, body: str, what: str) -> dict[str, Any]:
                 required=("x-sluice-model", "x-sluice-route", "x-sluice-cache"))}
 
 
+_SERVICE_DISCOVERY = {  # Prometheus' http_sd_config body
+    "type": "array", "minItems": 1, "maxItems": 1, "items": {
+        "type": "object", "required": ["targets", "labels"], "additionalProperties": False,
+        "properties": {
+            "targets": {"type": "array", "items": {"type": "string"}},
+            "labels": {"type": "object", "required": ["job"],
+                       "additionalProperties": {"type": "string"}}}}}
+
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/chat/completions"): _inference(
         "ChatCompletion", "ChatCompletionRequest", "Chat completion (OpenAI-compatible)"),
@@ -341,6 +349,14 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/metrics"): {"summary": "Prometheus metrics of this ingress replica",
                           "ok": _ok(None, "Prometheus text exposition.",
                                     text=CONTENT_TYPE.split(";")[0])},
+    ("GET", "/metrics/targets"): {
+        "summary": "Prometheus HTTP service discovery: every ingress replica's own metrics "
+                   "endpoint", "errors": (404, 500, 503),
+        "ok": {**_ok(None, "One group of `address:port` targets (each live replica's "
+                     "metrics endpoint, `ingress.metrics_port`) labelled with the job. 404: "
+                     "the profile sets no metrics_port; 503: the registry (Redis) is "
+                     "unreachable, and Prometheus keeps the targets it has."),
+               "content": {"application/json": {"schema": _SERVICE_DISCOVERY}}}},
 }
 
 

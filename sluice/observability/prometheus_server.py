@@ -2,8 +2,10 @@
 
 For `sluice serve --observability` (`make observe`) and the live observability test: the real
 Prometheus (Debian's `prometheus` package, which `make setup` installs for promtool) as a plain
-process, its data under run_dir. In a cluster, point your own Prometheus at every ingress
-replica's /metrics and load platform/observability/alerts.yaml the same way.
+process, its data under run_dir. Its targets come from a file it writes (`targets`), or from
+the ingress's HTTP service discovery (`http_sd`: `GET /metrics/targets`, every ingress
+replica's own metrics endpoint when the profile sets `ingress.metrics_port`). In a cluster,
+run Prometheus on the head with platform/observability/prometheus-cluster.yml.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -27,15 +29,20 @@ class PrometheusError(RuntimeError):
 
 
 class LocalPrometheus:
-    """Start prometheus on loopback scraping `targets` (host:port); stop it in stop()."""
+    """Start prometheus on loopback scraping `targets` (host:port), or the targets an HTTP
+    service-discovery URL lists (`http_sd`); stop it in stop()."""
 
-    def __init__(self, run_dir: Path, targets: Sequence[str], *, port: int = 9090,
-                 scrape_interval_s: float = 5.0, rule_files: Sequence[Path] = (RULES,)) -> None:
+    def __init__(self, run_dir: Path, targets: Sequence[str] = (), *, port: int = 9090,
+                 scrape_interval_s: float = 5.0, rule_files: Sequence[Path] = (RULES,),
+                 http_sd: str | None = None) -> None:
+        """http_sd: e.g. `http://127.0.0.1:8000/metrics/targets`, read every scrape
+        interval, instead of the file of `targets`."""
         self.run_dir = run_dir
         self.port = port
         self.targets = list(targets)
         self.scrape_interval_s = scrape_interval_s
         self.rule_files = list(rule_files)
+        self.http_sd = http_sd
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,17 +50,19 @@ class LocalPrometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> dict[str, Any]:
-        """prometheus.yml: one job over a file of targets (rewritten when replicas change)."""
+        """prometheus.yml: one job over a file of targets (rewritten when replicas change),
+        or over the HTTP service discovery."""
         interval = f"{self.scrape_interval_s:g}s"
+        discovery: dict[str, Any] = (
+            {"http_sd_configs": [{"url": self.http_sd, "refresh_interval": interval}]}
+            if self.http_sd is not None else
+            {"file_sd_configs": [{"files": [str(self.run_dir / "targets.json")],
+                                  "refresh_interval": interval}]})
         return {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(p) for p in self.rule_files],
-            "scrape_configs": [{
-                "job_name": "sluice-ingress",
-                "metrics_path": "/metrics",
-                "file_sd_configs": [{"files": [str(self.run_dir / "targets.json")],
-                                     "refresh_interval": interval}],
-            }],
+            "scrape_configs": [{"job_name": "sluice-ingress", "metrics_path": "/metrics",
+                                **discovery}],
         }
 
     def write_targets(self, targets: Sequence[str]) -> None:
@@ -63,7 +72,7 @@ class LocalPrometheus:
         tmp.write_text(json.dumps([{"targets": self.targets, "labels": {}}]))
         tmp.replace(path)  # Prometheus never reads half a file
 
-    def start(self, timeout_s: float = 30.0) -> LocalPrometheus:
+    def start(self, timeout_s: float = 30.0) -> Self:
         binary = shutil.which("prometheus")
         if binary is None:
             raise PrometheusError("prometheus not found; `make observability-tools` installs "
@@ -99,7 +108,7 @@ class LocalPrometheus:
                 self._proc.kill()
         self._proc = None
 
-    def __enter__(self) -> LocalPrometheus:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -153,6 +153,17 @@ class IngressSettings(Frozen):
     failover_cooldown_s: float = Field(
         default=30, gt=0, description="How long a failing model of a failover chain is put "
         "aside (a provider's 429 puts it aside for its Retry-After instead).")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="A scrape target per ingress replica: each replica also serves its "
+        "metrics on a socket of its own, bound to its node's address, and registers "
+        "`address:port` in the shared Redis; GET /metrics/targets lists every live one in "
+        "Prometheus' HTTP service-discovery format. Behind Serve's proxy (several replicas), "
+        "GET /metrics on `port` reads whichever replica the proxy picks. 0: an ephemeral "
+        "port per replica (several replicas on one node never collide); N: that port (one "
+        "replica per node); null: off (one replica with transport 'direct' is scraped on "
+        "`port` itself).",
+    )
     engine_attempts: int = Field(
         default=3, ge=1, le=10,
         description="Engine calls per request before giving up: a replica that fails before "
@@ -165,6 +176,10 @@ class IngressSettings(Frozen):
         if self.transport == "direct" and self.serve_proxy_port == self.port:
             raise ValueError(f"proxy_port {self.port} is the API port: with transport "
                              "'direct' Serve's proxy must listen on a port of its own")
+        if self.metrics_port and self.metrics_port in (self.port, self.serve_proxy_port):
+            raise ValueError(f"metrics_port {self.metrics_port} is taken by the API or "
+                             "Serve's proxy: give the metrics endpoint a port of its own (0: "
+                             "an ephemeral one)")
         return self
 
     @property

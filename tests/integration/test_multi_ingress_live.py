@@ -2,8 +2,8 @@
 
 Its own `sluice serve` (a subprocess, as the autoscaling test has): two ingress replicas
 behind Serve's proxy (transport `proxy`), one `small` engine with a small bounded queue
-(and a `large` no test uses), its own Redis holding the rate-limit counters, the key store
-and the ledger. Every response
+(and a `large` no test uses), its own Redis holding the rate-limit counters, the key store,
+the ledger and the replicas' scrape targets (`ingress.metrics_port: 0`). Every response
 names the ingress replica that answered (`x-sluice-ingress`), so each test checks that both
 replicas took part. Run order matters only for the last test, which saturates the engine.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,12 +22,17 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.accounting.tenancy import key_hash
+from sluice.observability.prometheus_server import LocalPrometheus
+from sluice.observability.scrape_targets import JOB, PREFIX
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +56,9 @@ def _profile(tmp: Path) -> Path:
     profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
     profile.pop("routing", None)  # no cascade: `auto` is small
     profile["catalog"] = str(ROOT / "platform/catalog.yaml")
-    profile["ingress"] = {**profile["ingress"], "transport": "proxy", "num_replicas": 2}
+    # metrics_port 0: each replica its own scrape target, on an ephemeral port
+    profile["ingress"] = {**profile["ingress"], "transport": "proxy", "num_replicas": 2,
+                          "metrics_port": 0}
     profile["dashboard"] = {"enabled": False}
     profile["semantic_cache"] = {"enabled": False}
     profile["models"] = {**profile["models"],
@@ -291,6 +300,94 @@ def test_the_cli_manages_the_same_store(two_ingress: str) -> None:
                    check=True)
     time.sleep(REFRESH_S + 0.5)
     assert {r.status_code for r in _everywhere(url, secret)} == {401}
+
+
+def _scrape_targets(url: str) -> list[str]:
+    """GET /metrics/targets (through the proxy: either replica answers from the registry)."""
+    answer = httpx.get(f"{url}/metrics/targets", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    (group,) = answer.json()
+    assert group["labels"] == {"job": JOB}
+    return list(group["targets"])
+
+
+def _requests_total(target: str) -> float:
+    """sluice_requests_total of the one replica behind `target` (its own endpoint)."""
+    answer = httpx.get(f"http://{target}/metrics", timeout=30)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith(
+        "text/plain"), answer.text[:200]
+    return sum(sample.value for family in text_string_to_metric_families(answer.text)
+               for sample in family.samples if sample.name == "sluice_requests_total")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _prometheus_up(prom: LocalPrometheus) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{prom.url}/api/v1/query", params={"query": f'up{{job="{JOB}"}}'},
+                       timeout=30)
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["data"]["result"])
+
+
+def test_each_ingress_replica_is_a_scrape_target_of_its_own(two_ingress: str,
+                                                            tmp_path: Path) -> None:
+    """GET /metrics/targets lists both replicas' own endpoints; each counts only the chats
+    its replica answered, and the two together count every chat exactly once (the API
+    port's /metrics would read whichever replica the proxy picked)."""
+    url = two_ingress
+    targets: list[str] = []
+
+    def registered() -> bool:
+        targets[:] = _scrape_targets(url)
+        return len(targets) == 2
+
+    _until("both replicas registered", registered, 60)
+    assert len(set(targets)) == 2, targets
+    before = {t: _requests_total(t) for t in targets}
+    n = 8
+    responses = _burst(url, OTHER, n)  # concurrent: the proxy spreads them
+    assert [r.status_code for r in responses] == [200] * n, _unexpected(responses, {200})
+    by_replica: dict[str, int] = {}
+    for r in responses:
+        replica = r.headers["x-sluice-ingress"]
+        by_replica[replica] = by_replica.get(replica, 0) + 1
+    # each answering replica's own target, from its entry in the registry
+    with redis.Redis(port=REDIS_PORT, socket_timeout=10, decode_responses=True) as store:
+        own = {replica: str(store.get(PREFIX + replica)) for replica in by_replica}
+    expected = {t: 0 for t in targets}
+    for replica, count in by_replica.items():
+        assert own[replica] in expected, (own, targets)
+        expected[own[replica]] += count
+
+    def grown() -> dict[str, float]:
+        return {t: _requests_total(t) - before[t] for t in targets}
+
+    # a request is counted when it is settled, just after its answer: bounded wait
+    _until("every chat counted", lambda: sum(grown().values()) >= n, 30)
+    time.sleep(1)  # nothing more arrives
+    growth = grown()
+    print(f"{n} chats over replicas {by_replica}; growth per target {growth}")
+    assert sum(growth.values()) == n, growth
+    assert growth == expected, (growth, expected)  # each target: its own replica's only
+
+    if shutil.which("prometheus") is None:
+        print("prometheus not installed: the http_sd scrape is not checked")
+        return
+    with LocalPrometheus(tmp_path / "prometheus", http_sd=f"{url}/metrics/targets",
+                         port=_free_port(), scrape_interval_s=2) as prom:
+        up: list[dict[str, Any]] = []
+
+        def both_up() -> bool:
+            up[:] = _prometheus_up(prom)
+            return len(up) == 2 and all(s["value"][1] == "1" for s in up)
+
+        _until("Prometheus scraping both replicas through http_sd", both_up, 60)
+        assert {s["metric"]["instance"] for s in up} == set(targets)
 
 
 def test_an_overloaded_model_sheds_load_fast_with_retriable_503s(two_ingress: str) -> None:

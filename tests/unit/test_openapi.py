@@ -103,11 +103,18 @@ def test_the_inference_routes_document_their_bodies_answers_and_errors(doc) -> N
 
 def test_every_route_is_documented_with_what_it_answers(doc) -> None:
     for path in ("/v1/models", "/v1/models/{model_id}", "/v1/usage", "/v1/routing/stats",
-                 "/v1/cache/stats", "/healthz", "/readyz", "/metrics"):
+                 "/v1/cache/stats", "/healthz", "/readyz", "/metrics", "/metrics/targets"):
         op = doc["paths"][path]["get"]
         assert "200" in op["responses"] and "422" not in op["responses"], path
     assert doc["paths"]["/readyz"]["get"]["responses"]["503"]["headers"]["Retry-After"]
     assert "text/plain" in doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    targets = doc["paths"]["/metrics/targets"]["get"]["responses"]  # Prometheus' HTTP SD
+    assert {"200", "404", "500", "503"} <= set(targets) and "422" not in targets
+    assert targets["503"]["headers"]["Retry-After"]["required"] is True
+    sd = jsonschema.Draft202012Validator(
+        targets["200"]["content"]["application/json"]["schema"])
+    assert sd.is_valid([{"targets": ["10.0.0.1:41234"], "labels": {"job": "sluice-ingress"}}])
+    assert not sd.is_valid({"targets": []}) and not sd.is_valid([{"targets": ["a"]}])
     for path, item in doc["paths"].items():  # key management, where the app has it
         for op in item.values() if path.startswith("/v1/admin/keys") else ():
             assert op["security"] == [{"bearerAuth": []}]
@@ -201,3 +208,11 @@ def test_a_wrong_method_is_a_405_naming_every_method_the_path_takes(client) -> N
     assert response.status_code == 405 and response.headers["allow"] == "POST"
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert client.put("/v1/models").headers["allow"] == "GET"
+
+
+def test_without_a_metrics_port_the_targets_route_answers_its_documented_404(client,
+                                                                             doc) -> None:
+    response = client.get("/metrics/targets")  # local-cpu: one replica, no metrics_port
+    assert response.status_code == 404
+    assert _validator(doc, "ErrorBody").is_valid(response.json())
+    assert "metrics_port" in response.json()["error"]["message"]

@@ -82,6 +82,26 @@ def test_serve_proxy_port_is_apart_from_the_api_port() -> None:
         IngressSettings(port=8000, proxy_port=8000)
 
 
+def test_metrics_port_is_off_ephemeral_or_a_port_of_its_own() -> None:
+    from sluice.schema.platform import IngressSettings
+
+    assert IngressSettings().metrics_port is None  # off: /metrics on the API port
+    assert IngressSettings(metrics_port=0, transport="proxy").metrics_port == 0
+    assert IngressSettings(metrics_port=9400).metrics_port == 9400
+    for taken in ({"port": 8000, "metrics_port": 8000},
+                  {"port": 8000, "metrics_port": 8001},  # direct: the proxy's
+                  {"port": 8000, "proxy_port": 8100, "metrics_port": 8100}):
+        with pytest.raises(ValueError, match="metrics_port"):
+            IngressSettings(**taken)
+    with pytest.raises(ValueError, match="metrics_port"):
+        IngressSettings(metrics_port=-1)
+    for name in ("gpu-cluster", "cpu-cluster"):  # several replicas behind the proxy
+        profile = load_platform_config(ROOT / f"platform/profiles/{name}.yaml", root=ROOT)
+        assert profile.profile.ingress.metrics_port == 0, name
+    local = load_platform_config(ROOT / "platform/profiles/local-cpu.yaml", root=ROOT)
+    assert local.profile.ingress.metrics_port is None
+
+
 def test_sluice_serve_port_override_is_validated(tmp_path) -> None:
     from sluice.cli import main
 
