@@ -6,11 +6,18 @@ small for the prompt going straight to the stage that fits, as its escalation wo
 messages (`trim`: the kept ones, as sent), `max_tokens` (lowered). What it leaves: the body
 as sent (cache keys read it). The header `x-sluice-context: reject|route|trim` picks the
 policy per request where the profile lets clients choose.
+
+Before any prompt is tokenized, the same decision is made on each prompt's floor (its
+rendered text's bytes over the longest token's: `token_counter.TokenBytes`): a request that
+overflows on floors overflows on counts, and is refused without tokenizing (a near-8 MiB
+body would otherwise hold the model's tokenizer for seconds); the 400 says "at least".
+Everything else is decided on exact counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +26,13 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest
 from sluice.accounting.tenancy import Principal
 from sluice.errors import ContextLengthExceeded, InvalidRequest, SluiceError
 from sluice.pipeline.request import ParsedRequest
-from sluice.pipeline.token_counter import INLINE_CHARS, Messages, TokenCounter, plain_messages
+from sluice.pipeline.token_counter import (
+    INLINE_CHARS,
+    Messages,
+    Prompt,
+    TokenCounter,
+    plain_messages,
+)
 from sluice.router.context_fit import Candidate, ContextFit, Fit, Overflow
 from sluice.router.static import StaticRouter
 from sluice.schema.context import POLICIES, ContextSettings, Policy
@@ -63,18 +76,34 @@ class ContextGate:
         return value  # type: ignore[return-value]
 
     def _others(self, policy: Policy, stages: list[Candidate], principal: Principal,
-                guess: int, out: int) -> list[Candidate]:
+                request: ParsedRequest, room: int) -> list[Candidate]:
+        """Where `route` may go, cheapest first: the catalog's models the key may use, not a
+        rollout's variant (`base@label`: its rollout's split gives it traffic, a route must
+        not bypass it). Cheapest as the request is held against its budgets (the handler's
+        `_worst_usd`: the prompt's byte bound, then max_tokens x n, or the rest of the
+        model's context when max_tokens is unset), so the model picked is the one its
+        budgets admit first; then at the request's likely cost (`room` completion tokens)."""
         if policy != "route":
             return stages[1:]  # a cascade's later stage takes what its first cannot
         allowed = []
         for model in self._router.catalog():
+            if model.name != model.base:
+                continue
             try:
                 principal.may_use(model.name)
             except SluiceError:
                 continue
             if model.name != stages[0].name:
                 allowed.append(Candidate(model.name, model.context_length))
-        return sorted(allowed, key=lambda c: (self._price(c.name, guess, out), c.context))
+        bound, guess = request.prompt_tokens_bound(), request.prompt_tokens_guess()
+        n = request.llm.n or 1
+        return sorted(allowed, key=lambda c: (self.held(c, bound, request.max_output_tokens, n),
+                                              self._price(c.name, guess, room * n), c.context))
+
+    def held(self, model: Candidate, bound: int, asked: int | None, n: int) -> float:
+        """What a request of `bound` prompt tokens (at most) asking `asked` completion tokens
+        (None: unset) n times is held against its budgets on `model`."""
+        return self._price(model.name, bound, (asked or max(1, model.context - bound)) * n)
 
     def _hosted(self, name: str) -> bool:
         """A provider's model the route may use (`route_to_hosted`): no tokenizer here, so
@@ -99,22 +128,39 @@ class ContextGate:
         messages: Messages | None = (plain_messages(llm.messages)
                                      if isinstance(llm, ChatCompletionRequest) else None)
         asked = request.max_output_tokens
-        guess = request.prompt_tokens_guess()
-        others = self._others(policy, stages, principal, guess,
+        others = self._others(policy, stages, principal, request,
                               asked or settings.min_output_tokens)
         others = [c for c in others if self._counter.knows(c.name) or self._hosted(c.name)]
         bound = request.prompt_tokens_bound()
+        whole: dict[str, Prompt] = {}  # each model's rendering of the whole prompt, once
+
+        def prompt(model: str, kept: Messages | None) -> Prompt:
+            if kept is None and model in whole:
+                return whole[model]
+            made = self._counter.prompt_now(model, llm, kept if kept is not None
+                                            else messages)
+            if made is None:
+                raise _NoTokenizer(model)
+            if kept is None:
+                whole[model] = made
+            return made
+
+        def hosted(model: str) -> bool:  # (route only: a trim is on the model's own tokens)
+            return not self._counter.knows(model) and self._hosted(model)
 
         def count(model: str, kept: Messages | None) -> int:
-            if not self._counter.knows(model) and self._hosted(model):
-                return bound  # (route only: a trim is on the requested model's own tokens)
-            counted = self._counter.count_now(model, llm, kept if kept is not None
-                                              else messages)
-            if counted is None:
-                raise _NoTokenizer(model)
-            return counted
+            return bound if hosted(model) else self._counter.count_prompt(
+                model, prompt(model, kept))
+
+        def floor(model: str, kept: Messages | None) -> int:
+            return bound if hosted(model) else self._counter.floor_prompt(
+                model, prompt(model, kept))
 
         def decide() -> Fit | Overflow:
+            least = ContextFit(floor).decide(policy, settings, stages[0], others, asked,
+                                             messages, probe=True)
+            if isinstance(least, Overflow):  # overflows on floors: on counts too
+                return dataclasses.replace(least, at_least=True)
             return ContextFit(count).decide(policy, settings, stages[0], others, asked,
                                             messages)
 

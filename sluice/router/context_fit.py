@@ -8,6 +8,11 @@ A request fits a model when its prompt plus the answer's room is within the mode
 context: the room is `max_tokens` when the request sets it; without it, one token for
 `reject` (vLLM's own rule: the answer takes what is left) and `min_output_tokens` for
 `route` and `trim` (a request moved or cut to fit should still have room to answer).
+
+The same decision on a floor of the counts (`probe`: a count that is never more than the
+model's tokens, found without tokenizing) refuses what the exact counts would: each way to
+fit is a test `tokens + room <= context` whose room does not depend on the counts, so a test
+the exact counts pass, the floors pass too, and an Overflow on floors is one on counts.
 """
 
 from __future__ import annotations
@@ -70,18 +75,23 @@ class Overflow:
     prompt_tokens: int
     max_tokens: int | None
     policy: Policy
+    at_least: bool = False  # prompt_tokens is a floor (the prompt was not tokenized)
 
     def message(self) -> str:
         """OpenAI's wording (clients parse it), with the policy that was applied."""
+        least = "at least " if self.at_least else ""
         if self.max_tokens:
-            asked = (f"you requested {self.prompt_tokens + self.max_tokens} tokens "
-                     f"({self.prompt_tokens} in the messages, {self.max_tokens} in the "
-                     f"completion). Please reduce the length of the messages or completion.")
+            asked = (f"you requested {least}{self.prompt_tokens + self.max_tokens} tokens "
+                     f"({least}{self.prompt_tokens} in the messages, {self.max_tokens} in "
+                     f"the completion). Please reduce the length of the messages or "
+                     f"completion.")
         else:
-            asked = (f"your messages resulted in {self.prompt_tokens} tokens. Please reduce "
-                     f"the length of the messages.")
+            asked = (f"your messages resulted in {least}{self.prompt_tokens} tokens. Please "
+                     f"reduce the length of the messages.")
+        how = ("; a lower bound from the prompt's size, not tokenized" if self.at_least
+               else "")
         return (f"This model's maximum context length is {self.context} tokens. However, "
-                f"{asked} (model '{self.model}', context policy '{self.policy}')")
+                f"{asked} (model '{self.model}', context policy '{self.policy}'{how})")
 
 
 def _room(policy: Policy, settings: ContextPolicy, max_tokens: int | None) -> int:
@@ -122,15 +132,16 @@ class ContextFit:
 
     def decide(self, policy: Policy, settings: ContextPolicy, own: Candidate,
                others: Sequence[Candidate], max_tokens: int | None,
-               messages: Messages | None) -> Fit | Overflow:
+               messages: Messages | None, probe: bool = False) -> Fit | Overflow:
         """`own`: the model asked for (a cascade: its first stage). `others`: where `route`
-        may go, cheapest first (a cascade under `reject`: its larger stages)."""
+        may go, cheapest first (a cascade under `reject`: its larger stages). `probe`: only
+        whether it fits somewhere (a trim that fits is not searched for its fewest cuts)."""
         prompt = self._count(own.name, None)
         room = _room(policy, settings, max_tokens)
         if prompt + room <= own.context:
             return Fit(own.name, prompt)
         if policy == "trim" and messages is not None:
-            found = self._trim(settings, own, messages, prompt, max_tokens)
+            found = self._trim(settings, own, messages, prompt, max_tokens, probe)
             if found is not None:
                 return found
         for other in others:  # route (or a cascade's later stage)
@@ -157,7 +168,7 @@ class ContextFit:
         return None
 
     def _trim(self, settings: ContextPolicy, own: Candidate, messages: Messages,
-              prompt: int, max_tokens: int | None) -> Fit | None:
+              prompt: int, max_tokens: int | None, probe: bool = False) -> Fit | None:
         """The fewest oldest turns dropped for the request to fit within its context less
         the policy's headroom (a binary search: the prompt shrinks as turns go); with
         nothing left to drop, `max_tokens` lowered."""
@@ -180,6 +191,8 @@ class ContextFit:
                        max_tokens=own.context - least, asked_max_tokens=max_tokens,
                        kept=kept, dropped_messages=len(messages) - len(kept),
                        dropped_tokens=prompt - least)
+        if probe:
+            return Fit(own.name, least, "trimmed")
         if least + room > target:
             target = own.context  # the headroom cannot be had: only what must go
         lo, hi, best = 1, len(groups), least  # tokens(hi) fits; find the least k that does

@@ -11,13 +11,18 @@ from typing import Any
 
 import pytest
 
+from sluice.accounting.budgets import BudgetGuard
 from sluice.accounting.response_cost import UsagePricer
 from sluice.accounting.tenancy import Principal
-from sluice.errors import ContextLengthExceeded, InvalidRequest
+from sluice.errors import BudgetExceeded, ContextLengthExceeded, InvalidRequest
 from sluice.pipeline.context_gate import ContextGate
+from sluice.pipeline.handler import RequestHandler
 from sluice.pipeline.request import RequestLimits, parsed
-from sluice.pipeline.token_counter import TokenCounter
+from sluice.pipeline.token_counter import ModelTokens, TokenCounter
+from sluice.router.context_fit import Candidate
 from sluice.router.static import StaticRouter
+from sluice.schema.accounting import Budget
+from sluice.schema.catalog import Catalog, CatalogModel
 from sluice.schema.context import ContextSettings
 from sluice.schema.loading import load_platform_config
 from sluice.schema.routing import RouteConfig
@@ -87,6 +92,7 @@ def test_reject_is_the_400_with_the_limit_and_the_count(demo_dir: Path) -> None:
         asyncio.run(gate(demo_dir, records=records).apply(r, ANYONE))
     assert "maximum context length is 2048 tokens" in err.value.message
     assert err.value.param == "messages"  # the prompt alone does not fit
+    assert "at least" not in err.value.message  # counted: its floor fits
     fits = request({"model": "small", "messages": long_chat(3), "max_tokens": 2000})
     with pytest.raises(ContextLengthExceeded) as err:
         asyncio.run(gate(demo_dir).apply(fits, ANYONE))
@@ -172,8 +178,6 @@ def _with_hosted(demo_dir: Path, hosted_usd_per_1m: float,
                  allowed: bool = True) -> ContextGate:
     """The demo catalog plus a hosted model (a provider's: no tokenizer here) with a long
     context, priced per token."""
-    from sluice.schema.catalog import Catalog, CatalogModel
-
     hosted = CatalogModel.model_validate({
         "name": "hosted", "tier": "large", "context_length": 200_000,
         "provider": {"base_url": "https://provider.test/v1", "model": "their-model"},
@@ -221,3 +225,103 @@ def test_route_takes_the_cheapest_that_fits_local_before_a_pricier_hosted_one(
                    {"x-sluice-context": "route"})
     asyncio.run(_with_hosted(demo_dir, 0.001).apply(kept, no_hosted))
     assert kept.llm.model == "large"  # a key limited to local models stays local
+
+
+def _catalog_gate(demo_dir: Path, *extra: dict[str, Any],
+                  settings: dict[str, Any] | None = None) -> ContextGate:
+    """The demo catalog plus these models (a local one counted with the demo tokenizer)."""
+    added = [CatalogModel.model_validate(m) for m in extra]
+    catalog = Catalog(models=(*CONFIG.catalog.models, *added))
+    pricer = UsagePricer({m.name: m.pricing for m in catalog.models})
+    counter = TokenCounter({m.name: str(demo_dir) for m in catalog.models if m.local})
+    return ContextGate(
+        ContextSettings.model_validate(settings or {}), StaticRouter(catalog, "small", [ROUTE]),
+        counter, lambda m, p, c: pricer.price({"prompt_tokens": p, "completion_tokens": c}, m,
+                                              hit=False).total_usd, lambda *r: None)
+
+
+HUGE = "lorem ipsum dolor " * 60_000  # ~1 MiB: its floor alone is past every demo context
+
+
+@pytest.mark.parametrize("policy", ["reject", "route", "trim"])
+def test_a_huge_body_is_refused_on_its_floor_without_tokenizing(
+        demo_dir: Path, policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def tokenized(self: ModelTokens, prompt: Any) -> int:
+        raise AssertionError("the tokenizer ran")
+
+    monkeypatch.setattr(ModelTokens, "count", tokenized)
+    records: list[tuple[str, ...]] = []
+    messages = [*long_chat(2), {"role": "user", "content": HUGE}]  # trim keeps the last
+    r = request({"model": "small", "messages": messages, "max_tokens": 64},
+                {"x-sluice-context": policy})
+    with pytest.raises(ContextLengthExceeded) as err:
+        asyncio.run(gate(demo_dir, records=records).apply(r, ANYONE))
+    assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    assert "maximum context length is 2048 tokens" in err.value.message
+    assert "you requested at least" in err.value.message
+    assert "lower bound from the prompt's size, not tokenized" in err.value.message
+    assert records == [("small", policy, "rejected", "acme")]
+    # a completion too; and a hosted model (judged on the prompt's byte bound) too small
+    c = request({"model": "small", "prompt": HUGE}, {"x-sluice-context": policy},
+                endpoint="completions")
+    with pytest.raises(ContextLengthExceeded, match="requested at least"):  # (max_tokens 16)
+        asyncio.run(_with_hosted(demo_dir, 1.0).apply(c, ANYONE))
+
+
+def test_route_never_offers_a_rollout_variant(demo_dir: Path) -> None:
+    """`large@v2` gets its traffic from its rollout's split; a route to it would bypass it."""
+    variant = {"name": "large@v2", "source": "models/demo/large", "tier": "large",
+               "context_length": 8192, "pricing": {"mode": "tokens", "tokens": {
+                   "input_per_1m": 0.01, "output_per_1m": 0.01}}}  # cheaper than large
+    g = _catalog_gate(demo_dir, variant)
+    r = request({"model": "small", "messages": long_chat(12), "max_tokens": 64},
+                {"x-sluice-context": "route"})
+    gated = asyncio.run(g.apply(r, ANYONE))
+    assert gated is not None and gated.note == "routed" and r.llm.model == "large"
+
+
+def test_route_ranks_as_the_budget_holds_so_the_model_picked_is_admitted_first(
+        demo_dir: Path) -> None:
+    """Without max_tokens the handler holds the rest of the routed model's context (its
+    `_worst_usd`); ranked on a few completion tokens instead, a long-context model with
+    cheap input and dear output looks cheapest, and its hold commits the key's budget."""
+    long = {"name": "long", "tier": "large", "context_length": 200_000,
+            "provider": {"base_url": "https://provider.test/v1", "model": "theirs"},
+            "pricing": {"mode": "tokens", "tokens": {"input_per_1m": 0.01,
+                                                     "output_per_1m": 20.0}}}
+    g = _catalog_gate(demo_dir, long, settings={"route_to_hosted": True})
+    body = {"model": "small", "messages": long_chat(12)}  # fits large's 8,192; no max_tokens
+    r = request(body, {"x-sluice-context": "route"})
+    bound, guess = r.prompt_tokens_bound(), r.prompt_tokens_guess()
+    price = g._price
+    assert price("long", guess, 16) < price("large", guess, 16)  # the old ranking's pick
+    asyncio.run(g.apply(r, ANYONE))
+    assert r.llm.model == "large"
+    # the gate's ranking is what the handler holds for the request, on the model it runs
+    # (only its `_worst_usd` runs: the router answers `models_at_worst` as the pipeline does)
+    pricer = UsagePricer({m.name: m.pricing for m in g._router.catalog()})
+    handler = RequestHandler(g._router, None, pricer, None, LIMITS, 1 << 20)  # type: ignore[arg-type]
+    worst = handler._worst_usd(r)
+    large, hosted = Candidate("large", 8192), Candidate("long", 200_000)
+    assert worst == pytest.approx(g.held(large, bound, None, 1))
+    assert g.held(hosted, bound, None, 1) > 100 * worst  # what routing to it would hold
+
+    async def holds(usd: list[float]) -> list[bool]:
+        async def no_spend(keys: Any) -> list[None]:
+            return [None] * len(keys)
+
+        guard = BudgetGuard([Budget(scope="key", id="k", daily_usd=1.5 * worst)], no_spend)
+        admitted = []
+        for each in usd:
+            try:
+                admitted.append(await guard.reserve(ANYONE, each, 0.0) is not None)
+            except BudgetExceeded as exc:
+                assert exc.status == 429
+                admitted.append(False)
+        return admitted
+
+    # two requests in flight hold the budget; the third's 429 is the budget's, as it would
+    # be on any other model that fits (each holds more)
+    assert asyncio.run(holds([worst, worst, worst])) == [True, True, False]
+    # routed to the long model, the first request alone would have committed it
+    assert asyncio.run(holds([g.held(hosted, bound, None, 1), worst])) == [True, False]
