@@ -80,11 +80,16 @@ def counting(repeats: int) -> dict[str, Any]:
         body = {"model": "small", "messages": _chat(rng, size), "max_tokens": 16}
         raw = json.dumps(body)
         request = parsed("chat", json.loads(raw), RequestLimits(8, 4096), "r", {}, len(raw))
-        exact, estimate = [], []
+        exact, estimate, floors = [], [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
             tokens = counter.count_now("small", request.llm)
             exact.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # the gate's pre-check: rendered, then its floor
+            prompt = counter.prompt_now("small", request.llm)
+            assert prompt is not None
+            floor = counter.floor_prompt("small", prompt)
+            floors.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             request.prompt_tokens = None
             guess = request.prompt_tokens_guess()
@@ -92,10 +97,14 @@ def counting(repeats: int) -> dict[str, Any]:
         row = {"tokens": tokens, "estimate_tokens": guess, "messages": len(body["messages"]),
                "exact_p50_ms": _pct(exact, 0.5) * 1e3, "exact_p99_ms": _pct(exact, 0.99) * 1e3,
                "estimate_p50_ms": _pct(estimate, 0.5) * 1e3,
-               "estimate_p99_ms": _pct(estimate, 0.99) * 1e3}
+               "estimate_p99_ms": _pct(estimate, 0.99) * 1e3,
+               "floor_tokens": floor, "floor_p50_ms": _pct(floors, 0.5) * 1e3,
+               "floor_p99_ms": _pct(floors, 0.99) * 1e3}
         print(f"[count] {tokens} tokens ({len(body['messages'])} messages): exact p50 "
               f"{row['exact_p50_ms']:.2f} ms p99 {row['exact_p99_ms']:.2f} ms; estimate p50 "
-              f"{row['estimate_p50_ms'] * 1e3:.1f} us (guessed {guess})", flush=True)
+              f"{row['estimate_p50_ms'] * 1e3:.1f} us p99 {row['estimate_p99_ms'] * 1e3:.1f} us "
+              f"(guessed {guess}); floor {floor} in p50 {row['floor_p50_ms']:.2f} ms",
+              flush=True)
         out[f"{size // 1000}k"] = row
         if size == 32000:
             from sluice.pipeline.token_counter import plain_messages
