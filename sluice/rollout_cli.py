@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any
 
+from sluice.schema.prompts import PREFIX as PROMPT  # how a rollout names a template
+
 ACTIONS = ("pause", "resume", "promote", "abort")
 
 
@@ -66,7 +68,12 @@ def _summary(data: dict[str, Any]) -> str:
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"model": args.model, "to": args.to, "kind": args.kind}
+    if (args.model is None) == (args.prompt is None):
+        print("sluice rollout start: name MODEL or --prompt TEMPLATE (one of them)",
+              file=sys.stderr)
+        return 2
+    model = args.model if args.prompt is None else f"{PROMPT}{args.prompt}"
+    body: dict[str, Any] = {"model": model, "to": args.to, "kind": args.kind}
     if args.steps:
         body["steps"] = [int(s) for s in args.steps.split(",")]
     if args.step_min is not None:
@@ -77,6 +84,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         body["max_step_s"] = args.max_step_min * 60
     if args.percent is not None:
         body["percent"] = args.percent
+    if args.split_by is not None:
+        body["split_by"] = args.split_by
     gates = {k: v for k, v in {
         "min_requests": args.min_requests, "confidence": args.confidence,
         "error_margin": args.error_margin, "latency_quantile": args.quantile,
@@ -99,8 +108,9 @@ def _cmd_action(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add `rollout start|status|pause|resume|promote|abort` to the `sluice` parser."""
-    rollout = sub.add_parser("rollout", help="canary, A/B and shadow rollouts of a model's "
-                             "variants").add_subparsers(dest="rollout_command", required=True)
+    rollout = sub.add_parser("rollout", help="canary, A/B and shadow rollouts of the "
+                             "variants of a model, a cascade route or a prompt template "
+                             "(prompt:NAME)").add_subparsers(dest="rollout_command", required=True)
 
     def common(cmd: argparse.ArgumentParser) -> None:
         cmd.add_argument("--url", default=os.environ.get("SLUICE_URL", "http://127.0.0.1:8000"),
@@ -112,11 +122,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         cmd.add_argument("--timeout", type=float, default=30.0)
         cmd.add_argument("--json", action="store_true", help="print the whole answer")
 
-    start = rollout.add_parser("start", help="start a rollout of MODEL to its variant "
-                               "MODEL@TO")
-    start.add_argument("model")
-    start.add_argument("--to", required=True, help="the variant's label (catalog model "
-                       "MODEL@TO)")
+    start = rollout.add_parser("start", help="start a rollout of MODEL (a model, a cascade "
+                               "route, or prompt:NAME) to its variant MODEL@TO")
+    start.add_argument("model", nargs="?")
+    start.add_argument("--prompt", help="a prompt template's rollout: the same as MODEL "
+                       "prompt:PROMPT (status, pause, ... then name it prompt:PROMPT)")
+    start.add_argument("--to", required=True, help="the variant's label (catalog model or "
+                       "route MODEL@TO)")
     start.add_argument("--kind", choices=("canary", "ab", "shadow"), default="canary")
     start.add_argument("--steps", help="canary: percent at each step, e.g. 5,10,25,50,100")
     start.add_argument("--step-min", type=float, help="canary: shortest step, in minutes")
@@ -125,6 +137,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "back after this many minutes")
     start.add_argument("--percent", type=float, help="ab: the candidate's share; shadow: "
                        "the share of requests copied to it")
+    start.add_argument("--split-by", choices=("user", "key", "tenant"),
+                       help="canary and ab: who stays in one arm (default: the profile's "
+                       "rollouts.sticky_header / sticky_key)")
     start.add_argument("--min-requests", type=int, help="gates: requests per variant and "
                        "step before any gate decides")
     start.add_argument("--confidence", type=float)

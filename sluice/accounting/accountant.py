@@ -124,9 +124,12 @@ class Accountant:
     def settle(self, admission: Admission, request_id: str, model: str, status: int,
                outcome: Outcome | None, cost_usd: float, route: str = "error",
                stages: Sequence[StageSpend] = (), hold_id: str = "", context: str = "",
-               compression: Savings | None = None) -> LedgerRecord:
+               compression: Savings | None = None, variants: Sequence[str] = ()
+               ) -> LedgerRecord:
         """Record the request (its outcome, or only its status when it failed); `stages`:
-        the engine work it paid for besides its answer (a cascade's draft, judge)."""
+        the engine work it paid for besides its answer (a cascade's draft, judge);
+        `variants`: the route and prompt-template versions it was given (a failed
+        request's: an outcome names its own)."""
         tokens = Tokens.of(outcome.usage if outcome is not None else None)
         ran = [s.model for s in stages]
         if outcome is not None and outcome.model and outcome.cache != "hit":
@@ -141,6 +144,7 @@ class Accountant:
             latency_s=round(self._clock() - admission.arrived, 6),
             ttft_s=outcome.ttft_s if outcome else None, cost_usd=round(cost_usd, 9),
             estimated=bool(outcome and outcome.estimated), hold_id=hold_id, context=context,
+            variants=tuple(outcome.served_variants if outcome is not None else variants),
             **({"compression": compression.note, "saved_tokens": compression.saved_tokens,
                 "saved_usd": round(compression.saved_usd, 9)} if compression else {}))
         self.guard.spent(record)

@@ -113,6 +113,9 @@ class LedgerRecord(BaseModel):
                             "the answer ended before its usage (client gone, engine failed).")
     context: str = Field(default="", description="What an overflow of its model's context "
                          "became (x-sluice-context): routed, trimmed N messages, ...")
+    variants: tuple[str, ...] = Field(
+        default=(), description="The versions of a cascade route and of a prompt template "
+        "it was given (`auto@v2`, `prompt:support@v2`; a model's variant is in `models`).")
     compression: str = Field(default="", description="Its prompt compressed "
                              "(x-sluice-compression): `1800->700 tokens`.")
     saved_tokens: int = Field(default=0, ge=0, description="Prompt tokens compression "
@@ -134,7 +137,7 @@ class LedgerRecord(BaseModel):
     def from_fields(cls, fields: Mapping[Any, Any]) -> LedgerRecord:
         raw = {(k.decode() if isinstance(k, bytes) else k):
                (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
-        for name in ("tags", "models"):
+        for name in ("tags", "models", "variants"):
             raw[name] = tuple(x for x in raw.get(name, "").split(",") if x)
         return cls.model_validate(raw)
 

@@ -2,8 +2,11 @@
 
 Pure aggregation over ledger records; the ingress reads them (LedgerWriter.read) and decides
 which tenant a caller may see. `model` groups by the model the client asked for (`auto`,
-`small`, ...); `served_model` by the one that answered. A request with several tags counts
-once under each, so tag groups may add up to more than the total.
+`small`, ...); `served_model` by the one that answered; `variant` by the versions of a
+cascade route and of a prompt template a request was given (`auto@v2`,
+`prompt:support@v2`: a rollout's arms; a model's variant is its `served_model`). A request
+with several tags (or variants) counts once under each, so those groups may add up to more
+than the total.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from sluice.accounting.ledger import LedgerRecord
 from sluice.errors import InvalidRequest
 
-GROUPS = ("key", "tenant", "model", "served_model", "tag", "route")
+GROUPS = ("key", "tenant", "model", "served_model", "tag", "route", "variant")
 MAX_WINDOW_S = 92 * 86400
 LATEST = 253402300800.0  # 10000-01-01: later times are not stream ids Redis can take
 
@@ -60,6 +63,8 @@ def group_by(params: Mapping[str, str]) -> str:
 def _groups(record: LedgerRecord, by: str) -> Iterable[str]:
     if by == "tag":
         return record.tags or ("(untagged)",)
+    if by == "variant":
+        return record.variants or ("(none)",)
     if by == "served_model":
         return (record.models[-1] if record.models else "(none)",)
     return ({"key": record.key_id, "tenant": record.tenant, "model": record.model,

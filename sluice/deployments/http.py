@@ -4,9 +4,9 @@ This is the only module that turns an answer into headers and bytes (the pipelin
 data: `sluice.pipeline.settlement.Settled`). The headers name what answered:
 `x-sluice-model`, `x-sluice-route`, `x-sluice-cache` (and `-similarity`),
 `x-sluice-replica` (and `x-sluice-retries`), the cascade's `x-sluice-<stage>-score` and
-`x-sluice-fallback`, `x-sluice-variant`, `x-sluice-budget: soft`, and `x-sluice-cost-usd` where the cost is
-known before the body is sent (JSON and buffered answers; a live stream carries it in its
-usage event).
+`x-sluice-fallback`, `x-sluice-variant` (and `x-sluice-prompt-variant`), `x-sluice-budget:
+soft`, and `x-sluice-cost-usd` where the cost is known before the body is sent (JSON and
+buffered answers; a live stream carries it in its usage event).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sluice.deployments import anthropic_api
 from sluice.errors import ClientGone, MethodNotAllowed, NotFound, SluiceError, unexpected
 from sluice.observability.outcome import COST_HEADER
 from sluice.pipeline.answer import Answer
+from sluice.pipeline.prompt_stage import VARIANT_HEADER as PROMPT_VARIANT_HEADER
 from sluice.pipeline.settlement import Settled
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ def answer_headers(answer: Answer) -> dict[str, str]:
         headers[FAILOVER_HEADER] = ",".join(answer.failed_over)
     if answer.variant:
         headers[VARIANT_HEADER] = answer.variant
+    if answer.prompt_variant:
+        headers[PROMPT_VARIANT_HEADER] = answer.prompt_variant
     return headers
 
 

@@ -30,7 +30,11 @@ from sluice.deployments.rollout_admin import MAX_BODY_BYTES as MAX_ROLLOUT_BODY_
 from sluice.observability.metrics import CONTENT_TYPE
 from sluice.pipeline.compress_stage import HEADER as COMPRESS_HEADER
 from sluice.pipeline.compress_stage import PATTERN as COMPRESS_PATTERN
+from sluice.pipeline.prompt_stage import HEADER as PROMPT_HEADER
+from sluice.pipeline.prompt_stage import PATTERN as PROMPT_PATTERN
+from sluice.pipeline.prompt_stage import VARIANT_HEADER as PROMPT_VARIANT_HEADER
 from sluice.pipeline.selector import MAX_TTFT, MIN_QUALITY, PATTERNS, TASK
+from sluice.rollouts.targets import versions
 from sluice.router.static import StaticRouter
 from sluice.schema.platform import PlatformConfig
 from sluice.schema.rollouts import RolloutSpec
@@ -53,7 +57,8 @@ class ApiFacts:
     auth_required: bool
     max_stop_chars: int = 256
     version: str = "0.1.0"
-    rollout_models: tuple[str, ...] = ()  # the catalog's models that are not variants
+    rollout_models: tuple[str, ...] = ()  # what a rollout may name (no variant of them)
+    prompts: tuple[str, ...] = ()  # the profile's prompt templates (with their versions)
 
     @classmethod
     def of(cls, config: PlatformConfig, router: StaticRouter) -> ApiFacts:
@@ -62,9 +67,11 @@ class ApiFacts:
         # the handler's bound: the largest context among the models a request may run
         bound = {m: min(limit, max(c.context_length for c in router.models_at_worst(m)))
                  for m in router.model_ids}
-        bases = tuple(m.name for m in config.catalog.models if m.base == m.name)
+        # the catalog's models and the cascade routes, not their versions
+        bases = tuple(dict.fromkeys(base for base, _ in versions(config).values()))
         return cls(bound, ingress.max_n, limit, auth.max_tags, ingress.max_body_bytes,
-                   auth.required, ingress.max_stop_chars, rollout_models=bases)
+                   auth.required, ingress.max_stop_chars, rollout_models=bases,
+                   prompts=tuple(config.profile.prompts))
 
 
 def tags_pattern(max_tags: int) -> str:
@@ -163,9 +170,14 @@ _HEADERS: dict[str, Any] = {
     "x-sluice-selection": _header("A selection route's choice and why: the model, its "
                                   "price, measured quality and TTFT p95, the bars, the "
                                   "candidates passed over."),
-    "x-sluice-variant": _header("The version of the model that answered: a variant's label "
-                                "(`v2` for `large@v2`, which a rollout chose) or the "
-                                "model's catalog `version`."),
+    "x-sluice-variant": _header("The version that answered: of the cascade route asked for "
+                                "when it has versions (`v2` for `auto@v2`), else of the "
+                                "model: a variant's label (`v2` for `large@v2`, which a "
+                                "rollout chose) or the model's catalog `version`."),
+    PROMPT_VARIANT_HEADER: _header("The version of the prompt template applied "
+                                   "(`x-sluice-prompt`): a version's label (`v2` for "
+                                   "`support@v2`, which a rollout chose) or the template's "
+                                   "`version`."),
     "x-sluice-router-score": _header("The pre-router's score."),
     "x-sluice-judge-score": _header("The judge's score."),
     **_RATE,
@@ -187,6 +199,7 @@ _ANSWER_HEADERS = (*_EVERY, "x-sluice-model", "x-sluice-route", "x-sluice-cache"
                    "x-sluice-selection",
                    "x-sluice-variant", "x-sluice-router-score",
                    "x-sluice-judge-score", *_RATE)
+_CHAT_ANSWER_HEADERS = (*_ANSWER_HEADERS, PROMPT_VARIANT_HEADER)
 
 
 # ---- responses --------------------------------------------------------------------------
@@ -247,11 +260,16 @@ def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
             "schema": {"type": "string", **schema}}
 
 
-def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
+def _request_headers(facts: ApiFacts, chat: bool) -> list[dict[str, Any]]:
     def h(name: str, description: str, **schema: Any) -> dict[str, Any]:
         return {"name": name, "in": "header", "required": False,
                 "description": description, "schema": {"type": "string", **schema}}
-    return [
+    templates = ", ".join(f"`{p}`" for p in facts.prompts) or "none on this platform"
+    prompt = [h(PROMPT_HEADER, "A prompt template of the profile, whose system message goes "
+                "first in the chat (before the request's own, or instead of them where the "
+                f"template says so): {templates}. A name it lacks: 404 `prompt_not_found`.",
+                pattern=PROMPT_PATTERN)] if chat else []
+    return [*prompt,
         h("x-request-id", "Your id for the request, echoed back and put in the ledger."),
         h("x-sluice-tags", f"Cost-attribution tags, comma-separated (at most "
           f"{facts.max_tags}, a repeat counting once; each 1-64 of letters, digits and "
@@ -285,14 +303,15 @@ def _request_headers(facts: ApiFacts) -> list[dict[str, Any]]:
 
 _INFERENCE_ERRORS = (400, 401, 403, 404, 408, 413, 429, 500, 503)
 _ADMIN_ERRORS = (400, 401, 403, 404, 409, 500, 503)
-_USAGE_GROUPS = ["key", "tenant", "model", "served_model", "tag", "route"]
+_USAGE_GROUPS = ["key", "tenant", "model", "served_model", "tag", "route", "variant"]
 
 
-def _inference(shape: str, body: str, what: str) -> dict[str, Any]:
+def _inference(shape: str, body: str, what: str, chat: bool) -> dict[str, Any]:
     return {"summary": what, "body": body, "errors": _INFERENCE_ERRORS, "access": "key",
-            "headers": True, "ok": _ok(
+            "headers": "chat" if chat else "completions", "ok": _ok(
                 shape, f"The answer: a `{shape}` object, or with `stream: true` an SSE "
-                "stream of chunks.", headers=_ANSWER_HEADERS, stream=True,
+                "stream of chunks.", headers=_CHAT_ANSWER_HEADERS if chat else _ANSWER_HEADERS,
+                stream=True,
                 required=("x-sluice-model", "x-sluice-route", "x-sluice-cache"))}
 
 
@@ -306,9 +325,11 @@ _SERVICE_DISCOVERY = {  # Prometheus' http_sd_config body
 
 _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/chat/completions"): _inference(
-        "ChatCompletion", "ChatCompletionRequest", "Chat completion (OpenAI-compatible)"),
+        "ChatCompletion", "ChatCompletionRequest", "Chat completion (OpenAI-compatible)",
+        chat=True),
     ("POST", "/v1/completions"): _inference(
-        "TextCompletion", "CompletionRequest", "Text completion (OpenAI-compatible)"),
+        "TextCompletion", "CompletionRequest", "Text completion (OpenAI-compatible)",
+        chat=False),
     ("GET", "/v1/models"): {"summary": "The models and cascade routes served",
                             "ok": _ok("ModelList", "Every model id a request may name.")},
     ("GET", "/v1/models/{model_id}"): {
@@ -333,7 +354,8 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "ok": {**_ok(None, "Counters."), "content": {"application/json": {"schema": {
             "type": "object"}}}}},
     ("POST", "/v1/admin/rollouts"): {
-        "summary": "Start a canary, A/B or shadow rollout of a model to one of its variants",
+        "summary": "Start a canary, A/B or shadow rollout of a model, a cascade route or a "
+                   "prompt template (`prompt:<name>`) to one of its variants",
         "access": "operator", "errors": (*_ADMIN_ERRORS, 413), "body": "RolloutSpec",
         "body_bytes": MAX_ROLLOUT_BODY_BYTES,
         "ok": {**_ok(None, "Started: the rollout as `GET /v1/admin/rollouts/{model}` shows "
@@ -393,7 +415,7 @@ def _describe(operation: dict[str, Any], method: str, path: str, facts: ApiFacts
             p["schema"] = {"type": "string", "enum": list(facts.max_tokens_by_model)}
     parameters += spec.get("query", [])
     if spec.get("headers"):
-        parameters += _request_headers(facts)
+        parameters += _request_headers(facts, chat=spec["headers"] == "chat")
     if parameters:
         operation["parameters"] = parameters
     body = spec.get("body")

@@ -62,6 +62,9 @@ class Outcome:
     priced: Priced | None = None
     failed: bool = False  # a stream that ended with an error event
     estimated: bool = False  # the usage is an estimate: the stream ended before its usage
+    # the versions of a route and of a prompt template that answered, as rollouts name them
+    # (`auto@v2`, `prompt:support@v2`; a model's variant is `model`)
+    served_variants: tuple[str, ...] = ()
 
     @property
     def cost_usd(self) -> float:

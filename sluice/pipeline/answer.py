@@ -37,7 +37,8 @@ class Answer:
     compression: str | None = None  # its prompt compressed: `1800->700 tokens`
     selection: str | None = None  # a selection route's choice and why (x-sluice-selection)
     failed_over: tuple[str, ...] = ()  # models of the failover chain that did not answer
-    variant: str | None = None  # the answering model's variant label (x-sluice-variant)
+    variant: str | None = None  # the answering model's (or route's) variant label
+    prompt_variant: str | None = None  # the prompt template version's label
 
     @property
     def hit(self) -> bool:

@@ -1,16 +1,19 @@
 """The pipeline's core: a parsed, admitted request in, a typed Answer out.
 
-In the order it runs: a budget past its soft limit sends a cascade's request to its small
-model; a cascade route (a virtual model) runs its stages (`cascade_runner`); any other
-model is resolved by the static router; the response cache is asked first; then the
-chosen model's engine is called (`engines`). Nothing here knows HTTP.
+In the order it runs: a cascade route with versions (`auto`, `auto@v2`) under a rollout
+has the rollout pick which version answers (sticky, as a model's variants are picked at the
+engine call); a budget past its soft limit sends a cascade's request to its small model; a
+cascade route (a virtual model) runs its stages (`cascade_runner`); any other model is
+resolved by the static router; the response cache is asked first; then the chosen model's
+engine is called (`engines`). Nothing here knows HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from opentelemetry.trace import Tracer
@@ -23,9 +26,9 @@ from sluice.cache_tier.response_cache import CacheLookup
 from sluice.pipeline.answer import Answer, cached_answer, replayed
 from sluice.pipeline.answer_cache import AnswerCache
 from sluice.pipeline.cascade_runner import CascadeOutcome, CascadeRunner, candidate
-from sluice.pipeline.engines import Engines, EngineStream
+from sluice.pipeline.engines import SUBJECT_ATTR, Engines, EngineStream
 from sluice.pipeline.replay import sse_events
-from sluice.pipeline.request import ParsedRequest
+from sluice.pipeline.request import Endpoint, LLMRequest, ParsedRequest
 from sluice.rollouts.controller import Rollouts
 from sluice.router.reliability import agree
 from sluice.router.static import StaticRouter
@@ -45,6 +48,9 @@ class Pipeline:
         self._router, self._runners, self._engines = router, runners, engines
         self._cache, self._guard, self._tracer = cache, guard, tracer
         self._spawn, self._clock, self._rollouts = spawn, clock, rollouts
+        # the routes with versions: their answers name the version (x-sluice-variant)
+        versions = Counter(r.policy.route.base for r in runners.values())
+        self._versioned = {n for n, r in runners.items() if versions[r.policy.route.base] > 1}
 
     def knows(self, model: str) -> bool:
         return model in self._runners or model in self._engines
@@ -57,14 +63,39 @@ class Pipeline:
         verdict = admission.verdict
         budget = "soft" if verdict.level == "soft" else None
         tenant = admission.principal.tenant
-        runner = self._runners.get(request.llm.model)
+        runner = self._route_version(request)
         if runner is not None and verdict.downgrade:
             request.llm.model = runner.policy.route.small  # the budget's soft limit
             self._guard.downgraded(verdict)
-            return await self._direct(request, tenant, budget, BUDGET_DOWNGRADE)
+            return self._named(runner, await self._direct(request, tenant, budget,
+                                                          BUDGET_DOWNGRADE))
         if runner is not None:
-            return await self._cascade(request, runner, tenant, budget, spend)
+            return self._named(runner, await self._cascade(request, runner, tenant, budget,
+                                                           spend))
         return await self._direct(request, tenant, budget)
+
+    def _route_version(self, request: ParsedRequest) -> CascadeRunner | None:
+        """The cascade route that answers: the one asked for, or the version of it a
+        rollout picks for this request (sticky); None for a request that is no route's. A
+        route with versions is named in the request's `variants` (its rollout's
+        measurements, the ledger)."""
+        asked = str(request.llm.model)
+        runner = self._runners.get(asked)
+        if runner is None:
+            return None
+        if self._rollouts is not None:
+            picked = self._rollouts.route(asked, getattr(request.llm, SUBJECT_ATTR, None) or "")
+            runner = self._runners.get(picked, runner)  # (a version since removed: asked)
+        if runner.policy.route.name in self._versioned:
+            request.variants.append(runner.policy.route.name)
+        return runner
+
+    def _named(self, runner: CascadeRunner, answer: Answer) -> Answer:
+        """A route with versions: its answer names the version (x-sluice-variant)."""
+        route = runner.policy.route
+        if route.name in self._versioned:
+            answer.variant = route.variant
+        return answer
 
     async def _direct(self, request: ParsedRequest, tenant: str, budget: str | None,
                       route: str | None = None) -> Answer:
@@ -82,17 +113,34 @@ class Pipeline:
         answer = Answer(stream.model, route, cached.status.value, replica=stream.replica,
                         retries=stream.retries, budget=budget, failed_over=stream.failed_over)
         answer = self._from_engine(request, stream, answer, cached)
-        self._maybe_shadow(request, decision.model, answer, started)
+        self._maybe_shadow(request, decision.model, answer.model, answer, started,
+                           self._ask_model)
         return answer
 
-    def _maybe_shadow(self, request: ParsedRequest, model: str, answer: Answer,
-                      started: float) -> None:
+    async def _ask_model(self, model: str, endpoint: Endpoint, copy: LLMRequest
+                         ) -> dict[str, Any]:
+        return (await self._engines.call_chain(model, endpoint, copy)).whole()
+
+    async def _ask_route(self, route: str, endpoint: Endpoint, copy: LLMRequest
+                         ) -> dict[str, Any]:
+        """A copy answered by a version of a route (its stages' spend is nobody's bill)."""
+        outcome = await self._runners[route].run(endpoint, copy, StageLog())
+        if outcome.response is not None:
+            return outcome.response
+        assert outcome.stream is not None
+        return outcome.stream.whole()
+
+    def _maybe_shadow(self, request: ParsedRequest, model: str, answered_by: str,
+                      answer: Answer, started: float,
+                      ask: Callable[[str, Endpoint, LLMRequest], Awaitable[dict[str, Any]]]
+                      ) -> None:
         """A sampled copy of the request goes, in the background, to the variant this
         answer is compared with (a shadow's candidate, or a canary's baseline for its
-        quality gate). The user's answer is passed on unchanged (a stream is only read
-        along, to compare it at its end), and nobody is billed for the copy."""
+        quality gate): a model's variant, or a route's version (`ask` calls it). The user's
+        answer is passed on unchanged (a stream is only read along, to compare it at its
+        end), and nobody is billed for the copy."""
         rollouts = self._rollouts
-        compared = (rollouts.compare_for(model, answer.model)
+        compared = (rollouts.compare_for(model, answered_by)
                     if rollouts is not None and self._spawn is not None else None)
         if compared is None:
             return
@@ -109,8 +157,7 @@ class Pipeline:
             answer.events = _told(answer.events, told, started, self._clock)
 
         async def copy_answer() -> tuple[str, int]:
-            stream = await self._engines.call_chain(copy_to, endpoint, copy)
-            return _text_and_tokens(endpoint, stream.whole())
+            return _text_and_tokens(endpoint, await ask(copy_to, endpoint, copy))
 
         def agreed(user: str, other: str) -> bool:
             return agree(user, other, "text-overlap", 0.5)
@@ -120,22 +167,32 @@ class Pipeline:
 
     async def _cascade(self, request: ParsedRequest, runner: CascadeRunner, tenant: str,
                        budget: str | None, spend: StageLog) -> Answer:
-        """A virtual model: the route's stages decide; a judged answer comes back whole."""
-        cached = await self._lookup(request, request.llm.model, tenant)
+        """A virtual model: the route's stages decide; a judged answer comes back whole.
+        A version of a route caches apart from the route (its answers may differ)."""
+        name = runner.policy.route.name
+        cached = await self._lookup(request, name, tenant)
         if cached.body is not None:
             return self._hit(request, cached, request.llm.model, "cache", budget)
+        started = self._clock()
         with self._tracer.start_as_current_span("sluice.route") as span:
             outcome = await runner.run(request.endpoint, request.llm, spend)
             span.set_attributes({"sluice.route": outcome.route,
                                  "sluice.route.model": outcome.model,
+                                 **({"sluice.route.version": name}
+                                    if name in self._versioned else {}),
                                  **{f"sluice.score.{k}": v for k, v in outcome.scores.items()}})
         answer = Answer(outcome.model, outcome.route, cached.status.value,
                         replica=outcome.stream.replica if outcome.stream else outcome.replica,
                         retries=outcome.stream.retries if outcome.stream else outcome.retries,
                         scores=outcome.scores, fallback=outcome.fallback, budget=budget)
         if outcome.stream is not None:
-            return self._from_engine(request, outcome.stream, answer, cached)
-        return self._judged(request, outcome, answer, cached)
+            answer = self._from_engine(request, outcome.stream, answer, cached)
+        else:
+            answer = self._judged(request, outcome, answer, cached)
+        if name in self._versioned:
+            self._maybe_shadow(request, runner.policy.route.base, name, answer, started,
+                               self._ask_route)
+        return answer
 
     async def _lookup(self, request: ParsedRequest, model: str, tenant: str) -> CacheLookup:
         return await self._cache.lookup(request.endpoint, model, request.body, request.headers,

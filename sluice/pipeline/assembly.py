@@ -30,6 +30,7 @@ from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.engines import Engines, Timeouts
 from sluice.pipeline.failover import Breaker
 from sluice.pipeline.handler import RequestHandler
+from sluice.pipeline.prompt_stage import PromptStage
 from sluice.pipeline.providers import provider_engines
 from sluice.pipeline.request import RequestLimits
 from sluice.pipeline.routes import build_runners, lazy_embedder
@@ -39,6 +40,7 @@ from sluice.rollouts.controller import EVENTS, Rollouts
 from sluice.rollouts.report import ShadowPair
 from sluice.rollouts.state import Rollout
 from sluice.rollouts.store import RolloutStore
+from sluice.rollouts.targets import always_served, versions
 from sluice.router.quality import load as load_quality
 from sluice.router.selection import ObservedLatency
 from sluice.router.static import StaticRouter
@@ -125,8 +127,9 @@ def rollouts_for(config: PlatformConfig, deployed: Iterable[str], redis_url: str
              if redis_url else None)
 
     on_event, on_read = rollout_hooks(metrics, alert)
-    return Rollouts(settings, store, {m.name: (m.base, m.variant) for m in config.catalog.models},
-                    set(deployed), on_event=on_event, on_read=on_read,
+    # models, cascade routes and prompt templates, with their versions (rollouts.targets)
+    return Rollouts(settings, store, versions(config), set(deployed) | always_served(config),
+                    on_event=on_event, on_read=on_read,
                     on_compared=on_compared(metrics))
 
 
@@ -203,6 +206,7 @@ def assemble(config: PlatformConfig, handles: Mapping[str, Any], redis_url: str 
                              ingress.max_body_bytes, rate_limiter, tracer,
                              body_timeout_s=ingress.body_timeout_s, control_tokens=control,
                              context_gate=gate, selector=selector, rollouts=rollouts,
-                             compressor=compressor)
+                             compressor=compressor,
+                             prompts=PromptStage(profile.prompts, rollouts))
     return Platform(handler, router, runners, cache, accountant, rate_limiter, metrics,
                     background, KeyAdmin(accountant.keys), engines, rollouts)

@@ -16,14 +16,17 @@ The order, outermost first (the HTTP edge, `sluice.deployments.http`, adds the f
    prompt is counted in the model's tokens and the model's context policy applied
    (`context_gate`: reject with a 400, route to a model that fits, trim the chat, lower
    max_tokens), after a selection route has chosen its model (`selector`: the cheapest
-   candidate meeting the request's latency and quality bars);
+   candidate meeting the request's latency and quality bars), a chat's long context was
+   compressed (`compress_stage`) and the prompt template it names (`x-sluice-prompt`) was
+   put first (`prompt_stage`, so the counted prompt includes it);
 6. **rate limits and budget holds**: the key's and the tenant's requests and tokens per
    minute, one request and its token reservation taken from all of them at once (429 with
    `Retry-After`); then the request's worst-case cost (prompt + max_tokens on every model
    it may run) held against its budgets (429 when spend plus holds reach a limit); here
    rather than in 4 because both need the body;
 7. **pipeline**: route, cache, cascade or engine, returning a typed Answer
-   (`answering.Pipeline`);
+   (`answering.Pipeline`); a failure here is told to the rollouts of the route and prompt
+   versions the request was given (a model's variant's, by the engines);
 8. **settlement**: the answer is metered, traced, priced and recorded, and its token
    reservation corrected (`settlement`); a failure anywhere in 4-7 is settled by its
    status, with the stages it paid for;
@@ -41,7 +44,7 @@ from contextlib import nullcontext
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from sluice.accounting.accountant import Accountant
+from sluice.accounting.accountant import Accountant, Admission
 from sluice.accounting.rate_limits import RateLimiter
 from sluice.accounting.response_cost import UsagePricer
 from sluice.control_tokens import ControlTokens
@@ -49,15 +52,17 @@ from sluice.errors import ContextLengthExceeded
 from sluice.observability.metrics import Metrics
 from sluice.observability.request_meter import RequestMeter
 from sluice.observability.tracing import start_span
+from sluice.pipeline.answer import Answer
 from sluice.pipeline.answering import Pipeline
 from sluice.pipeline.compress_stage import CompressStage
 from sluice.pipeline.context_gate import ContextGate
 from sluice.pipeline.engines import SUBJECT_ATTR
+from sluice.pipeline.prompt_stage import PromptStage
 from sluice.pipeline.request import Endpoint, ParsedRequest, RequestLimits, parsed
 from sluice.pipeline.request_body import decode_json, read_body
 from sluice.pipeline.selector import Selector, asked_bars
 from sluice.pipeline.settlement import Settled, Settlement
-from sluice.rollouts.assignment import subject
+from sluice.rollouts.assignment import subjects
 from sluice.rollouts.controller import Rollouts
 
 
@@ -70,13 +75,14 @@ class RequestHandler:
                  control_tokens: ControlTokens | None = None,
                  context_gate: ContextGate | None = None,
                  selector: Selector | None = None, rollouts: Rollouts | None = None,
-                 compressor: CompressStage | None = None) -> None:
+                 compressor: CompressStage | None = None,
+                 prompts: PromptStage | None = None) -> None:
         self._pipeline, self._accountant, self._pricer = pipeline, accountant, pricer
         self._metrics, self._limits, self._max_body_bytes = metrics, limits, max_body_bytes
         self._rate_limiter, self._tracer, self._clock = rate_limiter, tracer, clock
         self._body_timeout_s, self._control = body_timeout_s, control_tokens
         self._gate, self._selector = context_gate, selector
-        self._rollouts, self._compressor = rollouts, compressor
+        self._rollouts, self._compressor, self._prompts = rollouts, compressor, prompts
 
     def _check_context(self, request: ParsedRequest) -> None:
         """More completion tokens than any model the request may run has context for is a
@@ -107,6 +113,18 @@ class RequestHandler:
                                         model.name, hit=False).total_usd
         return total
 
+    async def _answer(self, request: ParsedRequest, admission: Admission,
+                      settlement: Settlement) -> Answer:
+        """Step 7: the pipeline's answer; its failure is told to the rollouts of the route
+        and prompt versions the request was given (a 5xx counts against the version)."""
+        try:
+            return await self._pipeline.answer(request, admission, settlement.spend)
+        except Exception as exc:
+            if self._rollouts is not None:
+                for variant in request.variants:
+                    self._rollouts.failed(variant, exc)
+            raise
+
     async def handle(self, endpoint: Endpoint, headers: Mapping[str, str],
                      body: AsyncIterator[bytes], request_id: str) -> Settled:
         """Steps 3-8 above; raises the request's error after settling it."""
@@ -131,16 +149,16 @@ class RequestHandler:
                                   or (selector is not None and request.llm.model in selector))
                 admission.principal.may_use(request.llm.model)
                 if rollouts is not None:  # who the request is for a rollout's sticky split
-                    sticky = rollouts.settings
-                    setattr(request.llm, SUBJECT_ATTR, subject(
-                        request.headers,
-                        admission.principal.key_id if sticky.sticky_key else "", request_id,
-                        sticky.sticky_header))
+                    sticky, principal = rollouts.settings, admission.principal
+                    setattr(request.llm, SUBJECT_ATTR, subjects(
+                        request.headers, principal.key_id, principal.tenant, request_id,
+                        sticky.sticky_header, sticky.sticky_key))
                 asked = asked_bars(request.headers)  # checked on every request (400)
                 selection = (selector.choose(request, admission.principal, asked)
                              if selector is not None else None)
                 compressed = (await self._compressor.apply(request)
                               if self._compressor is not None else None)
+                prompted = self._prompts.apply(request) if self._prompts is not None else None
                 if self._gate is None or not self._gate.lowers(request):
                     self._check_context(request)
                 gated = (await self._gate.apply(request, admission.principal)
@@ -159,7 +177,7 @@ class RequestHandler:
                 if guard.applicable(admission.principal):
                     settlement.held(await guard.reserve(
                         admission.principal, self._worst_usd(request), admission.arrived))
-                answer = await self._pipeline.answer(request, admission, settlement.spend)
+                answer = await self._answer(request, admission, settlement)
                 if gated is not None:
                     answer.context = gated.note
                 if compressed is not None and not answer.hit:  # an engine read it
@@ -169,8 +187,10 @@ class RequestHandler:
                     self._compressor.counted(compressed)
                 if selection is not None:
                     answer.selection = selection.reason
-                if rollouts is not None:
-                    answer.variant = rollouts.label(answer.model)
+                if rollouts is not None and answer.variant is None:  # (a route's version
+                    answer.variant = rollouts.label(answer.model)  # named it already)
+                if prompted is not None:
+                    answer.prompt_variant = prompted.label
             return await settlement.settle(answer)
         except BaseException as exc:
             settlement.failed(exc)  # (a no-op if the answer's outcome already ended)

@@ -17,7 +17,7 @@ import functools
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pydantic
@@ -302,6 +302,9 @@ class ParsedRequest:
     added_bytes: int = 0  # what making control tokens plain text added to the prompt
     prompt_tokens: int | None = None  # counted with the model's tokenizer (context_gate)
     cache_scope: str = ""  # what shapes the answer besides the body (a compression applied)
+    # the versions of a route and a prompt template it was given, as rollouts name them
+    # (`auto@v2`, `prompt:support@v2`): their rollouts' measurements, the ledger
+    variants: list[str] = field(default_factory=list)
 
     @property
     def prompt_field(self) -> str:

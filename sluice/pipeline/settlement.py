@@ -118,11 +118,12 @@ class Settlement:
             self._accountant.settle(self._admission, self._request_id, self._meter.model,
                                     status, None, spent.total_usd, stages=self.spend.stages,
                                     hold_id=self._hold_id, context=self.context,
-                                    compression=self.compression)
+                                    compression=self.compression, variants=self._variants)
 
     async def settle(self, answer: Answer) -> Settled:
         assert self._request is not None and self._admission is not None
-        outcome = Outcome(200, answer.model, answer.route, answer.cache, self._meter.started)
+        outcome = Outcome(200, answer.model, answer.route, answer.cache, self._meter.started,
+                          served_variants=self._variants)
         reading = _Reading(outcome, self._price_for(answer), self._request.client_usage,
                            self._clock)
         live = answer.events is not None and not answer.buffered
@@ -166,6 +167,11 @@ class Settlement:
                                 outcome.status, outcome, outcome.cost_usd,
                                 stages=self.spend.stages, hold_id=self._hold_id,
                                 context=self.context, compression=self.compression)
+
+    @property
+    def _variants(self) -> tuple[str, ...]:
+        """The route and prompt-template versions the request was given (`ParsedRequest`)."""
+        return tuple(self._request.variants) if self._request is not None else ()
 
     @property
     def _hold_id(self) -> str:

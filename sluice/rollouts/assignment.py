@@ -1,6 +1,7 @@
 """Sticky assignment of a request to a variant.
 
-A subject (a user id header, else the key id, else the request id: see `subject`) is hashed
+A subject (a user id header, else the key id, else the request id: see `subject`; or what
+the rollout's `split_by` names: the user, the key or the tenant, see `subjects`) is hashed
 with the rollout's salt to a bucket in [0, 1); the variants take consecutive ranges of it in
 their listed order. The canary is listed first, so its range [0, share) only grows as its
 share does: a user who got the canary at 5% still gets it at 10%, 25%, ... and nobody flips
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+
+DEFAULT = "default"  # the profile's rule (`subject`), for a rollout without `split_by`
 
 _SCALE = float(2**64)
 
@@ -48,3 +51,24 @@ def subject(headers: Mapping[str, str], key_id: str, request_id: str,
     if key_id:
         return f"k:{key_id}"
     return f"r:{request_id}"
+
+
+def subjects(headers: Mapping[str, str], key_id: str, tenant: str, request_id: str,
+             sticky_header: str | None, sticky_key: bool) -> dict[str, str]:
+    """Who a request is, each way a rollout may split (plain strings: it travels with the
+    request): `default`, the profile's rule (`subject`: the user header, else the key where
+    `sticky_key`, else the request); `user`, the user header, else the key; `key`, the API
+    key (an application stays in one arm); `tenant`, the key's tenant (a whole tenant in
+    one arm)."""
+    by_key = subject({}, key_id, request_id, None)
+    return {DEFAULT: subject(headers, key_id if sticky_key else "", request_id, sticky_header),
+            "user": subject(headers, key_id, request_id, sticky_header),
+            "key": by_key, "tenant": f"t:{tenant}" if tenant else by_key}
+
+
+def pick(said: str | Mapping[str, str], split_by: str | None) -> str:
+    """The subject a rollout splitting by `split_by` (None: the profile's rule) hashes: from
+    `subjects`, or a plain subject as it is."""
+    if isinstance(said, str):
+        return said
+    return said.get(split_by or DEFAULT) or said.get(DEFAULT) or ""

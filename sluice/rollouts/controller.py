@@ -37,7 +37,7 @@ from sluice.errors import (
 )
 from sluice.observability.outcome import Outcome
 from sluice.rollouts import state as ops
-from sluice.rollouts.assignment import choose
+from sluice.rollouts.assignment import choose, pick
 from sluice.rollouts.report import Observation, ShadowPair, ab_report, shadow_report, window
 from sluice.rollouts.state import Rollout
 from sluice.rollouts.store import RolloutStore
@@ -60,12 +60,15 @@ class Rollouts:
                  on_compared: Callable[[Rollout, ShadowPair | None], None] | None = None
                  ) -> None:
         """models: each catalog model's base and variant label (`large@v2` -> `large`,
-        `v2`; `large` -> `large`, its `version`); deployed: the models
-        this ingress can call; on_event(rollout, event): a decision was taken (metric,
-        log, webhook); on_read(rollout): each rollout, whenever the state is read or
-        changed (a gauge of its share on every replica); on_compared(rollout, pair): a
-        compared pair (the shadow's, or a canary's quality sample), None for a sample
-        skipped at the bound of copies in flight (the shadow metrics)."""
+        `v2`; `large` -> `large`, its `version`), and the same of every cascade route and
+        prompt template (`auto@v2` -> `auto`, `v2`; `prompt:support@v2` ->
+        `prompt:support`, `v2`: `sluice.rollouts.targets`); deployed: the models, routes
+        and templates this ingress can answer with; on_event(rollout, event): a decision
+        was taken (metric, log, webhook); on_read(rollout): each rollout, whenever the
+        state is read or changed (a gauge of its share on every replica);
+        on_compared(rollout, pair): a compared pair (the shadow's, or a canary's quality
+        sample), None for a sample skipped at the bound of copies in flight (the shadow
+        metrics)."""
         self.settings, self._store = settings, store
         self._base = {name: base for name, (base, _) in models.items()}
         self._labels = {name: label for name, (_, label) in models.items()}
@@ -79,8 +82,8 @@ class Rollouts:
         self._serving: dict[str, str] = {}  # model -> variant, after a promotion
         # the hot path's view of them, rebuilt by _index on every change
         self._watched: dict[str, str] = {}  # variant -> the id of its running rollout
-        self._splits: dict[str, tuple[str, str, float, str]] = {}  # model -> (candidate,
-        #   baseline, candidate's share, salt) of its running rollout
+        self._splits: dict[str, tuple[str, str, float, str, str | None]] = {}  # model ->
+        #   (candidate, baseline, candidate's share, salt, split_by) of its running rollout
         self._buffer: list[tuple[str, str, bool, float | None, float | None, float]] = []
         # the current step's observations read so far, per rollout: (rollout id, step
         # start) -> (the last entry's id, what it read), so each read asks only what is new
@@ -91,18 +94,20 @@ class Rollouts:
 
     # ---- the hot path (no I/O) -------------------------------------------------------
 
-    def route(self, model: str, subject: str) -> str:
+    def route(self, model: str, subject: str | Mapping[str, str]) -> str:
         """The variant that answers this request for `model` (the model itself when none
-        is under rollout)."""
+        is under rollout). subject: who the request is (`assignment.subjects`, of which the
+        rollout's `split_by` picks one; or one subject)."""
         split = self._splits.get(model)
         if split is None:
             return self._serving.get(model, model)
-        candidate, baseline, share, salt = split
+        candidate, baseline, share, salt, split_by = split
         if share <= 0:
             return baseline
         if share >= 1:
             return candidate
-        return choose(subject, salt, [(candidate, share), (baseline, 1 - share)])
+        return choose(pick(subject, split_by), salt,
+                      [(candidate, share), (baseline, 1 - share)])
 
     def label(self, model: str) -> str | None:
         """The variant label of a catalog model (`x-sluice-variant`)."""
@@ -133,20 +138,25 @@ class Rollouts:
         return r, copy_to
 
     def observe(self, outcome: Outcome) -> None:
-        """An answered request (settlement's outcome): counted for its variant's rollout.
-        A cache hit did no engine work, and a client's mistake is not the variant's."""
-        rollout_id = self._watched.get(outcome.model)
-        if rollout_id is None or outcome.cache == "hit" or (400 <= outcome.status < 500):
+        """An answered request (settlement's outcome): counted for the rollout of each
+        variant that answered it (the model's, and a route's or a prompt template's
+        version: `served_variants`). A cache hit did no engine work, and a client's mistake
+        is not the variant's."""
+        if outcome.cache == "hit" or (400 <= outcome.status < 500):
             return
-        if outcome.status >= 500 or outcome.failed:
-            self._buffer.append((rollout_id, outcome.model, True, None, None,
-                                 outcome.cost_usd))
-            return
-        # a whole answer's first token is its arrival (as the selector counts it)
-        ttft = outcome.ttft_s
-        self._buffer.append((rollout_id, outcome.model, False,
-                             ttft if ttft is not None else outcome.duration_s,
-                             outcome.tpot_s, outcome.cost_usd))
+        for variant in (outcome.model, *outcome.served_variants):
+            rollout_id = self._watched.get(variant)
+            if rollout_id is None:
+                continue
+            if outcome.status >= 500 or outcome.failed:
+                self._buffer.append((rollout_id, variant, True, None, None,
+                                     outcome.cost_usd))
+                continue
+            # a whole answer's first token is its arrival (as the selector counts it)
+            ttft = outcome.ttft_s
+            self._buffer.append((rollout_id, variant, False,
+                                 ttft if ttft is not None else outcome.duration_s,
+                                 outcome.tpot_s, outcome.cost_usd))
 
     def failed(self, model: str, exc: BaseException) -> None:
         """A variant's engine call failed before it answered (a 5xx it caused)."""
@@ -235,7 +245,8 @@ class Rollouts:
             if r.ended:
                 continue
             self._watched[r.candidate] = self._watched[r.baseline] = r.id
-            self._splits[r.model] = (r.candidate, r.baseline, r.share(), r.salt)
+            self._splits[r.model] = (r.candidate, r.baseline, r.share(), r.salt,
+                                     r.spec.split_by)
 
     async def flush(self) -> None:
         """Add the buffered observations to Redis (dropped if it fails: they are
@@ -351,13 +362,16 @@ class Rollouts:
 
     async def _begin(self, spec: RolloutSpec) -> dict[str, Any]:
         if spec.model not in self._base:
-            raise ModelNotFound(f"The catalog has no model '{spec.model}'.", param="model")
+            raise ModelNotFound(f"There is no model '{spec.model}' here (nor a cascade "
+                                "route or a `prompt:<template>` of that name).", param="model")
         if self._base[spec.model] != spec.model:
             raise InvalidRequest(f"'{spec.model}' is a variant: a rollout names the model "
                                  "clients ask for.", param="model")
         if spec.candidate not in self._base:
-            raise ModelNotFound(f"The catalog has no variant '{spec.candidate}': add it "
-                                "(and its deployment to the profile) first.", param="to")
+            raise ModelNotFound(f"There is no variant '{spec.candidate}': add it first (a "
+                                "model's to the catalog and its deployment to the profile, "
+                                "a route's to the routes file, a prompt template's to the "
+                                "profile's prompts).", param="to")
         if spec.candidate not in self._deployed:
             raise ModelNotFound(f"'{spec.candidate}' is in the catalog but not deployed "
                                 "on this platform.", param="to")

@@ -67,16 +67,18 @@ class StaticRouter:
 
     def models_at_worst(self, requested: str) -> list[CatalogModel]:
         """Every catalog model a request for `requested` may run: a route's small and large
-        models and its LLM judge; a selection's candidates; otherwise the one it resolves
-        to (404 if none)."""
+        models and its LLM judge (of every version of the route: a rollout may give the
+        request to any); a selection's candidates; otherwise the one it resolves to (404 if
+        none)."""
         if requested in self._selections:
             return self.stages(requested)
         route = self._routes.get(requested)
         if route is None:
             return [self._models[self.decide(requested).model]]
-        names = [route.small, route.large]
-        if route.judge is not None and route.judge.judge_model:
-            names.append(route.judge.judge_model)
+        names = _stage_models(route)
+        for version in self._routes.values():
+            if version.base == requested and version.name != requested:
+                names += [n for n in _stage_models(version) if n not in names]
         return [self._models[n] for n in names if n in self._models]
 
     def metadata(self, model_id: str) -> dict[str, Any]:
@@ -104,6 +106,15 @@ class StaticRouter:
         return meta
 
 
+def _stage_models(route: RouteConfig) -> list[str]:
+    """The models a request through this route may run (a model judging its own tier's
+    answer runs twice, and counts twice)."""
+    names = [route.small, route.large]
+    if route.judge is not None and route.judge.judge_model:
+        names.append(route.judge.judge_model)
+    return names
+
+
 def _route_metadata(route: RouteConfig) -> dict[str, Any]:
     stages: list[dict[str, Any]] = []
     if route.pre_router is not None:
@@ -114,6 +125,10 @@ def _route_metadata(route: RouteConfig) -> dict[str, Any]:
         stages.append({"stage": "judge", "kind": route.judge.kind,
                        "threshold": route.judge.threshold,
                        "provenance": route.judge.provenance.model_dump(exclude_defaults=True)})
-    return {"kind": "cascade", "small": route.small, "large": route.large, "stages": stages,
-            "streaming": "buffered until judged" if route.judge else "direct",
-            "shadow_fraction": route.shadow.fraction}
+    meta: dict[str, Any] = {
+        "kind": "cascade", "small": route.small, "large": route.large, "stages": stages,
+        "streaming": "buffered until judged" if route.judge else "direct",
+        "shadow_fraction": route.shadow.fraction, "version": route.variant}
+    if route.base != route.name:
+        meta["version_of"] = route.base
+    return meta

@@ -21,6 +21,7 @@ from sluice.schema.catalog import Catalog, CatalogModel
 from sluice.schema.compression import CompressionSettings
 from sluice.schema.context import ContextSettings
 from sluice.schema.observability import TracingConfig
+from sluice.schema.prompts import PromptTemplates
 from sluice.schema.redis_url import validate_url
 from sluice.schema.rollouts import RolloutSettings
 from sluice.schema.routing import RoutingConfig
@@ -248,6 +249,10 @@ class Profile(Frozen):
         default_factory=CompressionSettings,
         description="Prompt compression of long chat context (off unless asked): per model, "
         "and per request with `x-sluice-compress`.")
+    prompts: PromptTemplates = Field(
+        default_factory=dict,
+        description="Named prompt templates (`support`, and versions such as `support@v2`): "
+        "a chat request that names one in `x-sluice-prompt` gets its system message first.")
     ray_env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment of every Ray process (Ray Serve's RAY_SERVE_* switches); "

@@ -1,6 +1,9 @@
 """Rollouts between a model's variants: the profile's settings and one rollout's request.
 
-A variant is a catalog model named `base@label` (e.g. `large@v2`), deployed beside `base`.
+A variant is a catalog model named `base@label` (e.g. `large@v2`), deployed beside `base`,
+a version of a cascade route in the routes file (`auto@v2` beside `auto`), or a version of
+a prompt template of the profile (`support@v2` beside `support`), which a rollout names
+`prompt:support` (so a template never clashes with a model of the same name).
 A rollout (`sluice rollout start`, `POST /v1/admin/rollouts`) decides which variant answers
 the requests for `base`: a **canary** moves the candidate's share through steps, judged by
 statistical gates, and rolls back on a breach; an **A/B** test holds a fixed split and
@@ -46,9 +49,12 @@ class GateSpec(Frozen):
 class RolloutSpec(Frozen):
     """One rollout, as started by the CLI or the admin API."""
 
-    model: str = Field(description="The model clients ask for (e.g. `large`).")
+    model: str = Field(description="What clients ask for: a model (e.g. `large`), a "
+                       "cascade route (`auto`), or a prompt template as `prompt:<name>` "
+                       "(`prompt:support`, which `x-sluice-prompt: support` asks for).")
     to: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="The candidate variant's "
-                    "label: the catalog model `<model>@<to>` answers its share.")
+                    "label: the catalog model, route or template `<model>@<to>` answers its "
+                    "share.")
     kind: Literal["canary", "ab", "shadow"] = Field(default="canary", description="canary: "
                                                     "steps and gates; ab: a fixed split; "
                                                     "shadow: sampled copies, never returned.")
@@ -61,6 +67,12 @@ class RolloutSpec(Frozen):
                               "at least `step_s`.")
     percent: float = Field(default=50.0, gt=0, le=100, description="ab: the candidate's "
                            "percent of the traffic; shadow: the percent of requests copied.")
+    split_by: Literal["user", "key", "tenant"] | None = Field(
+        default=None, description="canary and ab: who stays in one arm. user: the "
+        "`sticky_header` (without it, the API key); key: the API key (an application); "
+        "tenant: the key's tenant (a whole tenant; with few tenants the shares are "
+        "coarse). Unset: the profile's rule (`sticky_header`, then the key where "
+        "`sticky_key`, else each request on its own).")
     gates: GateSpec = Field(default_factory=GateSpec, description="canary: the gates.")
 
     @model_validator(mode="after")

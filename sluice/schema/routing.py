@@ -5,6 +5,10 @@ that may send the prompt straight to the large model, and a judge that grades th
 model's answer and escalates below its threshold. Every threshold carries its provenance:
 either `calibrated` (written by `sluice route calibrate`, naming the data, its hash and the
 target) or `manual` with a stated reason, so no number in here is unexplained magic.
+
+A route can have versions: `auto@v2` in the same file (other thresholds, judges or stages) is
+a variant of `auto`, which clients may ask for by name and which a rollout of `auto`
+(`sluice rollout start auto --to v2`) gives a share of the requests for `auto`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from pydantic import Field, model_validator
 from sluice.schema.base import Frozen
 
 ROUTE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+# a cascade route, or a version of one: `auto@v2`
+ROUTE_VARIANT_PATTERN = r"^[a-z0-9][a-z0-9._-]*(@[a-z0-9][a-z0-9._-]*)?$"
+VARIANT_SEP = "@"
 
 
 class Provenance(Frozen):
@@ -114,7 +121,11 @@ class ShadowConfig(Frozen):
 class RouteConfig(Frozen):
     """One virtual model served by a cascade."""
 
-    name: str = Field(pattern=ROUTE_NAME_PATTERN, description="Model id clients ask for.")
+    name: str = Field(pattern=ROUTE_VARIANT_PATTERN, description="Model id clients ask for; "
+                      "`<route>@<label>` is a version of the route `<route>` of this file.")
+    version: str = Field(default="v1", pattern=ROUTE_NAME_PATTERN,
+                         description="The variant label of a route (`x-sluice-variant`); a "
+                         "route named `base@label` is that label, whatever this says.")
     small: str = Field(description="Catalog model tried first.")
     large: str = Field(description="Catalog model escalated to; also the safe fallback.")
     pre_router: PreRouterConfig | None = Field(default=None, description="Stage 1, optional.")
@@ -130,6 +141,17 @@ class RouteConfig(Frozen):
         if self.shadow.fraction > 0 and self.judge is None:
             raise ValueError("shadow sampling measures a judge; this route has none")
         return self
+
+    @property
+    def base(self) -> str:
+        """The route clients ask for: `auto` for `auto` and for its variant `auto@v2`."""
+        return self.name.split(VARIANT_SEP, 1)[0]
+
+    @property
+    def variant(self) -> str:
+        """This version's label: `v2` for `auto@v2`, else `version`."""
+        _, sep, label = self.name.partition(VARIANT_SEP)
+        return label if sep else self.version
 
 
 class SelectionConfig(Frozen):
@@ -179,7 +201,16 @@ class RoutingConfig(Frozen):
         names = [r.name for r in self.routes] + [s.name for s in self.selections]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate route names: {names}")
+        bases = {r.name for r in self.routes if r.base == r.name}
+        for i, r in enumerate(self.routes):
+            if r.base not in bases:
+                raise ValueError(f"routes[{i}].name: '{r.name}' is a version of '{r.base}', "
+                                 "which is not a cascade route of this file")
         return self
+
+    def variants(self, route: str) -> tuple[RouteConfig, ...]:
+        """The route `route` and its versions (`auto`, `auto@v2`, ...), the route first."""
+        return tuple(r for r in self.routes if r.base == route)
 
     def check_models(self, catalog_models: set[str]) -> None:
         """Every model a route names exists; no route shadows a real model."""

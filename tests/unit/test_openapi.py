@@ -167,7 +167,8 @@ def test_a_rollouts_body_is_documented_and_what_it_lets_through_is_judged_by_the
     assert {"400", "404", "409", "413"} <= set(spec["responses"])
     rollout = _validator(doc, "RolloutSpec")
     assert (doc["components"]["schemas"]["RolloutSpec"]["properties"]["model"]["enum"]
-            == [m.name for m in CONFIG.catalog.models if "@" not in m.name])
+            == [m.name for m in CONFIG.catalog.models if "@" not in m.name]
+            + [r.name for r in CONFIG.routing.routes if "@" not in r.name])  # (`auto`)
     good = {"model": "small", "to": "v2", "steps": [10, 100], "step_s": 60,
             "gates": {"min_requests": 50, "min_agreement": 0.8}}
     assert rollout.is_valid(good)
@@ -216,3 +217,27 @@ def test_without_a_metrics_port_the_targets_route_answers_its_documented_404(cli
     assert response.status_code == 404
     assert _validator(doc, "ErrorBody").is_valid(response.json())
     assert "metrics_port" in response.json()["error"]["message"]
+
+
+def test_the_prompt_header_is_a_chats_with_the_pattern_the_stage_takes(doc, client) -> None:
+    """`x-sluice-prompt` is documented on chat only (a completion with it is a 400, so a
+    client the document guides never sends it there), with the stage's own pattern; a name
+    on the pattern that the profile lacks is a documented 404, off it a 400."""
+    from sluice.pipeline.prompt_stage import PATTERN
+
+    def headers(path: str) -> dict[str, Any]:
+        return {p["name"]: p for p in doc["paths"][path]["post"]["parameters"]
+                if p["in"] == "header"}
+
+    assert headers("/v1/chat/completions")["x-sluice-prompt"]["schema"]["pattern"] == PATTERN
+    assert "x-sluice-prompt" not in headers("/v1/completions")
+    chat_ok = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["headers"]
+    assert "x-sluice-prompt-variant" in chat_ok
+    body = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    answer = client.post("/v1/chat/completions", json=body, headers={"x-sluice-prompt": "nope"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "prompt_not_found"
+    answer = client.post("/v1/chat/completions", json=body, headers={"x-sluice-prompt": "No!"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "x-sluice-prompt"
+    answer = client.post("/v1/completions", headers={"x-sluice-prompt": "nope"},
+                         json={"model": "small", "prompt": "hi", "max_tokens": 2})
+    assert answer.status_code == 400 and "apply to chat" in answer.json()["error"]["message"]

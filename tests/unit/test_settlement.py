@@ -50,10 +50,11 @@ class Ledger:
         self.waits: list[int] = []
 
     def settle(self, admission, request_id, model, status, outcome, cost_usd, route="error",
-               stages=(), hold_id="", context="", compression=None) -> None:
+               stages=(), hold_id="", context="", compression=None, variants=()) -> None:
         self.settled.append({"status": status, "outcome": outcome, "cost": cost_usd,
                              "stages": list(stages), "hold_id": hold_id,
-                             "context": context, "compression": compression})
+                             "context": context, "compression": compression,
+                             "variants": tuple(variants)})
 
     async def recorded(self) -> bool:
         """The answer waits for its record: how many were settled when it did."""

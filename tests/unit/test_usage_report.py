@@ -82,7 +82,7 @@ def test_an_iso_time_without_an_offset_is_utc() -> None:
 
 def test_group_by_defaults_to_key_and_accepts_every_group() -> None:
     assert group_by({}) == "key"
-    assert GROUPS == ("key", "tenant", "model", "served_model", "tag", "route")
+    assert GROUPS == ("key", "tenant", "model", "served_model", "tag", "route", "variant")
     for g in GROUPS:
         assert group_by({"group_by": g}) == g
 
@@ -160,6 +160,13 @@ def test_tags_count_once_under_each_and_untagged_has_its_own_group() -> None:
     assert groups == {"team-a": (2, 0.101), "feat-x": (1, 0.1), "(untagged)": (1, 0.002)}
     assert out["total"]["requests"] == 3 and out["total"]["cost_usd"] == 0.103
     assert sum(r["requests"] for r in out["data"]) == 4  # tag groups exceed the total
+
+
+def test_variants_group_a_routes_and_a_prompts_versions_once_under_each() -> None:
+    records = [_rec(variants=("auto@v2", "prompt:support@v2"), cost_usd=0.1),
+               _rec(variants=("auto",)), _rec(variants=())]
+    groups = {r["group"]: r["requests"] for r in aggregate(records, "variant")["data"]}
+    assert groups == {"auto@v2": 1, "prompt:support@v2": 1, "auto": 1, "(none)": 1}
 
 
 def test_costs_are_rounded_to_nine_places() -> None:
