@@ -3,8 +3,11 @@
 same weights), one whose replica fails half its requests (`small@v3`) and one that answers
 1.5 s late (`small@v4`), as the profile's injected faults, and one that speculates by
 prompt lookup (`small@ngram`, the same weights; asked for by name); a `large` on the small weights
-(the catalog needs a large tier). No response or semantic cache: every request reaches a
-variant; no prefix cache: the same greedy request gets the same answer."""
+(the catalog needs a large tier). A cascade route `auto` (small, whose judge accepts every
+answer) and its version `auto@v2` (whose judge escalates every request to large), and a
+prompt template `support` with its version `support@v2`. No response or semantic cache:
+every request reaches a variant; no prefix cache: the same greedy request gets the same
+answer."""
 
 from __future__ import annotations
 
@@ -33,7 +36,18 @@ def write_profile(tmp: Path, rollouts: dict[str, Any]) -> Path:
     (tmp / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     profile = yaml.safe_load((ROOT / "platform/profiles/local-cpu.yaml").read_text())
     profile["catalog"] = str(tmp / "catalog.yaml")
-    profile.pop("routing", None)
+    manual = {"method": "manual", "reason": "a live test's two versions"}
+    routes = [{"name": "auto", "small": "small", "large": "large",
+               "judge": {"kind": "logprob", "threshold": 0.0, "provenance": manual}},
+              {"name": "auto@v2", "small": "small", "large": "large",
+               "judge": {"kind": "logprob", "threshold": 1.0, "provenance": manual}}]
+    (tmp / "routes.yaml").write_text(yaml.safe_dump({"routes": routes}))
+    profile["routing"] = str(tmp / "routes.yaml")
+    profile["prompts"] = {
+        "support": {"system": "You answer parcel questions."},
+        "support@v2": {"system": "You are the support desk of a parcel company. Answer in "
+                                 "one sentence and always repeat the order number you were "
+                                 "given, so the customer can check it.", "replace": True}}
     one = {"min_replicas": 1, "max_replicas": 1}
     profile["models"] = {
         "small": one, "small@v2": one, "large": one,

@@ -212,6 +212,69 @@ def test_a_shadow_never_changes_the_users_answer_and_its_pairs_are_recorded(serv
     assert _requests_of("small@v2") == v2_before
 
 
+def test_a_cascade_route_and_a_prompt_template_are_rolled_out_by_version(serve) -> None:
+    """An A/B of `auto` against `auto@v2` (whose judge escalates everything to `large`) and
+    one of the template `support` against `support@v2` (a longer system message that
+    replaces the client's): each user gets one version, named in its header, and the
+    engine saw that version's prompt (its prompt_tokens); the ledger records the versions."""
+    def ask(client: httpx.Client, user: str, model: str = "auto",
+            prompt: str | None = None) -> httpx.Response:
+        headers = {"x-sluice-user": user, **({"x-sluice-prompt": prompt} if prompt else {})}
+        r = client.post(f"{URL}/v1/chat/completions", headers=headers, json={
+            "model": model, "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "system", "content": "Be kind."},
+                         {"role": "user", "content": "Where is order 1234?"}]})
+        assert r.status_code == 200, r.text
+        return r
+
+    try:
+        with httpx.Client(timeout=120) as client:
+            cli("start", "auto", "--to", "v2", "--kind", "ab", "--percent", "50")
+            time.sleep(1.5)  # every ingress replica has read it
+            users = [f"route-{i}" for i in range(24)]
+            seen = {u: ask(client, u) for u in users}
+            arms = Counter(r.headers["x-sluice-variant"] for r in seen.values())
+            assert set(arms) == {"v1", "v2"}, arms
+            for r in seen.values():  # v1 accepts small's answer, v2 escalates to large
+                assert r.headers["x-sluice-model"] == (
+                    "small" if r.headers["x-sluice-variant"] == "v1" else "large"), r.headers
+            again = {u: ask(client, u).headers["x-sluice-variant"] for u in users[:8]}
+            assert all(again[u] == seen[u].headers["x-sluice-variant"] for u in again)
+            assert ask(client, "by-name", "auto@v2").headers["x-sluice-variant"] == "v2"
+            cli("abort", "auto")
+
+            plain = ask(client, "p0", "small").json()["usage"]["prompt_tokens"]
+            v1 = ask(client, "p0", "small", "support")
+            assert v1.headers["x-sluice-prompt-variant"] == "v1"
+            # the template's system message came first, the client's stayed after it
+            assert v1.json()["usage"]["prompt_tokens"] > plain
+            cli("start", "--prompt", "support", "--to", "v2", "--kind", "ab", "--percent", "50")
+            time.sleep(1.5)
+            tokens: dict[str, set[int]] = {}
+            for u in (f"prompt-{i}" for i in range(24)):
+                r = ask(client, u, "small", "support")
+                tokens.setdefault(r.headers["x-sluice-prompt-variant"], set()).add(
+                    r.json()["usage"]["prompt_tokens"])
+            assert set(tokens) == {"v1", "v2"}, tokens
+            # one prompt per version (the same question), and v2's longer one replaced the
+            # client's system message
+            assert len(tokens["v1"]) == 1 and len(tokens["v2"]) == 1, tokens
+            assert min(tokens["v2"]) > min(tokens["v1"]), tokens
+            missing = client.post(f"{URL}/v1/chat/completions",
+                                  headers={"x-sluice-prompt": "nope"},
+                                  json={"model": "small", "max_tokens": 4, "messages": [
+                                      {"role": "user", "content": "hi"}]})
+            assert missing.status_code == 404, missing.text
+            assert missing.json()["error"]["code"] == "prompt_not_found"
+        time.sleep(1.5)  # the ledger's last batch
+        groups = {g["group"] for g in httpx.get(
+            f"{URL}/v1/usage", params={"group_by": "variant"}, timeout=30).json()["data"]}
+        assert {"auto@v2", "prompt:support@v2"} <= groups, groups
+    finally:
+        for name in ("auto", "prompt:support"):
+            httpx.post(f"{URL}/v1/admin/rollouts/{name}/abort", timeout=30)
+
+
 def test_an_ab_split_holds_its_share_sticks_and_survives_an_ingress_restart(serve) -> None:
     cli("start", "small", "--to", "v2", "--kind", "ab", "--percent", "30")
     time.sleep(1.5)
