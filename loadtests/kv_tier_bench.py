@@ -130,7 +130,9 @@ def serve_role(model: str, tier: bool) -> None:
 def miss_part(args: argparse.Namespace, tier_env: dict[str, str], base: dict[str, str],
               vocab: int) -> dict[str, Any]:
     """Tier on vs tier off, both engines alive, fresh prompts to each, ABBA order."""
-    on = Worker("tier-on", args.model, tier_env, tier=True)
+    # --control: both engines without the tier (an A/A run: what the pairing itself gives)
+    on = Worker("tier-on" if not args.control else "first", args.model,
+                base if args.control else tier_env, tier=not args.control)
     off = Worker("tier-off", args.model, base, tier=False)
     rows: dict[str, Any] = {}
     try:
@@ -151,7 +153,8 @@ def miss_part(args: argparse.Namespace, tier_env: dict[str, str], base: dict[str
     finally:
         on.close()
         off.close()
-    summary: dict[str, Any] = {"reps": args.reps, "model": args.model, "lengths": {}}
+    summary: dict[str, Any] = {"reps": args.reps, "model": args.model, "lengths": {},
+                               "control": args.control}
     for n, row in rows.items():
         ratios = sorted(a / b for a, b in zip(row["on"], row["off"]))
         q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
@@ -231,6 +234,8 @@ def main() -> None:
     parser.add_argument("--role", choices=("writer", "reader", "plain", "serve"))
     parser.add_argument("--part", choices=("all", "miss"), default="all")
     parser.add_argument("--tier", action="store_true", help="(--role serve) the KV tier on")
+    parser.add_argument("--control", action="store_true", help="(--part miss) both engines "
+                        "without the tier: an A/A run of the same pairing")
     parser.add_argument("--work", type=Path)
     parser.add_argument("--model", default=str(ROOT / "models/demo/large"))
     parser.add_argument("--reps", type=int, default=3)
@@ -259,8 +264,9 @@ def main() -> None:
             tier = {**base, **engine_env(KVTierConfig(enabled=True, chunk_size=args.chunk_size),
                                          redis.url)}
             summary = miss_part(args, tier, base, vocab)
-        (args.out / "kv_tier_miss.json").write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.out}/kv_tier_miss.json")
+        name = "kv_tier_miss_control.json" if args.control else "kv_tier_miss.json"
+        (args.out / name).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.out}/{name}")
         return
     with LocalRedisServer(args.out / "redis", port=args.redis_port, appendonly=False) as redis:
         tier = {**base, **engine_env(KVTierConfig(enabled=True, chunk_size=args.chunk_size),
