@@ -12,8 +12,8 @@ They keep the *valid* (positive) cases valid by the schema, and the invalid ones
   `end` and the window at most 92 days (the 400 is documented too); a canary rollout's
   steps rise strictly to 100 and its `max_step_s` is at least its `step_s`. Valid cases get
   values that satisfy these; a generated window or rollout the platform accepts is kept as
-  drawn. (No valid rollout can start on the fuzzed stack: its catalog has no variants, so
-  each is a 404.)
+  drawn. (No valid rollout can start on the fuzzed stack: its catalog, routes and prompts
+  have no versions, so each is a 404.)
 """
 
 from __future__ import annotations
