@@ -21,8 +21,9 @@ provider model, failing over to `small`):
    bound): the time to `small`'s streamed answer (a stream's first event is bounded by
    `first_token_timeout_s`; an answer not streamed waits up to `request_timeout_s`).
 3. **Killed** (`--parts killed`, last: the provider does not come back): open-loop load on
-   `hosted` (`--rate` req/s, Poisson arrivals, half streamed), and `--kill-at` s in, the
-   stand-in provider's process group SIGKILLed. Reported: the time from the kill to the
+   `hosted` (`--rate` req/s, Poisson arrivals, half streamed), and `--kill-at` s in (once
+   at least two requests are in flight, within 5 s), the stand-in provider's process group
+   SIGKILLed. Reported: the time from the kill to the
    first answer from `small`, every request's outcome (answered by whom, failed), the ones
    in flight at the kill, and the latency of answers before and after it.
 
@@ -188,10 +189,15 @@ def killed(stack: ProviderStack, rate: float, seconds: float, kill_at: float) ->
     lock = threading.Lock()
     threads: list[threading.Thread] = []
 
+    in_flight = [0]
+
     def one(stream: bool) -> None:
+        with lock:
+            in_flight[0] += 1
         row = _outcome(stack.url, stream)
         with lock:
             rows.append(row)
+            in_flight[0] -= 1
 
     rng = random.Random(7)
     began = time.monotonic()
@@ -200,7 +206,10 @@ def killed(stack: ProviderStack, rate: float, seconds: float, kill_at: float) ->
     i = 0
     while time.monotonic() - began < seconds:
         now = time.monotonic()
-        if kill_time is None and now - began >= kill_at:
+        # the kill lands while at least two requests are in flight (or 5 s after kill_at),
+        # so it cuts answers the provider is generating, as a crash under load does
+        if kill_time is None and now - began >= kill_at and (
+                in_flight[0] >= 2 or now - began >= kill_at + 5):
             kill_time = stack.kill_provider()
             print(f"[providers] killed the provider at {kill_time - began:.1f} s", flush=True)
         if now >= next_at:
