@@ -159,7 +159,9 @@ class ProviderStack:
                      "--api-key", PROVIDER_KEY], engine_env, self.tmp / "vllm.log")
         self._spawn([sys.executable, "-m", "sluice.cli", "serve",
                      "--profile", str(_profile(self.tmp, s)), "--port", str(s.port),
-                     "--redis-port", str(s.redis_port), "--no-dashboard"],
+                     "--redis-port", str(s.redis_port), "--no-dashboard",
+                     # a Redis of its own: not the ledger an earlier stack left in .run
+                     "--run-dir", str(self.tmp / "run")],
                     {**env, KEY_ENV: PROVIDER_KEY}, self.tmp / "serve.log")
         self.proxy = FaultProxy(("127.0.0.1", s.proxy_port),
                                 ("127.0.0.1", s.vllm_port)).start()
