@@ -66,7 +66,8 @@ def test_breaching_load_scales_large_up_then_back_down(tmp_path: Path,
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(_profile(tmp_path)),
-         "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
+         "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard",
+         "--run-dir", str(tmp_path / "run")],  # a Redis of its own, not .run's
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     stop = threading.Event()
     failures: list[str] = []

@@ -89,7 +89,8 @@ def two_ingress(tmp_path_factory) -> Iterator[str]:
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sluice.cli", "serve", "--profile", str(_profile(tmp)),
-             "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard"],
+             "--port", str(PORT), "--redis-port", str(REDIS_PORT), "--no-dashboard",
+             "--run-dir", str(tmp / "run")],  # a Redis of its own, not .run's
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{PORT}"
     try:
