@@ -122,6 +122,8 @@ bench-cascade: setup
 
 bench-kv-tier: setup
 	$(BIN)/python -m loadtests.kv_tier_bench --out bench-results/kv-tier
+	$(BIN)/python -m loadtests.kv_tier_bench --part miss --reps 10 --out bench-results/kv-tier
+	$(BIN)/python -m loadtests.kv_tier_bench --part miss --control --reps 10 --out bench-results/kv-tier
 
 bench-semantic: setup
 	$(BIN)/python -m loadtests.semantic_eval --out bench-results/semantic
