@@ -173,25 +173,8 @@ def miss_part(args: argparse.Namespace, tier_env: dict[str, str], base: dict[str
 
 
 def run_role(role: str, model: str, work_path: Path) -> None:
-    from vllm import LLM, SamplingParams
-    from vllm.config import KVTransferConfig
-    from vllm.inputs import TokensPrompt
-
-    from sluice.cache_tier.kv_tier import kv_transfer_config
-
     work = json.loads(work_path.read_text())
-    kwargs = ({} if role == "plain"
-              else {"kv_transfer_config": KVTransferConfig(**kv_transfer_config("cpu"))})
-    llm = LLM(model=model, enforce_eager=True, dtype="float32", gpu_memory_utilization=0.2,
-              max_model_len=8192, enable_prefix_caching=True, **kwargs)
-    params = SamplingParams(temperature=0, max_tokens=1)
-    llm.generate([TokensPrompt(prompt_token_ids=[5, 6, 7, 8])], params)  # warm-up
-
-    def ttft(ids: list[int]) -> tuple[float, int]:
-        started = time.perf_counter()
-        out = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)[0]
-        return time.perf_counter() - started, int(out.num_cached_tokens or 0)
-
+    ttft = _engine(model, tier=role != "plain")
     result: dict[str, Any] = {}
     for length, items in work["stored"].items():
         for i, ids in enumerate(items):

@@ -12,13 +12,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sluice.schema.accounting import Pricing
-from sluice.schema.base import Frozen
+from sluice.schema.base import Frozen, Versioned
 from sluice.schema.serving import SLO
 
 # a model, or a variant of one: `large@v2` (a version of `large`, deployed beside it and
 # given its traffic by a rollout, `sluice.rollouts`)
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*(@[a-z0-9][a-z0-9._-]*)?$"
-VARIANT_SEP = "@"
 
 
 class ProviderEndpoint(Frozen):
@@ -59,7 +58,7 @@ class ProviderEndpoint(Frozen):
         return self.auth or ("x-api-key" if self.api == "anthropic" else "bearer")
 
 
-class CatalogModel(Frozen):
+class CatalogModel(Frozen, Versioned):
     """What a model is, independent of where it runs."""
 
     name: str = Field(
@@ -104,16 +103,6 @@ class CatalogModel(Frozen):
         """Sluice runs it on engines of its own (it has a source, not a provider)."""
         return self.provider is None
 
-    @property
-    def base(self) -> str:
-        """The model clients ask for: `large` for `large` and for its variant `large@v2`."""
-        return self.name.split(VARIANT_SEP, 1)[0]
-
-    @property
-    def variant(self) -> str:
-        """This version's label: `v2` for `large@v2`, else `version`."""
-        _, sep, label = self.name.partition(VARIANT_SEP)
-        return label if sep else self.version
 
 
 class Catalog(Frozen):

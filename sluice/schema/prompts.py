@@ -13,13 +13,12 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from sluice.schema.base import Frozen
+from sluice.schema.base import Frozen, base_of, label_of
 
 _LABEL = r"[a-z0-9][a-z0-9._-]{0,63}"
 # a template, or a version of one (`support@v2`): the `x-sluice-prompt` header's pattern too
 NAME = rf"{_LABEL}(@{_LABEL})?"
 NAME_PATTERN = rf"^{NAME}$"
-VARIANT_SEP = "@"
 # how rollouts (and the ledger) name a template, apart from the models: `prompt:support@v2`
 PREFIX = "prompt:"
 
@@ -38,13 +37,12 @@ class PromptTemplate(Frozen):
 
 def base(name: str) -> str:
     """The template clients ask for: `support` for `support` and for `support@v2`."""
-    return name.split(VARIANT_SEP, 1)[0]
+    return base_of(name)
 
 
 def label(name: str, template: PromptTemplate) -> str:
     """A version's label: `v2` for `support@v2`, else the template's `version`."""
-    _, sep, tail = name.partition(VARIANT_SEP)
-    return tail if sep else template.version
+    return label_of(name, template.version)
 
 
 def _versions_have_a_base(templates: dict[str, PromptTemplate]) -> dict[str, PromptTemplate]:

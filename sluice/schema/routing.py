@@ -18,12 +18,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from sluice.schema.base import Frozen
+from sluice.schema.base import Frozen, Versioned
 
 ROUTE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 # a cascade route, or a version of one: `auto@v2`
 ROUTE_VARIANT_PATTERN = r"^[a-z0-9][a-z0-9._-]*(@[a-z0-9][a-z0-9._-]*)?$"
-VARIANT_SEP = "@"
 
 
 class Provenance(Frozen):
@@ -118,7 +117,7 @@ class ShadowConfig(Frozen):
                               "the platform warns (research: cascades degrade fast below 80%).")
 
 
-class RouteConfig(Frozen):
+class RouteConfig(Frozen, Versioned):
     """One virtual model served by a cascade."""
 
     name: str = Field(pattern=ROUTE_VARIANT_PATTERN, description="Model id clients ask for; "
@@ -142,16 +141,6 @@ class RouteConfig(Frozen):
             raise ValueError("shadow sampling measures a judge; this route has none")
         return self
 
-    @property
-    def base(self) -> str:
-        """The route clients ask for: `auto` for `auto` and for its variant `auto@v2`."""
-        return self.name.split(VARIANT_SEP, 1)[0]
-
-    @property
-    def variant(self) -> str:
-        """This version's label: `v2` for `auto@v2`, else `version`."""
-        _, sep, label = self.name.partition(VARIANT_SEP)
-        return label if sep else self.version
 
 
 class SelectionConfig(Frozen):
