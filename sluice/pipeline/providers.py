@@ -41,13 +41,15 @@ import httpx
 from sluice import sse
 from sluice.errors import InvalidRequest, SluiceError, Unavailable, from_engine_error
 from sluice.pipeline import anthropic_wire
-from sluice.pipeline.engines import EngineStream
+from sluice.pipeline.engines import SUBJECT_ATTR, EngineStream
 from sluice.schema.catalog import ProviderEndpoint
 
 log = logging.getLogger(__name__)
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 # fields of Sluice's parsed request that are not the provider's business
-_PRIVATE = ("request_id", "sluice_avoid_replicas")
+# Sluice's own fields on the request, never sent to a provider (the rollout subject names
+# the caller's key and tenant)
+_PRIVATE = ("request_id", "sluice_avoid_replicas", SUBJECT_ATTR)
 
 
 class _Whole:
@@ -115,7 +117,8 @@ def _status(error: dict[str, Any]) -> int:
     code = error.get("code")
     if (isinstance(code, int) and not isinstance(code, bool)) or (
             isinstance(code, str) and code.isdigit()):
-        return int(code)
+        # a code that is no HTTP error status (0, 1, 200, ...) is the provider failing
+        return int(code) if 400 <= int(code) <= 599 else 500
     for name in (code, error.get("type")):
         if isinstance(name, str) and name in _ERROR_STATUS:
             return _ERROR_STATUS[name]

@@ -16,7 +16,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest
 
 from sluice import sse
 from sluice.errors import InvalidRequest, Unavailable
-from sluice.pipeline.engines import Engines, EngineStream
+from sluice.pipeline.engines import SUBJECT_ATTR, Engines, EngineStream
 from sluice.pipeline.failover import Breaker
 from sluice.pipeline.providers import ProviderEngine
 from sluice.schema.catalog import Catalog, CatalogModel, ProviderEndpoint
@@ -35,6 +35,8 @@ def _request(**extra: Any) -> ChatCompletionRequest:
         {"model": "hosted", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
          **extra})
     request.request_id = "req-1"
+    # the rollout subject the handler sets on every request: the caller's key and tenant
+    setattr(request, SUBJECT_ATTR, {"default": "u", "key": "k:app-1", "tenant": "t:acme"})
     return request
 
 
@@ -62,6 +64,7 @@ def test_a_whole_answer_comes_from_the_providers_api_with_its_key_and_model_id()
     assert seen[0].headers["authorization"] == "Bearer sk-p"
     assert sent["model"] == "their-model" and sent["max_tokens"] == 4
     assert "request_id" not in sent  # Sluice's own fields stay home
+    assert SUBJECT_ATTR not in sent and "acme" not in seen[0].content.decode()
 
 
 def _sse(*events: dict) -> bytes:
@@ -150,6 +153,7 @@ def _streaming(body: bytes):
     ({"message": "busy", "type": "BadRequestError", "code": 503}, "provider_unavailable"),
     ({"message": "busy", "type": "overloaded_error", "code": "529"}, "provider_unavailable"),
     ({"message": "busy"}, "provider_unavailable"),  # nothing says whose fault: the provider's
+    ({"message": "odd", "code": 1}, "provider_unavailable"),  # no HTTP status: the provider's
 ])
 def test_a_stream_whose_first_event_is_a_retriable_error_is_a_503(error: dict,
                                                                    code: str) -> None:
