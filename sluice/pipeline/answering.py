@@ -70,15 +70,16 @@ class Pipeline:
             return self._named(runner, await self._direct(request, tenant, budget,
                                                           BUDGET_DOWNGRADE))
         if runner is not None:
+            if runner.policy.route.name in self._versioned:  # its rollout's measurements,
+                request.variants.append(runner.policy.route.name)  # the ledger (not for a
+                #   budget's downgrade above: the version's own stages did not answer it)
             return self._named(runner, await self._cascade(request, runner, tenant, budget,
                                                            spend))
         return await self._direct(request, tenant, budget)
 
     def _route_version(self, request: ParsedRequest) -> CascadeRunner | None:
         """The cascade route that answers: the one asked for, or the version of it a
-        rollout picks for this request (sticky); None for a request that is no route's. A
-        route with versions is named in the request's `variants` (its rollout's
-        measurements, the ledger)."""
+        rollout picks for this request (sticky); None for a request that is no route's."""
         asked = str(request.llm.model)
         runner = self._runners.get(asked)
         if runner is None:
@@ -86,8 +87,6 @@ class Pipeline:
         if self._rollouts is not None:
             picked = self._rollouts.route(asked, getattr(request.llm, SUBJECT_ATTR, None) or "")
             runner = self._runners.get(picked, runner)  # (a version since removed: asked)
-        if runner.policy.route.name in self._versioned:
-            request.variants.append(runner.policy.route.name)
         return runner
 
     def _named(self, runner: CascadeRunner, answer: Answer) -> Answer:

@@ -165,7 +165,8 @@ class ContextGate:
                                             messages)
 
         try:
-            if request.body_bytes <= INLINE_CHARS and self._counter.loaded(stages[0].name):
+            if (request.body_bytes + request.added_bytes <= INLINE_CHARS
+                    and self._counter.loaded(stages[0].name)):
                 verdict = decide()
             else:
                 verdict = await asyncio.to_thread(decide)

@@ -18,6 +18,7 @@ pattern (`sluice.deployments.openapi`) is `PATTERN`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,7 +84,11 @@ class PromptStage:
         if template.replace:
             messages = [m for m in messages if _role(m) not in _REPLACED_ROLES]
         request.llm.messages = [{"role": "system", "content": template.system}, *messages]
-        request.cache_scope += f"~{PREFIX}{name}"  # its answers are not another version's
+        # the bounds that come before any count (budget holds, a hosted model's fit, rate
+        # limits' guess) read the body's bytes: the template's are added to them
+        request.added_bytes += len(template.system.encode()) + 16
+        # its answers are not another version's, nor an edited template's
+        request.cache_scope += f"~{PREFIX}{name}:{_digest(template)}"
         applied = Applied(name, label(name, template))
         request.variants.append(applied.variant)
         return applied
@@ -97,3 +102,8 @@ class PromptStage:
         picked = self._rollouts.route(f"{PREFIX}{asked}", subject)
         name = picked.removeprefix(PREFIX)
         return name if name in self._templates else asked
+
+
+def _digest(template: PromptTemplate) -> str:
+    """What the template puts in a prompt, in short (the response cache's scope)."""
+    return hashlib.sha256(f"{template.replace}\n{template.system}".encode()).hexdigest()[:12]

@@ -299,7 +299,8 @@ class ParsedRequest:
     headers: Mapping[str, str]
     client_usage: bool = True  # a stream's usage event goes to the client (it asked)
     body_bytes: int = 0  # the body's size as received
-    added_bytes: int = 0  # what making control tokens plain text added to the prompt
+    added_bytes: int = 0  # what the ingress added to the prompt (control tokens made
+    #   plain text, a prompt template's system message)
     prompt_tokens: int | None = None  # counted with the model's tokenizer (context_gate)
     cache_scope: str = ""  # what shapes the answer besides the body (a compression applied)
     # the versions of a route and a prompt template it was given, as rollouts name them
@@ -330,7 +331,7 @@ class ParsedRequest:
         token (OpenAI's own rule of thumb for rate limits)."""
         if self.prompt_tokens is not None:
             return self.prompt_tokens
-        return self.body_bytes // 4
+        return (self.body_bytes + self.added_bytes) // 4
 
     def estimate(self, token_events: int) -> dict[str, Any]:
         """The usage of an answer cut short (it never sent its own), so the prompt is

@@ -41,6 +41,7 @@ from sluice.rollouts.assignment import choose, pick
 from sluice.rollouts.report import Observation, ShadowPair, ab_report, shadow_report, window
 from sluice.rollouts.state import Rollout
 from sluice.rollouts.store import RolloutStore
+from sluice.schema.prompts import PREFIX as PROMPT_PREFIX
 from sluice.schema.rollouts import RolloutSettings, RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -375,6 +376,15 @@ class Rollouts:
         if spec.candidate not in self._deployed:
             raise ModelNotFound(f"'{spec.candidate}' is in the catalog but not deployed "
                                 "on this platform.", param="to")
+        if spec.model.startswith(PROMPT_PREFIX) and (
+                spec.kind == "shadow" or spec.gates.min_agreement is not None):
+            # nothing copies a request to another version of a template: such a rollout
+            # would run and never compare a pair
+            raise InvalidRequest("A prompt template's rollout is a canary or an A/B without "
+                                 "a quality gate: shadow copies and min_agreement are for "
+                                 "models and cascade routes.",
+                                 param="kind" if spec.kind == "shadow" else
+                                 "gates.min_agreement")
         store = self._needs_store()  # (a client's mistake is said first, even without it)
         await self.refresh()
         baseline = self._serving.get(spec.model, spec.model)

@@ -87,7 +87,11 @@ class Rollout:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "id": self.id, "spec": self.spec.model_dump(mode="json"), "baseline": self.baseline,
+            # split_by unset is left out, so an ingress replica of the version before it
+            # (which forbids unknown fields) still reads rollouts mid-upgrade
+            "id": self.id, "spec": self.spec.model_dump(
+                mode="json", exclude={"split_by"} if self.spec.split_by is None else None),
+            "baseline": self.baseline,
             "salt": self.salt, "created": self.created, "status": self.status,
             "reason": self.reason, "history": list(self.history), "retired": self.retired,
             "version": self.version}

@@ -66,8 +66,22 @@ def test_a_template_goes_first_and_keeps_the_requests_own_system_messages() -> N
     assert applied is not None and (applied.name, applied.label) == ("support", "v1")
     assert roles_and_text(r) == [("system", "You are the support assistant of Acme."),
                                  *[(m["role"], m["content"]) for m in MESSAGES]]
-    assert r.variants == ["prompt:support"] and r.cache_scope == "~prompt:support"
+    assert r.variants == ["prompt:support"] and r.cache_scope.startswith("~prompt:support:")
     assert r.body["messages"] == MESSAGES  # the body as sent is unchanged
+    # the bounds read before any count (holds, a hosted model's fit) include the template
+    plain = request({})
+    assert r.prompt_tokens_bound() >= plain.prompt_tokens_bound() + len(
+        "You are the support assistant of Acme.")
+    assert r.prompt_tokens_guess() > plain.prompt_tokens_guess()
+
+
+def test_an_edited_template_does_not_share_the_old_texts_cached_answers() -> None:
+    before, after = request({HEADER: "support"}), request({HEADER: "support"})
+    PromptStage(TEMPLATES).apply(before)
+    edited = {**TEMPLATES, "support": TEMPLATES["support"].model_copy(
+        update={"system": "You are Acme's new support assistant."})}
+    PromptStage(edited).apply(after)
+    assert before.cache_scope != after.cache_scope
 
 
 def test_a_replacing_template_drops_the_requests_system_and_developer_messages() -> None:

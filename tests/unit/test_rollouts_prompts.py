@@ -17,7 +17,7 @@ from sluice.accounting.accountant import Accountant
 from sluice.accounting.response_cost import UsagePricer
 from sluice.cache_tier.redis_target import async_client
 from sluice.deployments.http import render
-from sluice.errors import ModelNotFound, NotFound, Unavailable
+from sluice.errors import InvalidRequest, ModelNotFound, NotFound, Unavailable
 from sluice.observability.metrics import Metrics
 from sluice.pipeline.answer_cache import AnswerCache
 from sluice.pipeline.answering import Pipeline
@@ -195,6 +195,15 @@ def test_a_templates_rollout_names_an_existing_version_and_a_request_an_existing
             await stack.rollouts.begin(RolloutSpec(model="prompt:sales", to="v2"))
         with pytest.raises(ModelNotFound):  # the template's name alone is not a model
             await stack.rollouts.begin(RolloutSpec(model="support", to="v2"))
+        # nothing copies a request to another template version: no shadow, no quality gate
+        with pytest.raises(InvalidRequest) as refused:
+            await stack.rollouts.begin(RolloutSpec(model="prompt:support", to="v2",
+                                                   kind="shadow", percent=10))
+        assert refused.value.param == "kind"
+        with pytest.raises(InvalidRequest) as refused:
+            await stack.rollouts.begin(RolloutSpec.model_validate(
+                {"model": "prompt:support", "to": "v2", "gates": {"min_agreement": 0.9}}))
+        assert refused.value.param == "gates.min_agreement"
         with pytest.raises(NotFound) as info:
             await stack.ask("u", prompt="sales")
         assert info.value.code == "prompt_not_found"
