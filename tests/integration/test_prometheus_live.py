@@ -36,7 +36,8 @@ ROLLOUT_PANELS = ("panel 31 (Rollout: candidate's share) A", "panel 32 (Rollout 
                   "panel 35 (Compared pairs/s (shadow, quality sample)) A",
                   "panel 36 (Candidate / baseline latency, p50 of pairs) A")
 ROLLOUT_METRICS = {"sluice_rollout_share", "sluice_rollout_events_total",
-                   "sluice_rollout_compared_pairs_total", "sluice_rollout_compared_latency_ratio"}
+                   "sluice_rollout_compared_pairs_total",
+                   "sluice_rollout_compared_latency_ratio_bucket"}
 MAY_BE_EMPTY = {
     "panel 7 (5xx share by model) A": "no 5xx answers on a healthy stack: 0/x is data, "
                                       "but sum() over no 5xx series is no series",
