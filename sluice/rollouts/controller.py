@@ -30,7 +30,6 @@ from sluice.cache_tier.store_errors import STORE_ERRORS
 from sluice.errors import (
     Conflict,
     InvalidRequest,
-    ModelNotFound,
     NotFound,
     SluiceError,
     Unavailable,
@@ -41,7 +40,7 @@ from sluice.rollouts.assignment import choose, pick
 from sluice.rollouts.report import Observation, ShadowPair, ab_report, shadow_report, window
 from sluice.rollouts.state import Rollout
 from sluice.rollouts.store import RolloutStore
-from sluice.schema.prompts import PREFIX as PROMPT_PREFIX
+from sluice.rollouts.targets import check_spec
 from sluice.schema.rollouts import RolloutSettings, RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -362,29 +361,7 @@ class Rollouts:
         return self._store
 
     async def _begin(self, spec: RolloutSpec) -> dict[str, Any]:
-        if spec.model not in self._base:
-            raise ModelNotFound(f"There is no model '{spec.model}' here (nor a cascade "
-                                "route or a `prompt:<template>` of that name).", param="model")
-        if self._base[spec.model] != spec.model:
-            raise InvalidRequest(f"'{spec.model}' is a variant: a rollout names the model "
-                                 "clients ask for.", param="model")
-        if spec.candidate not in self._base:
-            raise ModelNotFound(f"There is no variant '{spec.candidate}': add it first (a "
-                                "model's to the catalog and its deployment to the profile, "
-                                "a route's to the routes file, a prompt template's to the "
-                                "profile's prompts).", param="to")
-        if spec.candidate not in self._deployed:
-            raise ModelNotFound(f"'{spec.candidate}' is in the catalog but not deployed "
-                                "on this platform.", param="to")
-        if spec.model.startswith(PROMPT_PREFIX) and (
-                spec.kind == "shadow" or spec.gates.min_agreement is not None):
-            # nothing copies a request to another version of a template: such a rollout
-            # would run and never compare a pair
-            raise InvalidRequest("A prompt template's rollout is a canary or an A/B without "
-                                 "a quality gate: shadow copies and min_agreement are for "
-                                 "models and cascade routes.",
-                                 param="kind" if spec.kind == "shadow" else
-                                 "gates.min_agreement")
+        check_spec(spec, self._base, self._deployed)
         store = self._needs_store()  # (a client's mistake is said first, even without it)
         await self.refresh()
         baseline = self._serving.get(spec.model, spec.model)
